@@ -1,0 +1,238 @@
+//! Adapter selection, device creation with the adapter's real limits and optional features, and the
+//! kernel variants chosen from them.
+
+use crate::{Error, Result};
+
+/// How to pick the adapter. `from_env` reads `FICOCO_ADAPTER` (name substring),
+/// `FICOCO_BACKEND` (vulkan|metal|dx12|gl|webgpu) and `FICOCO_MATMUL` (a [`MatmulVariant`] name).
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    pub adapter_name: Option<String>,
+    pub backends: Option<wgpu::Backends>,
+    /// Prefer the integrated GPU (saves battery); the default is HighPerformance.
+    pub low_power: bool,
+    pub matmul: Option<MatmulVariant>,
+    /// Pretend the adapter lacks SHADER_F16 / SUBGROUP, to exercise the portable paths.
+    pub disable_f16: bool,
+    pub disable_subgroups: bool,
+    /// Cap the storage binding size (bytes) below the adapter's, e.g. 128 MiB as in browsers.
+    pub max_binding: Option<u64>,
+}
+
+impl GpuOptions {
+    pub fn from_env() -> Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let backends = match var("FICOCO_BACKEND") {
+            None => None,
+            Some(b) => Some(parse_backend(&b)?),
+        };
+        let matmul = match var("FICOCO_MATMUL") {
+            None => None,
+            Some(m) => Some(m.parse()?),
+        };
+        Ok(Self {
+            adapter_name: var("FICOCO_ADAPTER"),
+            backends,
+            matmul,
+            ..Default::default()
+        })
+    }
+}
+
+fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => wgpu::Backends::VULKAN,
+        "metal" => wgpu::Backends::METAL,
+        "dx12" | "d3d12" => wgpu::Backends::DX12,
+        "gl" | "gles" => wgpu::Backends::GL,
+        "webgpu" | "browser" => wgpu::Backends::BROWSER_WEBGPU,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "FICOCO_BACKEND={other}: expected one of vulkan, metal, dx12, gl, webgpu"
+            )))
+        }
+    })
+}
+
+/// Matmul kernel shapes. Discrete GPUs and browsers want workgroup-memory tiles; llvmpipe-style
+/// CPU adapters run faster with register blocking and no workgroup memory (see README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Workgroup-memory tiles of A and B, 4x4 outputs per invocation.
+    Tiled,
+    /// No workgroup memory: each invocation owns 4 rows x one vec4 of columns.
+    Register,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Tiled, MatmulVariant::Register];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Tiled => "tiled",
+            MatmulVariant::Register => "register",
+        }
+    }
+}
+
+impl std::str::FromStr for MatmulVariant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MatmulVariant::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "matmul variant {s:?}: expected one of tiled, register"
+                ))
+            })
+    }
+}
+
+/// What the kernels may use on this device.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min_size: u32,
+    pub timestamps: bool,
+    pub pipeline_cache: bool,
+    /// Largest storage binding, after any cap from [`GpuOptions::max_binding`].
+    pub max_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_invocations: u32,
+    pub max_workgroups_per_dim: u32,
+    pub storage_offset_alignment: u32,
+    pub uniform_offset_alignment: u32,
+    pub matmul: MatmulVariant,
+}
+
+pub struct DeviceChoice {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Capabilities,
+}
+
+pub async fn open_device(opts: &GpuOptions) -> Result<DeviceChoice> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = opts.backends.unwrap_or(wgpu::Backends::all());
+    desc.flags = wgpu::InstanceFlags::from_env_or_default();
+    let instance = wgpu::Instance::new(desc);
+    let adapter = pick_adapter(&instance, opts).await?;
+    let info = adapter.get_info();
+    let afeat = adapter.features();
+    let alim = adapter.limits();
+
+    let mut wanted = wgpu::Features::empty();
+    for f in [
+        wgpu::Features::SHADER_F16,
+        wgpu::Features::SUBGROUP,
+        wgpu::Features::TIMESTAMP_QUERY,
+        wgpu::Features::PIPELINE_CACHE,
+    ] {
+        if afeat.contains(f) {
+            wanted |= f;
+        }
+    }
+    if opts.disable_f16 {
+        wanted.remove(wgpu::Features::SHADER_F16);
+    }
+    if opts.disable_subgroups {
+        wanted.remove(wgpu::Features::SUBGROUP);
+    }
+    // Ask for everything the adapter offers: the defaults (128 MiB bindings, 8 storage buffers)
+    // are the most common blocker for LLM weights.
+    let limits = alim.clone();
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("ficoco"),
+            required_features: wanted,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        })
+        .await
+        .map_err(|e| Error::Device {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+    let max_binding = opts
+        .max_binding
+        .map_or(limits.max_storage_buffer_binding_size, |cap| {
+            cap.min(limits.max_storage_buffer_binding_size)
+        });
+    let is_cpu = info.device_type == wgpu::DeviceType::Cpu;
+    let caps = Capabilities {
+        shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
+        subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+        subgroup_min_size: info.subgroup_min_size,
+        timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
+        pipeline_cache: wanted.contains(wgpu::Features::PIPELINE_CACHE),
+        max_binding,
+        max_buffer: limits.max_buffer_size,
+        max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+        max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+        storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+        uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
+        matmul: opts.matmul.unwrap_or(if is_cpu {
+            MatmulVariant::Register
+        } else {
+            MatmulVariant::Tiled
+        }),
+    };
+    Ok(DeviceChoice {
+        device,
+        queue,
+        info,
+        caps,
+    })
+}
+
+async fn pick_adapter(instance: &wgpu::Instance, opts: &GpuOptions) -> Result<wgpu::Adapter> {
+    let power = if opts.low_power {
+        wgpu::PowerPreference::LowPower
+    } else {
+        wgpu::PowerPreference::HighPerformance
+    };
+    let backends = opts.backends.unwrap_or(wgpu::Backends::all());
+    if let Some(name) = &opts.adapter_name {
+        let adapters = instance.enumerate_adapters(backends).await;
+        let needle = name.to_ascii_lowercase();
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_ascii_lowercase().contains(&needle))
+            .ok_or_else(|| Error::NoAdapter {
+                wanted: format!("name containing {name:?}"),
+                available: list_or_none(&names),
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: power,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            wanted: format!("{backends:?} ({e})"),
+            available: "none".into(),
+        })
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}

@@ -1,0 +1,13 @@
+//! ficoco: LLaVA-class multimodal inference in WGSL compute shaders on wgpu, with training-free
+//! visual-token reduction in the filter / correlate / compress paradigm.
+//!
+//! Layout: [`gpu`] owns the device and the caches, [`ops`] has one thin wrapper per WGSL kernel
+//! family, [`model`] builds the vision tower, projector and decoder from those ops, and
+//! [`preprocess`] turns images and text into model inputs.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod preprocess;
+
+pub use error::{Error, Result};

@@ -1,0 +1,33 @@
+//! One thin wrapper per WGSL kernel family. Every op records into a [`Batch`]; none allocates,
+//! reads back or submits, so a forward pass is a flat list of dispatches.
+//!
+//! Conventions: activations are f32, row-major, `[rows, cols]`; big weight matrices are
+//! [`WeightMatrix`] (f16 or f32, `[K, N]` = PyTorch's `[out, in]` transposed), small vectors
+//! (norm weights, biases) are f32.
+
+pub mod norm;
+
+pub use norm::{layer_norm, rms_norm};
+
+use crate::gpu::Tensor;
+use crate::{Error, Result};
+
+/// Fail with a shape error unless `t` has `shape`.
+pub(crate) fn expect_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape() != shape {
+        return Err(Error::shape(
+            name,
+            format!("{shape:?}"),
+            format!("{:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// Rows and columns of a 2-D tensor.
+pub(crate) fn dims2(name: &str, t: &Tensor) -> Result<(usize, usize)> {
+    match t.shape() {
+        [r, c] => Ok((*r, *c)),
+        s => Err(Error::shape(name, "2 dimensions", format!("{s:?}"))),
+    }
+}

@@ -1,0 +1,70 @@
+//! Shared test helpers: one GPU per test binary, deterministic random data, tolerance checks.
+#![allow(dead_code)]
+
+use ficoco::gpu::{Gpu, GpuOptions};
+use std::sync::OnceLock;
+
+/// The adapter the tests run on (lavapipe in CI). Options come from the environment.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let opts = GpuOptions::from_env().expect("FICOCO_* environment");
+        let g = Gpu::new_blocking(&opts).expect("a wgpu adapter (install mesa-vulkan-drivers)");
+        eprintln!("adapter: {}", g.describe());
+        g
+    })
+}
+
+/// A GPU without SHADER_F16 and with browser-like 128 MiB bindings, for the portable paths.
+pub fn portable_gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let mut opts = GpuOptions::from_env().expect("FICOCO_* environment");
+        opts.disable_f16 = true;
+        opts.disable_subgroups = true;
+        opts.max_binding = Some(128 << 20);
+        Gpu::new_blocking(&opts).expect("a wgpu adapter")
+    })
+}
+
+/// Deterministic pseudo-random numbers (SplitMix64), uniform in [-scale, scale).
+pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Largest absolute difference; panics on length mismatch or NaN.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert!(
+                x.is_finite() && y.is_finite(),
+                "non-finite value {x} vs {y}"
+            );
+            (x - y).abs()
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Assert `got` matches `want` within `atol + rtol * |want|` element-wise, with a useful message.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}: element {i}: got {g}, want {w} (max abs diff {})",
+            max_abs_diff(got, want)
+        );
+    }
+}
