@@ -5,6 +5,7 @@
 //! family, [`model`] builds the vision tower, projector and decoder from those ops, and
 //! [`preprocess`] turns images and text into model inputs.
 
+pub mod clock;
 pub mod error;
 pub mod gpu;
 pub mod ops;

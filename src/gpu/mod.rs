@@ -303,7 +303,17 @@ impl Gpu {
         Ok(bytemuck::cast_slice(&b)[..t.numel()].to_vec())
     }
 
-    /// Wait until all submitted work has finished (for timing).
+    /// Resolves when all submitted work has finished (for phase timings; works in browsers).
+    pub async fn sync(&self) -> Result<()> {
+        let (tx, rx) = oneshot();
+        self.queue.on_submitted_work_done(move || tx.send(()));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        rx.await;
+        Ok(())
+    }
+
+    /// Block until all submitted work has finished (native timing).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.device

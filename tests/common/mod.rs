@@ -2,28 +2,28 @@
 #![allow(dead_code)]
 
 use ficoco::gpu::{Gpu, GpuOptions};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The adapter the tests run on (lavapipe in CI). Options come from the environment.
-pub fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
+pub fn gpu() -> &'static Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| {
         let opts = GpuOptions::from_env().expect("FICOCO_* environment");
         let g = Gpu::new_blocking(&opts).expect("a wgpu adapter (install mesa-vulkan-drivers)");
         eprintln!("adapter: {}", g.describe());
-        g
+        Arc::new(g)
     })
 }
 
 /// A GPU without SHADER_F16 and with browser-like 128 MiB bindings, for the portable paths.
-pub fn portable_gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
+pub fn portable_gpu() -> &'static Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| {
         let mut opts = GpuOptions::from_env().expect("FICOCO_* environment");
         opts.disable_f16 = true;
         opts.disable_subgroups = true;
         opts.max_binding = Some(128 << 20);
-        Gpu::new_blocking(&opts).expect("a wgpu adapter")
+        Arc::new(Gpu::new_blocking(&opts).expect("a wgpu adapter"))
     })
 }
 
