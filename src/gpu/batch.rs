@@ -119,12 +119,7 @@ impl<'g> Batch<'g> {
     pub fn flush(&mut self) {
         self.pass = None;
         if let Some(enc) = self.encoder.take() {
-            if !self.params.is_empty() {
-                self.gpu
-                    .queue
-                    .write_buffer(self.gpu.params_buffer(), 0, &self.params);
-            }
-            self.gpu.queue.submit([enc.finish()]);
+            self.gpu.submit_with_params(&self.params, enc.finish());
         }
         self.params.clear();
     }

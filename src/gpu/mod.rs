@@ -79,6 +79,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<(Kernel, Vec<bool>), Arc<wgpu::ComputePipeline>>>,
     bind_groups: Mutex<HashMap<(Vec<bool>, Vec<BindingKey>), wgpu::BindGroup>>,
     readback: Mutex<HashMap<u64, wgpu::Buffer>>,
+    /// Held from a batch's arena write to its submit, so concurrent batches cannot interleave.
+    submit_lock: Mutex<()>,
 }
 
 impl Gpu {
@@ -114,6 +116,7 @@ impl Gpu {
             pipelines: Mutex::default(),
             bind_groups: Mutex::default(),
             readback: Mutex::default(),
+            submit_lock: Mutex::default(),
         })
     }
 
@@ -362,12 +365,16 @@ impl Gpu {
             return Ok(m.clone());
         }
         let src = kernel.source()?;
-        let mut caps = naga::valid::Capabilities::empty();
-        if self.caps.shader_f16 {
-            caps |= naga::valid::Capabilities::SHADER_FLOAT16;
+        // wgpu grants what the backend supports (e.g. unpack2x16float needs
+        // SHADER_FLOAT16_IN_FLOAT32); only the optional features are ours to withhold.
+        let mut caps = naga::valid::Capabilities::all();
+        if !self.caps.shader_f16 {
+            caps.remove(naga::valid::Capabilities::SHADER_FLOAT16);
         }
-        if self.caps.subgroups {
-            caps |= naga::valid::Capabilities::SUBGROUP;
+        if !self.caps.subgroups {
+            caps.remove(
+                naga::valid::Capabilities::SUBGROUP | naga::valid::Capabilities::SUBGROUP_BARRIER,
+            );
         }
         kernel::validate(kernel, &src, caps)?;
         let m = self
@@ -487,8 +494,13 @@ impl Gpu {
         self.bind_groups.lock().unwrap().clear();
     }
 
-    pub(crate) fn params_buffer(&self) -> &wgpu::Buffer {
-        &self.params
+    /// Upload a batch's dispatch parameters and submit its commands, atomically.
+    pub(crate) fn submit_with_params(&self, params: &[u8], commands: wgpu::CommandBuffer) {
+        let _guard = self.submit_lock.lock().unwrap();
+        if !params.is_empty() {
+            self.queue.write_buffer(&self.params, 0, params);
+        }
+        self.queue.submit([commands]);
     }
 
     /// Workgroup counts for `n` groups along one logical axis, folded into y when x would exceed

@@ -1,0 +1,203 @@
+//! Matrix products with big weights (`shaders/matmul.wgsl`): `x [M, K] @ W [K, N]`, W stored in
+//! f16 or f32 and split into column chunks that each fit one storage binding.
+
+use super::dims2;
+use super::embed::upload_rows;
+use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, MatmulVariant, Tensor};
+use crate::{Error, Result};
+
+/// A `[K, N]` weight matrix (PyTorch Linear's `[out, in]` transposed) on the GPU.
+pub struct WeightMatrix {
+    k: usize,
+    n: usize,
+    dtype: DType,
+    /// (first column, columns, tensor `[K, padded columns]`) per chunk.
+    chunks: Vec<Chunk>,
+}
+
+struct Chunk {
+    col: usize,
+    cols: usize,
+    data: Tensor,
+}
+
+impl WeightMatrix {
+    /// From PyTorch's layout: `data` is `[n, k]` row-major (one row per output).
+    pub fn from_out_in(
+        gpu: &Gpu,
+        data: &[f32],
+        n: usize,
+        k: usize,
+        dtype: DType,
+        label: &str,
+    ) -> Result<Self> {
+        if data.len() != n * k || n == 0 || k == 0 {
+            return Err(Error::shape(label, format!("[{n}, {k}]"), data.len()));
+        }
+        let max_cols = (gpu.caps.max_binding / dtype.bytes(k).max(1)) as usize & !3;
+        if max_cols == 0 {
+            return Err(Error::Unsupported(format!(
+                "{label}: one column of {k} values exceeds the storage binding limit"
+            )));
+        }
+        let mut chunks = Vec::new();
+        let mut col = 0;
+        while col < n {
+            let cols = max_cols.min(n - col);
+            let padded = cols.next_multiple_of(4);
+            let mut t = vec![0f32; k * padded];
+            for c in 0..cols {
+                let src = &data[(col + c) * k..(col + c + 1) * k];
+                for (kk, &v) in src.iter().enumerate() {
+                    t[kk * padded + c] = v;
+                }
+            }
+            let data = upload_rows(gpu, &t, &[k, padded], dtype, label)?;
+            chunks.push(Chunk { col, cols, data });
+            col += cols;
+        }
+        Ok(Self {
+            k,
+            n,
+            dtype,
+            chunks,
+        })
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bindings the matrix is split into.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.data.buffer_bytes()).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// Exact (erf) GELU.
+    Gelu,
+    QuickGelu,
+    /// `out += result` (residual adds).
+    Accumulate,
+}
+
+/// Which kernel runs: a prefill shape or the decode mat-vec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPath {
+    Matrix(MatmulVariant),
+    /// For M <= 4 rows.
+    MatVec,
+}
+
+/// Rows up to which the mat-vec kernel is used.
+pub const MATVEC_MAX_ROWS: usize = 4;
+const KSPLIT: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    ldw4: u32,
+    ldo: u32,
+    n_off: u32,
+    _pad: [u32; 2],
+}
+
+/// `out = epilogue(x @ W + bias)`, with the kernel chosen from M and the adapter.
+pub fn matmul(
+    b: &mut Batch,
+    x: &Tensor,
+    w: &WeightMatrix,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    out: &Tensor,
+) -> Result<()> {
+    let m = x.shape().first().copied().unwrap_or(0);
+    let path = if m <= MATVEC_MAX_ROWS {
+        MatmulPath::MatVec
+    } else {
+        MatmulPath::Matrix(b.gpu().caps.matmul)
+    };
+    matmul_with(b, path, x, w, bias, epilogue, out)
+}
+
+/// [`matmul`] with the kernel forced (tests, tuning).
+pub fn matmul_with(
+    b: &mut Batch,
+    path: MatmulPath,
+    x: &Tensor,
+    w: &WeightMatrix,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    out: &Tensor,
+) -> Result<()> {
+    let (m, k) = dims2("matmul input", x)?;
+    let (mo, n) = dims2("matmul output", out)?;
+    if k != w.k || mo != m || n != w.n {
+        return Err(Error::shape(
+            "matmul",
+            format!("x [M, {}] and out [M, {}]", w.k, w.n),
+            format!("x {:?}, out {:?}", x.shape(), out.shape()),
+        ));
+    }
+    if let Some(bias) = bias {
+        super::expect_shape("matmul bias", bias, &[n])?;
+    }
+    if path == MatmulPath::MatVec && m > MATVEC_MAX_ROWS {
+        return Err(Error::InvalidArgument(format!(
+            "mat-vec takes at most {MATVEC_MAX_ROWS} rows, got {m}"
+        )));
+    }
+    let (entry, size) = match path {
+        MatmulPath::Matrix(MatmulVariant::Tiled) => ("matmul_tiled", [64u32, 64]),
+        MatmulPath::Matrix(MatmulVariant::Register) => ("matmul_register", [256, 4]),
+        MatmulPath::MatVec => ("matvec", [256, 4]),
+    };
+    let kernel = Kernel::new("matmul", entry)
+        .define("KSPLIT", format!("{KSPLIT}u"))
+        .flag_if("W_F16", w.dtype == DType::F16)
+        .flag_if("HAS_BIAS", bias.is_some())
+        .flag_if("EPI_GELU", epilogue == Epilogue::Gelu)
+        .flag_if("EPI_QUICK_GELU", epilogue == Epilogue::QuickGelu)
+        .flag_if("EPI_ACCUMULATE", epilogue == Epilogue::Accumulate);
+    for c in &w.chunks {
+        let p = Params {
+            m: m as u32,
+            n: c.cols as u32,
+            k: k as u32,
+            ldw4: (c.data.shape()[1] / 4) as u32,
+            ldo: n as u32,
+            n_off: c.col as u32,
+            _pad: [0; 2],
+        };
+        // size = (columns, rows) covered by one workgroup.
+        let grid = [
+            (c.cols as u32).div_ceil(size[0]),
+            (m as u32).div_ceil(size[1]),
+            1,
+        ];
+        let mut binds = vec![Bind::R(x), Bind::R(&c.data), Bind::W(out)];
+        if let Some(bias) = bias {
+            binds.push(Bind::R(bias));
+        }
+        b.dispatch(&kernel, &p, &binds, grid)?;
+    }
+    Ok(())
+}

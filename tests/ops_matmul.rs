@@ -1,0 +1,151 @@
+//! Matmul kernels (tiled, register, mat-vec) x f16/f32 weights x epilogues against a CPU reference.
+mod common;
+use common::*;
+use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
+
+fn erf(x: f64) -> f64 {
+    // Abramowitz-Stegun 7.1.26 is too coarse for a reference; integrate the series instead.
+    let mut sum = 0.0;
+    let mut term = x;
+    let mut n = 0.0;
+    if x.abs() > 5.0 {
+        return x.signum();
+    }
+    while term.abs() > 1e-17 || n < 5.0 {
+        sum += term / (2.0 * n + 1.0);
+        n += 1.0;
+        term *= -x * x / n;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn epi(v: f64, e: Epilogue, old: f64) -> f64 {
+    match e {
+        Epilogue::None => v,
+        Epilogue::Gelu => 0.5 * v * (1.0 + erf(v / 2f64.sqrt())),
+        Epilogue::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
+        Epilogue::Accumulate => old + v,
+    }
+}
+
+fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    g: &Gpu,
+    path: MatmulPath,
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: DType,
+    e: Epilogue,
+    bias: bool,
+) {
+    let x = rand_vec(m * k, 1 + m as u64, 1.0);
+    let mut w = rand_vec(n * k, 2 + n as u64, 0.5);
+    if dtype == DType::F16 {
+        w = round_f16(&w);
+    }
+    let bvec = rand_vec(n, 3, 0.5);
+    let old = rand_vec(m * n, 4, 1.0);
+    let tx = g.upload_f32(&x, &[m, k], "x").unwrap();
+    let tw = WeightMatrix::from_out_in(g, &w, n, k, dtype, "w").unwrap();
+    let tb = g.upload_f32(&bvec, &[n], "b").unwrap();
+    let out = g.upload_f32(&old, &[m, n], "out").unwrap();
+    let mut b = g.batch();
+    matmul_with(&mut b, path, &tx, &tw, bias.then_some(&tb), e, &out).unwrap();
+    b.submit();
+    let got = g.read_f32(&out).unwrap();
+    let mut want = vec![0f32; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            let mut s: f64 = (0..k)
+                .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                .sum();
+            if bias {
+                s += bvec[c] as f64;
+            }
+            want[r * n + c] = epi(s, e, old[r * n + c] as f64) as f32;
+        }
+    }
+    let what = format!("{path:?} {m}x{k}x{n} {dtype:?} {e:?} bias={bias}");
+    assert_close(&what, &got, &want, 2e-5 * (k as f32).sqrt(), 1e-5);
+}
+
+const EPIS: [Epilogue; 4] = [
+    Epilogue::None,
+    Epilogue::Gelu,
+    Epilogue::QuickGelu,
+    Epilogue::Accumulate,
+];
+
+#[test]
+fn matrix_variants_match_cpu() {
+    for g in [gpu(), portable_gpu()] {
+        for v in MatmulVariant::ALL {
+            for (m, k, n) in [(5, 64, 96), (37, 130, 66), (65, 257, 129), (130, 64, 128)] {
+                for dtype in [DType::F32, DType::F16] {
+                    for (i, e) in EPIS.into_iter().enumerate() {
+                        check(g, MatmulPath::Matrix(v), m, k, n, dtype, e, i % 2 == 0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_matches_cpu() {
+    for g in [gpu(), portable_gpu()] {
+        for (m, k, n) in [(1, 64, 96), (3, 40, 36), (4, 257, 129), (2, 1000, 300)] {
+            for dtype in [DType::F32, DType::F16] {
+                for (i, e) in EPIS.into_iter().enumerate() {
+                    check(g, MatmulPath::MatVec, m, k, n, dtype, e, i % 2 == 1);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_above_the_binding_limit_are_split() {
+    let opts = GpuOptions {
+        max_binding: Some(16 << 10),
+        ..GpuOptions::from_env().unwrap()
+    };
+    let g = Gpu::new_blocking(&opts).unwrap();
+    let w = rand_vec(300 * 64, 9, 1.0);
+    let tw = WeightMatrix::from_out_in(&g, &w, 300, 64, DType::F32, "w").unwrap();
+    assert!(tw.chunks() >= 4, "{} chunks", tw.chunks());
+    for path in [
+        MatmulPath::MatVec,
+        MatmulPath::Matrix(MatmulVariant::Register),
+        MatmulPath::Matrix(MatmulVariant::Tiled),
+    ] {
+        for dtype in [DType::F32, DType::F16] {
+            check(&g, path, 3, 64, 300, dtype, Epilogue::None, true);
+        }
+    }
+}
+
+#[test]
+fn shape_mismatch_is_an_error() {
+    let g = gpu();
+    let x = g.upload_f32(&[0.0; 6], &[2, 3], "x").unwrap();
+    let w = WeightMatrix::from_out_in(g, &[0.0; 8], 2, 4, DType::F32, "w").unwrap();
+    let out = g.zeros(&[2, 2], DType::F32, "o").unwrap();
+    let mut b = g.batch();
+    let e = matmul_with(
+        &mut b,
+        MatmulPath::MatVec,
+        &x,
+        &w,
+        None,
+        Epilogue::None,
+        &out,
+    );
+    assert!(e.unwrap_err().to_string().contains("matmul"));
+}
