@@ -5,18 +5,22 @@
 //! [`WeightMatrix`] (f16 or f32, `[K, N]` = PyTorch's `[out, in]` transposed), small vectors
 //! (norm weights, biases) are f32.
 
+pub mod attention;
 pub mod elementwise;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
 pub mod patch;
+pub mod rope;
 pub mod sample;
 
+pub use attention::{attention, AttentionScratch, AttentionShape};
 pub use elementwise::{activate, add, copy_rows, gather_rows, silu_mul, Activation};
 pub use embed::{embed, EmbeddingTable};
 pub use matmul::{matmul, matmul_with, Epilogue, MatmulPath, WeightMatrix};
 pub use norm::{layer_norm, rms_norm};
 pub use patch::{im2col, vision_embed};
+pub use rope::{rope, RopeScaling, RopeTable};
 pub use sample::{argmax, sample};
 
 use crate::gpu::Tensor;

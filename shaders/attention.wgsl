@@ -1,0 +1,139 @@
+// attention.wgsl: scaled dot-product attention of q_len queries over the first kv_len rows of a
+// key/value cache, f32, with grouped-query heads (query head h reads kv head h / (heads / kv_heads)).
+// Causal: the queries are the last q_len entries of the sequence, so query i sees keys
+// j <= kv_len - q_len + i (by cache index). Layouts, row-major: q and out [q_len, heads * hd],
+// k and v [capacity, kv_heads * hd], lse [q_len, heads], probs [q_len, kv_len].
+//   attention  one workgroup of 64 per (query, head), flattened as wid.x + wid.y * nwg.x. Keys
+//              go by in chunks of 64 (one per invocation), with an online softmax (running max and
+//              sum); each invocation owns output dims lid and lid + 64. With WRITE_LSE it also
+//              stores each (query, head)'s log-sum-exp for the probs pass.
+//              Bindings: 1 q, 2 k, 3 v (read), 4 out (write), 5 lse (write, WRITE_LSE only).
+//   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
+//              strided over keys; masked entries are exactly 0.
+//              Bindings: 1 q, 2 k (read), 3 probs (write), 4 lse (read).
+
+struct Params {
+    q_len: u32, kv_len: u32, heads: u32, kv_heads: u32,
+    hd: u32, causal: u32, scale: f32, _pad: u32,
+}
+
+const CHUNK: u32 = 64u;
+const NEG_INF: f32 = -3.4028235e38;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+
+fn visible(i: u32) -> u32 {
+    return select(p.kv_len, p.kv_len - p.q_len + i + 1u, p.causal != 0u);
+}
+
+fn kv_head(h: u32) -> u32 {
+    return h / (p.heads / p.kv_heads);
+}
+
+#ifdef ATTENTION
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#ifdef WRITE_LSE
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
+#endif
+
+var<workgroup> qs: array<f32, 128>;
+var<workgroup> ps: array<f32, CHUNK>;
+var<workgroup> red: array<f32, CHUNK>;
+
+fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = CHUNK / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            let o = red[lid + s];
+            red[lid] = select(red[lid] + o, max(red[lid], o), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(CHUNK)
+fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let flat = wid.x + wid.y * nwg.x;
+    if (flat >= p.q_len * p.heads) { return; }
+    let i = flat / p.heads;
+    let h = flat % p.heads;
+    let qd = p.heads * p.hd;
+    let kvd = p.kv_heads * p.hd;
+    let koff = kv_head(h) * p.hd;
+    for (var d = lid; d < p.hd; d += CHUNK) { qs[d] = q[i * qd + h * p.hd + d]; }
+    workgroupBarrier();
+    let n = visible(i);
+    var m = NEG_INF;
+    var l = 0.0;
+    var o0 = 0.0;
+    var o1 = 0.0;
+    for (var j0 = 0u; j0 < n; j0 += CHUNK) {
+        let j = j0 + lid;
+        var s = NEG_INF;
+        if (j < n) {
+            var acc = 0.0;
+            let kb = j * kvd + koff;
+            for (var d = 0u; d < p.hd; d++) { acc += qs[d] * k[kb + d]; }
+            s = acc * p.scale;
+        }
+        let m_new = max(m, reduce(lid, s, true));
+        let alpha = exp(m - m_new);
+        let pj = select(0.0, exp(s - m_new), j < n);
+        ps[lid] = pj;
+        l = l * alpha + reduce(lid, pj, false);
+        m = m_new;
+        let cnt = min(CHUNK, n - j0);
+        o0 *= alpha;
+        o1 *= alpha;
+        for (var t = 0u; t < cnt; t++) {
+            let vb = (j0 + t) * kvd + koff;
+            let w = ps[t];
+            if (lid < p.hd) { o0 += w * v[vb + lid]; }
+            if (lid + CHUNK < p.hd) { o1 += w * v[vb + lid + CHUNK]; }
+        }
+        workgroupBarrier();
+    }
+    let ob = i * qd + h * p.hd;
+    if (lid < p.hd) { out[ob + lid] = o0 / l; }
+    if (lid + CHUNK < p.hd) { out[ob + lid + CHUNK] = o1 / l; }
+#ifdef WRITE_LSE
+    if (lid == 0u) { lse[i * p.heads + h] = m + log(l); }
+#endif
+}
+#endif
+
+#ifdef PROBS
+@group(0) @binding(3) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(4) var<storage, read> lse_in: array<f32>;
+
+@compute @workgroup_size(CHUNK)
+fn probs_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = wid.x + wid.y * nwg.x;
+    if (i >= p.q_len) { return; }
+    let qd = p.heads * p.hd;
+    let kvd = p.kv_heads * p.hd;
+    let n = visible(i);
+    for (var j = lid; j < p.kv_len; j += CHUNK) {
+        var a = 0.0;
+        if (j < n) {
+            for (var h = 0u; h < p.heads; h++) {
+                let qb = i * qd + h * p.hd;
+                let kb = j * kvd + kv_head(h) * p.hd;
+                var acc = 0.0;
+                for (var d = 0u; d < p.hd; d++) { acc += q[qb + d] * k[kb + d]; }
+                a += exp(acc * p.scale - lse_in[i * p.heads + h]);
+            }
+        }
+        probs[i * p.kv_len + j] = a / f32(p.heads);
+    }
+}
+#endif

@@ -1,0 +1,140 @@
+//! Attention over a key/value cache (`shaders/attention.wgsl`), optionally also producing the
+//! head-averaged softmax probabilities that token-reduction layers score with.
+
+use super::{dims2, expect_shape};
+use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, Tensor};
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    pub scale: f32,
+}
+
+/// Largest head size the kernels hold in workgroup memory.
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// Per-(query, head) log-sum-exp for the probabilities pass, allocated once.
+pub struct AttentionScratch {
+    lse: Tensor,
+    max_q_len: usize,
+    heads: usize,
+}
+
+impl AttentionScratch {
+    pub fn new(gpu: &Gpu, max_q_len: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            lse: gpu.zeros(&[max_q_len.max(1), heads], DType::F32, "attention lse")?,
+            max_q_len,
+            heads,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    q_len: u32,
+    kv_len: u32,
+    heads: u32,
+    kv_heads: u32,
+    hd: u32,
+    causal: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// `out = softmax(scale * q k^T [+ causal mask]) v` over cache rows `0..kv_len`; with `probs`
+/// (`[q_len, kv_len]`) also the head-averaged probabilities (row = query).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    b: &mut Batch,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: usize,
+    shape: &AttentionShape,
+    scratch: &AttentionScratch,
+    out: &Tensor,
+    probs: Option<&Tensor>,
+) -> Result<()> {
+    let s = shape;
+    if s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "attention heads {} must be a multiple of kv heads {}",
+            s.heads, s.kv_heads
+        )));
+    }
+    if s.head_dim == 0 || s.head_dim > MAX_HEAD_DIM {
+        return Err(Error::Unsupported(format!(
+            "head_dim {} (the kernels take 1..={MAX_HEAD_DIM})",
+            s.head_dim
+        )));
+    }
+    let (q_len, qd) = dims2("attention queries", q)?;
+    if qd != s.heads * s.head_dim {
+        return Err(Error::shape(
+            "attention queries",
+            format!("[n, {}]", s.heads * s.head_dim),
+            qd,
+        ));
+    }
+    let kvd = s.kv_heads * s.head_dim;
+    for (name, t) in [("keys", k), ("values", v)] {
+        let (cap, d) = dims2(name, t)?;
+        if d != kvd || cap < kv_len {
+            return Err(Error::shape(
+                name,
+                format!("[>= {kv_len}, {kvd}]"),
+                format!("{:?}", t.shape()),
+            ));
+        }
+    }
+    if kv_len == 0 || (s.causal && q_len > kv_len) {
+        return Err(Error::InvalidArgument(format!(
+            "attention of {q_len} queries over {kv_len} keys"
+        )));
+    }
+    expect_shape("attention output", out, &[q_len, qd])?;
+    if q_len > scratch.max_q_len || s.heads != scratch.heads {
+        return Err(Error::InvalidArgument(format!(
+            "attention scratch sized for {} queries x {} heads, used with {q_len} x {}",
+            scratch.max_q_len, scratch.heads, s.heads
+        )));
+    }
+    let p = Params {
+        q_len: q_len as u32,
+        kv_len: kv_len as u32,
+        heads: s.heads as u32,
+        kv_heads: s.kv_heads as u32,
+        hd: s.head_dim as u32,
+        causal: s.causal as u32,
+        scale: s.scale,
+        _pad: 0,
+    };
+    let lse = scratch.lse.view(&[q_len, s.heads]);
+    let kernel = Kernel::new("attention", "attention")
+        .flag("ATTENTION")
+        .flag_if("WRITE_LSE", probs.is_some());
+    let mut binds = vec![Bind::R(q), Bind::R(k), Bind::R(v), Bind::W(out)];
+    if probs.is_some() {
+        binds.push(Bind::W(&lse));
+    }
+    let grid = b.gpu().grid((q_len * s.heads) as u32);
+    b.dispatch(&kernel, &p, &binds, grid)?;
+    if let Some(probs) = probs {
+        expect_shape("attention probabilities", probs, &[q_len, kv_len])?;
+        let kernel = Kernel::new("attention", "probs_mean").flag("PROBS");
+        let grid = b.gpu().grid(q_len as u32);
+        b.dispatch(
+            &kernel,
+            &p,
+            &[Bind::R(q), Bind::R(k), Bind::W(probs), Bind::R(&lse)],
+            grid,
+        )?;
+    }
+    Ok(())
+}

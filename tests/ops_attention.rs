@@ -1,0 +1,212 @@
+//! Attention (prefill, decode, causal, GQA, probabilities) and RoPE against CPU references.
+mod common;
+use common::*;
+use ficoco::gpu::{DType, Gpu};
+use ficoco::ops::{attention, rope, AttentionScratch, AttentionShape, RopeScaling, RopeTable};
+
+/// Returns (out [q_len, heads*hd], head-averaged probs [q_len, kv_len]).
+fn cpu_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_len: usize,
+    kv_len: usize,
+    s: &AttentionShape,
+) -> (Vec<f32>, Vec<f32>) {
+    let (h, kvh, hd) = (s.heads, s.kv_heads, s.head_dim);
+    let mut out = vec![0f32; q_len * h * hd];
+    let mut probs = vec![0f64; q_len * kv_len];
+    for i in 0..q_len {
+        let n = if s.causal {
+            kv_len - q_len + i + 1
+        } else {
+            kv_len
+        };
+        for head in 0..h {
+            let g = head / (h / kvh);
+            let sc: Vec<f64> = (0..n)
+                .map(|j| {
+                    (0..hd)
+                        .map(|d| {
+                            q[i * h * hd + head * hd + d] as f64
+                                * k[j * kvh * hd + g * hd + d] as f64
+                        })
+                        .sum::<f64>()
+                        * s.scale as f64
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+            for j in 0..n {
+                let pj = (sc[j] - m).exp() / z;
+                probs[i * kv_len + j] += pj / h as f64;
+                for d in 0..hd {
+                    out[i * h * hd + head * hd + d] +=
+                        (pj * v[j * kvh * hd + g * hd + d] as f64) as f32;
+                }
+            }
+        }
+    }
+    (out, probs.into_iter().map(|x| x as f32).collect())
+}
+
+fn check(
+    g: &Gpu,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    q_len: usize,
+    kv_len: usize,
+    cap: usize,
+    causal: bool,
+    with_probs: bool,
+) {
+    let s = AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        causal,
+        scale: (hd as f32).powf(-0.5),
+    };
+    let q = rand_vec(q_len * heads * hd, 11 + q_len as u64, 1.5);
+    let k = rand_vec(cap * kv_heads * hd, 12 + hd as u64, 1.5);
+    let v = rand_vec(cap * kv_heads * hd, 13, 1.0);
+    let tq = g.upload_f32(&q, &[q_len, heads * hd], "q").unwrap();
+    let tk = g.upload_f32(&k, &[cap, kv_heads * hd], "k").unwrap();
+    let tv = g.upload_f32(&v, &[cap, kv_heads * hd], "v").unwrap();
+    let out = g.zeros(&[q_len, heads * hd], DType::F32, "out").unwrap();
+    let probs = g.zeros(&[q_len, kv_len], DType::F32, "probs").unwrap();
+    let scratch = AttentionScratch::new(g, q_len + 3, heads).unwrap();
+    let mut b = g.batch();
+    attention(
+        &mut b,
+        &tq,
+        &tk,
+        &tv,
+        kv_len,
+        &s,
+        &scratch,
+        &out,
+        with_probs.then_some(&probs),
+    )
+    .unwrap();
+    b.submit();
+    let (want, want_p) = cpu_attention(&q, &k, &v, q_len, kv_len, &s);
+    let what = format!("h{heads}/{kv_heads} hd{hd} q{q_len} kv{kv_len} causal={causal}");
+    assert_close(&what, &g.read_f32(&out).unwrap(), &want, 1e-5, 1e-4);
+    if with_probs {
+        let got = g.read_f32(&probs).unwrap();
+        assert_close(&format!("{what} probs"), &got, &want_p, 1e-6, 1e-4);
+        for i in 0..q_len {
+            let row = &got[i * kv_len..(i + 1) * kv_len];
+            let sum: f32 = row.iter().sum();
+            assert!(
+                (sum - 1.0).abs() < 1e-4,
+                "{what}: probs row {i} sums to {sum}"
+            );
+            if causal {
+                assert!(
+                    row[kv_len - q_len + i + 1..].iter().all(|&x| x == 0.0),
+                    "{what}: masked probs not 0"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn prefill_matches_cpu() {
+    for g in [gpu(), portable_gpu()] {
+        for (h, kvh, hd) in [(4, 4, 8), (4, 2, 16), (8, 1, 64), (2, 2, 128)] {
+            for causal in [false, true] {
+                check(g, h, kvh, hd, 37, 37, 40, causal, true);
+                check(g, h, kvh, hd, 70, 70, 70, causal, false);
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_and_continued_prefill_match_cpu() {
+    for g in [gpu(), portable_gpu()] {
+        for (h, kvh, hd) in [(4, 2, 16), (8, 1, 64), (4, 4, 128)] {
+            check(g, h, kvh, hd, 1, 1, 8, true, true);
+            check(g, h, kvh, hd, 1, 133, 140, true, true);
+            check(g, h, kvh, hd, 3, 65, 65, true, true);
+        }
+    }
+}
+
+fn cpu_rope(x: &[f32], pos: &[u32], heads: usize, hd: usize, inv: &[f32]) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for (r, &p) in pos.iter().enumerate() {
+        for h in 0..heads {
+            for i in 0..hd / 2 {
+                let a = (p as f32 * inv[i]) as f64;
+                let base = r * heads * hd + h * hd;
+                let (x1, x2) = (x[base + i] as f64, x[base + i + hd / 2] as f64);
+                out[base + i] = (x1 * a.cos() - x2 * a.sin()) as f32;
+                out[base + i + hd / 2] = (x2 * a.cos() + x1 * a.sin()) as f32;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let scalings = [
+        RopeScaling::None,
+        RopeScaling::Linear { factor: 4.0 },
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 8192,
+        },
+    ];
+    for g in [gpu(), portable_gpu()] {
+        for hd in [8, 64, 128] {
+            for theta in [1e4f32, 5e5] {
+                for sc in &scalings {
+                    let heads = 3;
+                    let pos: Vec<u32> = vec![0, 1, 5, 9, 77, 600, 2047];
+                    let x = rand_vec(pos.len() * heads * hd, 5, 1.0);
+                    let t = RopeTable::new(g, hd, theta, sc).unwrap();
+                    let tx = g.upload_f32(&x, &[pos.len(), heads * hd], "x").unwrap();
+                    let tp = g.upload_u32(&pos, &[pos.len()], "pos").unwrap();
+                    let mut b = g.batch();
+                    rope(&mut b, &tx, &tp, heads, &t).unwrap();
+                    b.submit();
+                    let inv = ficoco::ops::rope::inv_freq(hd, theta, sc);
+                    let want = cpu_rope(&x, &pos, heads, hd, &inv);
+                    assert_close(
+                        &format!("rope hd{hd} theta{theta} {sc:?}"),
+                        &g.read_f32(&tx).unwrap(),
+                        &want,
+                        2e-5,
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn llama3_inv_freq_matches_transformers_rule() {
+    // Frequencies with wavelength above original/low_freq are divided by the factor; below
+    // original/high_freq they are kept; in between they are interpolated.
+    let sc = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: 8192,
+    };
+    let base = ficoco::ops::rope::inv_freq(128, 5e5, &RopeScaling::None);
+    let scaled = ficoco::ops::rope::inv_freq(128, 5e5, &sc);
+    assert_eq!(scaled[0], base[0]);
+    assert!((scaled[63] - base[63] / 8.0).abs() < 1e-12);
+    let mid = (0..64).find(|&i| scaled[i] != base[i] && scaled[i] != base[i] / 8.0);
+    assert!(mid.is_some(), "no interpolated frequency");
+}
