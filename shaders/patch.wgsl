@@ -21,14 +21,14 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if (i >= p.n) { return; }
     let k = 3u * p.ps * p.ps;
-    let patch = i / k;
+    let pi = i / k;
     let col = i % k;
     let c = col / (p.ps * p.ps);
     let ky = (col / p.ps) % p.ps;
     let kx = col % p.ps;
     let grid_w = p.width / p.ps;
-    let y = (patch / grid_w) * p.ps + ky;
-    let x = (patch % grid_w) * p.ps + kx;
+    let y = (pi / grid_w) * p.ps + ky;
+    let x = (pi % grid_w) * p.ps + kx;
     out[i] = src[(c * p.height + y) * p.width + x];
 }
 

@@ -108,15 +108,15 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         out[0] = best.y;
     }
     workgroupBarrier();
-    let target = p.random * bitcast<f32>(red_i[0]);
+    let goal = p.random * bitcast<f32>(red_i[0]);
     let start = red_v[lid];
-    if (target >= start && target < start + kept) {
+    if (goal >= start && goal < start + kept) {
         var acc = start;
         for (var i = r.x; i < r.y; i++) {
             let q = exp((logits[i] - m) * inv_t) / total;
             if (q >= lo) {
                 acc += q;
-                if (target < acc) { out[0] = i; break; }
+                if (goal < acc) { out[0] = i; break; }
             }
         }
     }

@@ -4,26 +4,10 @@ use common::*;
 use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
 use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 
-fn erf(x: f64) -> f64 {
-    // Abramowitz-Stegun 7.1.26 is too coarse for a reference; integrate the series instead.
-    let mut sum = 0.0;
-    let mut term = x;
-    let mut n = 0.0;
-    if x.abs() > 5.0 {
-        return x.signum();
-    }
-    while term.abs() > 1e-17 || n < 5.0 {
-        sum += term / (2.0 * n + 1.0);
-        n += 1.0;
-        term *= -x * x / n;
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
-}
-
 fn epi(v: f64, e: Epilogue, old: f64) -> f64 {
     match e {
         Epilogue::None => v,
-        Epilogue::Gelu => 0.5 * v * (1.0 + erf(v / 2f64.sqrt())),
+        Epilogue::Gelu => 0.5 * v * (1.0 + erf64(v / 2f64.sqrt())),
         Epilogue::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
         Epilogue::Accumulate => old + v,
     }

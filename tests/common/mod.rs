@@ -68,3 +68,24 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         );
     }
 }
+
+/// erf in f64: Taylor series near 0, the Laplace continued fraction for erfc beyond 2.5
+/// (the series cancels catastrophically there).
+pub fn erf64(x: f64) -> f64 {
+    let z = x.abs();
+    if z < 2.5 {
+        let (mut sum, mut term, mut n) = (0.0f64, x, 0.0f64);
+        while term.abs() > 1e-18 * sum.abs().max(1e-300) || n < 3.0 {
+            sum += term / (2.0 * n + 1.0);
+            n += 1.0;
+            term *= -x * x / n;
+        }
+        return sum * 2.0 / std::f64::consts::PI.sqrt();
+    }
+    let mut f = z;
+    for k in (1..80).rev() {
+        f = z + (k as f64 / 2.0) / f;
+    }
+    let erfc = (-z * z).exp() / std::f64::consts::PI.sqrt() / f;
+    (1.0 - erfc).copysign(x)
+}

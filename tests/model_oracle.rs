@@ -1,0 +1,156 @@
+//! End-to-end against HF transformers: the fixtures in tests/fixtures/models/* were written by
+//! scripts/make_fixtures.py (transformers, float32, CPU) from small random LLaVA models in the
+//! published layouts. Here the real loader, preprocessing and GPU kernels must reproduce them.
+mod common;
+use common::*;
+use ficoco::gpu::{DType, Gpu};
+use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::preprocess::{self, ImageProcessor, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+struct Oracle {
+    dir: PathBuf,
+    json: serde_json::Value,
+    tensors: Vec<u8>,
+}
+
+impl Oracle {
+    fn load(dir: &Path) -> Self {
+        let json = std::fs::read_to_string(dir.join("oracle.json")).expect("oracle.json");
+        Oracle {
+            dir: dir.to_path_buf(),
+            json: serde_json::from_str(&json).unwrap(),
+            tensors: std::fs::read(dir.join("oracle.safetensors")).expect("oracle.safetensors"),
+        }
+    }
+
+    fn f32(&self, name: &str) -> Vec<f32> {
+        let st = safetensors::SafeTensors::deserialize(&self.tensors).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("oracle tensor {name}"));
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+        bytemuck::pod_collect_to_vec(t.data())
+    }
+
+    fn ids(&self, name: &str) -> Vec<u32> {
+        let st = safetensors::SafeTensors::deserialize(&self.tensors).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("oracle tensor {name}"));
+        assert_eq!(t.dtype(), safetensors::Dtype::I64);
+        bytemuck::pod_collect_to_vec::<u8, i64>(t.data())
+            .into_iter()
+            .map(|v| v as u32)
+            .collect()
+    }
+}
+
+fn model_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/models"))
+        .expect("tests/fixtures/models (run scripts/make_fixtures.sh)")
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.push(root.join("assets/llava-tiny-random"));
+    dirs.sort();
+    assert!(dirs.len() >= 3, "oracle fixtures missing");
+    dirs
+}
+
+struct Run {
+    tokens: Vec<u32>,
+    logits: Vec<f32>,
+    vision: Vec<f32>,
+    image: Vec<f32>,
+}
+
+fn run(gpu: &Arc<Gpu>, o: &Oracle, dtype: DType) -> Run {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tok = Tokenizer::from_dir(&o.dir).unwrap();
+    let proc = ImageProcessor::from_dir(&o.dir).unwrap();
+    let image = preprocess::load_image(&root.join(o.json["image"].as_str().unwrap())).unwrap();
+    let pixels = proc.preprocess(&image).unwrap();
+    let opts = LoadOptions {
+        dtype,
+        max_prompt_tokens: 1024,
+        max_context: 1100,
+    };
+    let mut model = Llava::load(gpu.clone(), &o.dir, &opts).unwrap();
+    let text = o.json["prompt"].as_str().unwrap();
+    let prompt = preprocess::build_prompt_ids(
+        &tok,
+        text,
+        model.config().image_token_index,
+        model.visual_tokens(),
+    )
+    .unwrap();
+    assert_eq!(
+        prompt.ids,
+        o.ids("input_ids"),
+        "{}: prompt ids",
+        o.dir.display()
+    );
+    let n = o.json["max_new_tokens"].as_u64().unwrap() as usize;
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        sampling: Sampling::Greedy,
+        stop_tokens: vec![],
+        keep_prefill_logits: true,
+    };
+    let out = pollster::block_on(model.generate(&pixels, &prompt, &opts, |_| true)).unwrap();
+    Run {
+        tokens: out.tokens,
+        logits: out.prefill_logits.unwrap(),
+        vision: gpu.read_f32(model.selected_vision_features()).unwrap(),
+        image: gpu.read_f32(&model.encode_image(&pixels).unwrap()).unwrap(),
+    }
+}
+
+fn rel_max_diff(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    max_abs_diff(got, want) / scale
+}
+
+#[test]
+fn f32_matches_transformers() {
+    for dir in model_dirs() {
+        let o = Oracle::load(&dir);
+        let r = run(gpu(), &o, DType::F32);
+        let name = dir.display();
+        let dv = rel_max_diff(&r.vision, &o.f32("vision_features"));
+        let di = rel_max_diff(&r.image, &o.f32("image_features"));
+        let dl = rel_max_diff(&r.logits, &o.f32("prefill_logits_last"));
+        eprintln!(
+            "{name}: vision {dv:.2e}, image features {di:.2e}, logits {dl:.2e} (relative max)"
+        );
+        assert!(dv <= 1e-4, "{name}: vision features differ by {dv}");
+        assert!(di <= 1e-4, "{name}: image features differ by {di}");
+        assert!(
+            dl <= 1e-3,
+            "{name}: prefill logits differ by {dl} of max |logit|"
+        );
+        assert_eq!(r.tokens, o.ids("greedy_tokens"), "{name}: greedy tokens");
+    }
+}
+
+/// f16 weight storage (f32 math): documented tolerance 3e-2 of max |logit|, same first token.
+/// Runs on the portable device (no SHADER_F16, 128 MiB bindings) as a browser would.
+#[test]
+fn f16_matches_transformers_top1() {
+    for dir in model_dirs() {
+        let o = Oracle::load(&dir);
+        let r = run(portable_gpu(), &o, DType::F16);
+        let name = dir.display();
+        let want = o.f32("prefill_logits_last");
+        let dl = rel_max_diff(&r.logits, &want);
+        eprintln!("{name}: f16 logits {dl:.2e} (relative max)");
+        assert!(dl <= 3e-2, "{name}: f16 prefill logits differ by {dl}");
+        assert_eq!(
+            r.tokens[0],
+            o.ids("greedy_tokens")[0],
+            "{name}: first token"
+        );
+    }
+}
