@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod error;
 pub mod gpu;
+pub mod model;
 pub mod ops;
 pub mod preprocess;
 

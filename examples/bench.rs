@@ -1,0 +1,400 @@
+//! Benchmark with random weights for named shape presets: vision, prefill and decode times,
+//! matmul GFLOP/s next to numpy (OpenBLAS) sgemm, memory against weights + KV cache, and the
+//! cold-start (pipeline creation) cost.
+//!
+//! cargo run --release --example bench -- [--preset xs|tinyllava] [--dtype f16|f32] [--json]
+
+use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::model::{
+    GenerateOptions, HostTensor, Llava, LlavaConfig, LoadOptions, Sampling, WeightFile,
+};
+use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
+use ficoco::preprocess::{PixelValues, PromptIds};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Preset {
+    name: &'static str,
+    /// (hidden, intermediate, layers, heads, image, patch)
+    vision: (usize, usize, usize, usize, usize, usize),
+    /// (hidden, intermediate, layers, heads, kv heads, vocab)
+    text: (usize, usize, usize, usize, usize, usize),
+    text_tokens: usize,
+    decode_tokens: usize,
+}
+
+const PRESETS: &[Preset] = &[
+    Preset {
+        name: "xs",
+        vision: (256, 1024, 4, 4, 224, 14),
+        text: (512, 1408, 4, 8, 4, 8000),
+        text_tokens: 60,
+        decode_tokens: 8,
+    },
+    // CLIP ViT-L/14-336 + a TinyLlama-1.1B-shaped decoder (the shapes of TinyLLaVA-1.5B).
+    Preset {
+        name: "tinyllava",
+        vision: (1024, 4096, 24, 16, 336, 14),
+        text: (2048, 5632, 22, 32, 4, 32000),
+        text_tokens: 60,
+        decode_tokens: 8,
+    },
+];
+
+fn config_json(p: &Preset) -> String {
+    let (vh, vi, vl, vn, img, patch) = p.vision;
+    let (th, ti, tl, tn, tkv, vocab) = p.text;
+    serde_json::json!({
+        "model_type": "llava",
+        "image_token_index": vocab - 1,
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "vision_config": {"hidden_size": vh, "intermediate_size": vi, "num_hidden_layers": vl,
+            "num_attention_heads": vn, "image_size": img, "patch_size": patch},
+        "text_config": {"model_type": "llama", "hidden_size": th, "intermediate_size": ti,
+            "num_hidden_layers": tl, "num_attention_heads": tn, "num_key_value_heads": tkv,
+            "vocab_size": vocab, "rms_norm_eps": 1e-5},
+    })
+    .to_string()
+}
+
+/// Random weights under canonical names, shaped from the config.
+fn random_weights(cfg: &LlavaConfig) -> WeightFile {
+    let mut seed = 0x1234_5678u64;
+    let mut rand = |shape: &[usize], scale: f32, offset: f32| {
+        let n: usize = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                offset + ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect();
+        HostTensor {
+            shape: shape.to_vec(),
+            data,
+        }
+    };
+    let v = &cfg.vision_config;
+    let t = &cfg.text_config;
+    let (d, i, p) = (v.hidden_size, v.intermediate_size, v.patch_size);
+    let mut w: Vec<(String, HostTensor)> = vec![
+        (
+            "vision.embeddings.patch_embedding.weight".into(),
+            rand(&[d, 3, p, p], 0.02, 0.0),
+        ),
+        (
+            "vision.embeddings.class_embedding".into(),
+            rand(&[d], 0.02, 0.0),
+        ),
+        (
+            "vision.embeddings.position_embedding.weight".into(),
+            rand(&[v.num_patches() + 1, d], 0.02, 0.0),
+        ),
+        ("vision.pre_layrnorm.weight".into(), rand(&[d], 0.05, 1.0)),
+        ("vision.pre_layrnorm.bias".into(), rand(&[d], 0.02, 0.0)),
+    ];
+    for l in 0..cfg.vision_layers_to_run() {
+        let n = |s: &str| format!("vision.encoder.layers.{l}.{s}");
+        for (name, o, k) in [
+            ("self_attn.q_proj", d, d),
+            ("self_attn.k_proj", d, d),
+            ("self_attn.v_proj", d, d),
+            ("self_attn.out_proj", d, d),
+            ("mlp.fc1", i, d),
+            ("mlp.fc2", d, i),
+        ] {
+            w.push((n(&format!("{name}.weight")), rand(&[o, k], 0.02, 0.0)));
+            w.push((n(&format!("{name}.bias")), rand(&[o], 0.02, 0.0)));
+        }
+        for norm in ["layer_norm1", "layer_norm2"] {
+            w.push((n(&format!("{norm}.weight")), rand(&[d], 0.05, 1.0)));
+            w.push((n(&format!("{norm}.bias")), rand(&[d], 0.02, 0.0)));
+        }
+    }
+    let h = t.hidden_size;
+    for (name, o, k) in [("projector.linear_1", h, d), ("projector.linear_2", h, h)] {
+        w.push((format!("{name}.weight"), rand(&[o, k], 0.02, 0.0)));
+        w.push((format!("{name}.bias"), rand(&[o], 0.02, 0.0)));
+    }
+    let (q, kv, ti) = (
+        t.num_attention_heads * t.head_dim(),
+        t.kv_heads() * t.head_dim(),
+        t.intermediate_size,
+    );
+    w.push((
+        "text.embed_tokens.weight".into(),
+        rand(&[t.vocab_size, h], 0.02, 0.0),
+    ));
+    w.push(("lm_head.weight".into(), rand(&[t.vocab_size, h], 0.02, 0.0)));
+    w.push(("text.norm.weight".into(), rand(&[h], 0.05, 1.0)));
+    for l in 0..t.num_hidden_layers {
+        let n = |s: &str| format!("text.layers.{l}.{s}.weight");
+        for (name, o, k) in [
+            ("self_attn.q_proj", q, h),
+            ("self_attn.k_proj", kv, h),
+            ("self_attn.v_proj", kv, h),
+            ("self_attn.o_proj", h, q),
+            ("mlp.gate_proj", ti, h),
+            ("mlp.up_proj", ti, h),
+            ("mlp.down_proj", h, ti),
+        ] {
+            w.push((n(name), rand(&[o, k], 0.02, 0.0)));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            w.push((n(norm), rand(&[h], 0.05, 1.0)));
+        }
+    }
+    WeightFile::from_tensors(w)
+}
+
+/// Best-of-`reps` GFLOP/s of one matmul shape.
+fn matmul_gflops(
+    gpu: &Gpu,
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: DType,
+    path: MatmulPath,
+) -> ficoco::Result<f64> {
+    let x = gpu.upload_f32(&vec![0.01; m * k], &[m, k], "x")?;
+    let w = WeightMatrix::from_out_in(gpu, &vec![0.01; n * k], n, k, dtype, "w")?;
+    let out = gpu.zeros(&[m, n], DType::F32, "out")?;
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let mut b = gpu.batch();
+        matmul_with(&mut b, path, &x, &w, None, Epilogue::None, &out)?;
+        b.submit();
+        gpu.wait()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// numpy (OpenBLAS) sgemm on the same machine, if python3 with numpy is available.
+fn numpy_gflops(m: usize, k: usize, n: usize) -> Option<f64> {
+    let py = std::env::var("FICOCO_PYTHON").unwrap_or("python3".into());
+    let script = format!(
+        "import numpy as np, time\na=np.ones(({m},{k}),np.float32)\nb=np.ones(({k},{n}),np.float32)\nbest=1e9\nfor _ in range(5):\n t=time.perf_counter(); a@b; best=min(best,time.perf_counter()-t)\nprint(2*{m}*{k}*{n}/best/1e9)"
+    );
+    let out = std::process::Command::new(py)
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> ficoco::Result<()> {
+    let mut preset = "xs".to_string();
+    let mut dtype = DType::F16;
+    let mut json = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--preset" => preset = args.next().unwrap_or_default(),
+            "--dtype" => {
+                dtype = match args.next().as_deref() {
+                    Some("f32") => DType::F32,
+                    Some("f16") => DType::F16,
+                    other => return Err(ficoco::Error::InvalidArgument(format!("--dtype {other:?}: f16 or f32"))),
+                }
+            }
+            "--json" => json = true,
+            other => {
+                return Err(ficoco::Error::InvalidArgument(format!(
+                    "unknown option {other}; usage: bench [--preset xs|tinyllava] [--dtype f16|f32] [--json]"
+                )))
+            }
+        }
+    }
+    let p = PRESETS.iter().find(|p| p.name == preset).ok_or_else(|| {
+        ficoco::Error::InvalidArgument(format!("preset {preset:?}: known are xs, tinyllava"))
+    })?;
+    let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
+    let cfg = LlavaConfig::from_json_str(&config_json(p), Path::new("<preset>"))?;
+    let visual = cfg.visual_tokens();
+    let prompt_len = visual + p.text_tokens;
+    let log = |s: &str| {
+        if !json {
+            eprintln!("{s}");
+        }
+    };
+    log(&format!("adapter: {}", gpu.describe()));
+    log(&format!("preset {}: building random weights...", p.name));
+    let weights = random_weights(&cfg);
+    let t = Instant::now();
+    let opts = LoadOptions {
+        dtype,
+        max_prompt_tokens: prompt_len,
+        max_context: prompt_len + p.decode_tokens,
+    };
+    let mut model = Llava::from_weights(gpu.clone(), cfg.clone(), &weights, &opts)?;
+    drop(weights);
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    log(&format!("uploaded in {load_ms:.0} ms"));
+
+    let v = &cfg.vision_config;
+    let s = v.image_size;
+    let pixels = PixelValues {
+        data: (0..3 * s * s)
+            .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+            .collect(),
+        channels: 3,
+        height: s,
+        width: s,
+    };
+    let image_token = cfg.image_token_index;
+    let vocab = cfg.text_config.vocab_size as u32;
+    let mut ids: Vec<u32> = (0..prompt_len as u32)
+        .map(|i| (i * 7919 + 3) % (vocab - 1))
+        .collect();
+    let start = 5;
+    ids[start..start + visual].fill(image_token);
+    let prompt = PromptIds {
+        ids,
+        image_start: start,
+        image_len: visual,
+    };
+    let gen = GenerateOptions {
+        max_new_tokens: p.decode_tokens,
+        sampling: Sampling::Greedy,
+        stop_tokens: vec![],
+        keep_prefill_logits: false,
+    };
+    log("cold run (compiles pipelines)...");
+    let t = Instant::now();
+    pollster::block_on(model.generate(&pixels, &prompt, &gen, |_| true))?;
+    let cold_ms = t.elapsed().as_secs_f64() * 1e3;
+    let allocs = gpu.allocations();
+    let mut best: Option<ficoco::model::Timings> = None;
+    let mut warm_ms = f64::MAX;
+    for i in 0..2 {
+        log(&format!("warm run {}...", i + 1));
+        let t = Instant::now();
+        let out = pollster::block_on(model.generate(&pixels, &prompt, &gen, |_| true))?;
+        warm_ms = warm_ms.min(t.elapsed().as_secs_f64() * 1e3);
+        let tm = out.timings;
+        best = Some(match best {
+            None => tm,
+            Some(b) => ficoco::model::Timings {
+                vision_ms: b.vision_ms.min(tm.vision_ms),
+                prefill_ms: b.prefill_ms.min(tm.prefill_ms),
+                decode_ms: b.decode_ms.min(tm.decode_ms),
+            },
+        });
+    }
+    let warm_allocations = gpu.allocations() - allocs;
+    let tm = best.unwrap();
+    let decode_per_token = tm.decode_ms / (p.decode_tokens - 1) as f64;
+    let (_, peak) = gpu.memory();
+    let weights_bytes = model.weight_bytes();
+    let kv_bytes = model.kv_cache_bytes();
+
+    let (vh, vi, ..) = p.vision;
+    let (th, ti, ..) = p.text;
+    let shapes = [
+        (visual + 1, vh, vi),
+        (visual + 1, vi, vh),
+        (prompt_len, th, ti),
+        (prompt_len, ti, th),
+    ];
+    let variant = gpu.caps.matmul;
+    let mut rows = Vec::new();
+    for &(m, k, n) in &shapes {
+        log(&format!("matmul {m}x{k}x{n}..."));
+        let g = matmul_gflops(&gpu, m, k, n, dtype, MatmulPath::Matrix(variant))?;
+        let other = MatmulVariant::ALL
+            .into_iter()
+            .find(|&o| o != variant)
+            .unwrap();
+        let g_other = matmul_gflops(&gpu, m, k, n, dtype, MatmulPath::Matrix(other))?;
+        let np = numpy_gflops(m, k, n);
+        rows.push(
+            serde_json::json!({"m": m, "k": k, "n": n, "gflops": g, "variant": variant.name(),
+            "other_variant": {"name": other.name(), "gflops": g_other}, "numpy_gflops": np,
+            "fraction_of_numpy": np.map(|x| g / x)}),
+        );
+    }
+    let dv = matmul_gflops(&gpu, 1, th, ti, dtype, MatmulPath::MatVec)?;
+    let report = serde_json::json!({
+        "preset": p.name,
+        "adapter": gpu.describe(),
+        "dtype": dtype.name(),
+        "prompt_tokens": prompt_len,
+        "visual_tokens": visual,
+        "timings_ms": {
+            "load": load_ms,
+            "vision": tm.vision_ms,
+            "prefill": tm.prefill_ms,
+            "decode_per_token": decode_per_token,
+            "pipelines": cold_ms - warm_ms,
+        },
+        "matmul": rows,
+        "matvec_gflops": {"m": 1, "k": th, "n": ti, "gflops": dv},
+        "peak_gpu_bytes": peak,
+        "weights_bytes": weights_bytes,
+        "kv_bytes": kv_bytes,
+        "peak_over_weights_kv": peak as f64 / (weights_bytes + kv_bytes) as f64,
+        "warm_allocations": warm_allocations,
+        "pipelines": gpu.pipeline_count(),
+    });
+    if json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!("| preset | adapter | dtype | vision ms | prefill ms ({prompt_len} tok) | decode ms/token | pipelines ms | peak / (weights+KV) | warm allocations |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} ({} MiB / {} MiB) | {} |",
+        p.name,
+        gpu.info.name,
+        dtype.name(),
+        tm.vision_ms,
+        tm.prefill_ms,
+        decode_per_token,
+        cold_ms - warm_ms,
+        peak as f64 / (weights_bytes + kv_bytes) as f64,
+        peak >> 20,
+        (weights_bytes + kv_bytes) >> 20,
+        warm_allocations
+    );
+    println!();
+    println!(
+        "| matmul M x K x N | {} GFLOP/s | {} GFLOP/s | numpy sgemm GFLOP/s | fraction |",
+        variant.name(),
+        MatmulVariant::ALL
+            .into_iter()
+            .find(|&o| o != variant)
+            .unwrap()
+            .name()
+    );
+    println!("|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} x {} x {} | {:.1} | {:.1} | {} | {} |",
+            r["m"],
+            r["k"],
+            r["n"],
+            r["gflops"].as_f64().unwrap(),
+            r["other_variant"]["gflops"].as_f64().unwrap(),
+            r["numpy_gflops"]
+                .as_f64()
+                .map_or("n/a".into(), |x| format!("{x:.1}")),
+            r["fraction_of_numpy"]
+                .as_f64()
+                .map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0)),
+        );
+    }
+    println!("| 1 x {th} x {ti} (mat-vec) | {dv:.1} | | | |");
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! `config.json` of a llava-hf checkpoint, field names as in the file. Published configs omit
+//! fields equal to transformers' defaults, so every missing field takes the default of
+//! `LlavaConfig`, `CLIPVisionConfig` or `LlamaConfig` (transformers 5.x values).
+
+use crate::ops::RopeScaling;
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub layer_norm_eps: f32,
+    pub hidden_act: String,
+    pub model_type: String,
+}
+
+impl Default for VisionConfig {
+    /// CLIPVisionConfig's own defaults (ViT-B/32), used for fields a config leaves out.
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            image_size: 224,
+            patch_size: 32,
+            num_channels: 3,
+            layer_norm_eps: 1e-5,
+            hidden_act: "quick_gelu".into(),
+            model_type: "clip_vision_model".into(),
+        }
+    }
+}
+
+impl VisionConfig {
+    /// LlavaConfig's vision tower when `vision_config` is absent: CLIP ViT-L/14-336.
+    fn llava_default() -> Self {
+        Self {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            image_size: 336,
+            patch_size: 14,
+            ..Self::default()
+        }
+    }
+
+    pub fn num_patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct RawRope {
+    #[serde(alias = "type")]
+    rope_type: Option<String>,
+    rope_theta: Option<f32>,
+    factor: Option<f32>,
+    low_freq_factor: Option<f32>,
+    high_freq_factor: Option<f32>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: Option<f32>,
+    rope_scaling: Option<RawRope>,
+    /// transformers 5 keeps theta and scaling here.
+    rope_parameters: Option<RawRope>,
+    pub hidden_act: String,
+    pub attention_bias: bool,
+    pub tie_word_embeddings: Option<bool>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+impl Default for TextConfig {
+    /// LlamaConfig's defaults (Llama-2-7B shapes).
+    fn default() -> Self {
+        Self {
+            model_type: "llama".into(),
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: None,
+            head_dim: None,
+            vocab_size: 32000,
+            max_position_embeddings: 2048,
+            rms_norm_eps: 1e-6,
+            rope_theta: None,
+            rope_scaling: None,
+            rope_parameters: None,
+            hidden_act: "silu".into(),
+            attention_bias: false,
+            tie_word_embeddings: None,
+            bos_token_id: Some(1),
+            eos_token_id: None,
+        }
+    }
+}
+
+impl TextConfig {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Qwen2 always has q/k/v biases; Llama has them when `attention_bias` is set.
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2" || self.attention_bias
+    }
+
+    pub fn theta(&self) -> f32 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10000.0)
+    }
+
+    pub fn rope_scaling(&self) -> Result<RopeScaling> {
+        let Some(r) = self.rope_scaling.as_ref().or(self.rope_parameters.as_ref()) else {
+            return Ok(RopeScaling::None);
+        };
+        let need = |v: Option<f32>, name: &str| {
+            v.ok_or_else(|| Error::InvalidArgument(format!("rope scaling needs {name}")))
+        };
+        Ok(match r.rope_type.as_deref().unwrap_or("default") {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear {
+                factor: need(r.factor, "factor")?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: need(r.factor, "factor")?,
+                low_freq_factor: need(r.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(r.high_freq_factor, "high_freq_factor")?,
+                original_max_position: r.original_max_position_embeddings.ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "llama3 rope needs original_max_position_embeddings".into(),
+                    )
+                })?,
+            },
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "rope type {other:?}: supported are default, linear and llama3"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(alias = "image_token_id")]
+    image_token_index: Option<u32>,
+    projector_hidden_act: Option<String>,
+    vision_feature_layer: Option<serde_json::Value>,
+    vision_feature_select_strategy: Option<String>,
+    multimodal_projector_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    vision_config: Option<VisionConfig>,
+    text_config: Option<TextConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LlavaConfig {
+    pub vision_config: VisionConfig,
+    pub text_config: TextConfig,
+    pub image_token_index: u32,
+    pub projector_hidden_act: String,
+    /// Index into the tower's hidden states `[embeddings, layer 1, ..., layer L]` (negative counts
+    /// from the end, so -2 is the output of layer L-1).
+    pub vision_feature_layer: i64,
+    pub vision_feature_select_strategy: String,
+    pub multimodal_projector_bias: bool,
+    tie_word_embeddings: bool,
+    pub source: PathBuf,
+}
+
+impl LlavaConfig {
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::file(
+                &path,
+                format!("{e} (a llava-hf model directory needs config.json)"),
+            )
+        })?;
+        Self::from_json_str(&text, &path)
+    }
+
+    pub fn from_json_str(text: &str, source: &Path) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text)
+            .map_err(|e| Error::file(source, format!("invalid config: {e}")))?;
+        let model_type = raw.model_type.clone().unwrap_or_default();
+        let is_llava = model_type == "llava"
+            || raw
+                .architectures
+                .iter()
+                .any(|a| a == "LlavaForConditionalGeneration");
+        if !is_llava {
+            return Err(Error::file(
+                source,
+                format!(
+                    "model_type {model_type:?} / architectures {:?}: only LLaVA (model_type \"llava\", LlavaForConditionalGeneration) is supported",
+                    raw.architectures
+                ),
+            ));
+        }
+        let layer = match &raw.vision_feature_layer {
+            None => -2,
+            Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(i64::MAX),
+            Some(other) => {
+                return Err(Error::file(
+                    source,
+                    format!("vision_feature_layer {other}: only a single layer index is supported"),
+                ))
+            }
+        };
+        let text_config = raw.text_config.clone().unwrap_or_default();
+        let cfg = Self {
+            vision_config: raw
+                .vision_config
+                .clone()
+                .unwrap_or_else(VisionConfig::llava_default),
+            tie_word_embeddings: text_config
+                .tie_word_embeddings
+                .or(raw.tie_word_embeddings)
+                .unwrap_or(false),
+            text_config,
+            image_token_index: raw.image_token_index.unwrap_or(32000),
+            projector_hidden_act: raw.projector_hidden_act.clone().unwrap_or("gelu".into()),
+            vision_feature_layer: layer,
+            vision_feature_select_strategy: raw
+                .vision_feature_select_strategy
+                .clone()
+                .unwrap_or("default".into()),
+            multimodal_projector_bias: raw.multimodal_projector_bias.unwrap_or(true),
+            source: source.to_path_buf(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let err =
+            |field: &str, msg: String| Err(Error::file(&self.source, format!("{field}: {msg}")));
+        let v = &self.vision_config;
+        let t = &self.text_config;
+        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+            return err(
+                "vision_config.image_size",
+                format!(
+                    "{} is not a multiple of patch_size {}",
+                    v.image_size, v.patch_size
+                ),
+            );
+        }
+        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+            return err(
+                "vision_config.num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {}",
+                    v.num_attention_heads, v.hidden_size
+                ),
+            );
+        }
+        if t.num_attention_heads == 0
+            || (t.head_dim.is_none() && t.hidden_size % t.num_attention_heads != 0)
+        {
+            return err(
+                "text_config.num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {}",
+                    t.num_attention_heads, t.hidden_size
+                ),
+            );
+        }
+        if t.kv_heads() == 0 || t.num_attention_heads % t.kv_heads() != 0 {
+            return err(
+                "text_config.num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    t.kv_heads(),
+                    t.num_attention_heads
+                ),
+            );
+        }
+        let l = v.num_hidden_layers as i64;
+        if !(-(l + 1)..=l).contains(&self.vision_feature_layer) {
+            return err(
+                "vision_feature_layer",
+                format!(
+                    "{} is outside the {} hidden states of a {l}-layer tower",
+                    self.vision_feature_layer,
+                    l + 1
+                ),
+            );
+        }
+        if !matches!(
+            self.vision_feature_select_strategy.as_str(),
+            "default" | "full"
+        ) {
+            return err(
+                "vision_feature_select_strategy",
+                format!(
+                    "{:?}: expected \"default\" or \"full\"",
+                    self.vision_feature_select_strategy
+                ),
+            );
+        }
+        if !matches!(t.model_type.as_str(), "llama" | "qwen2") {
+            return err(
+                "text_config.model_type",
+                format!("{:?}: supported are llama and qwen2", t.model_type),
+            );
+        }
+        if self.image_token_index as usize >= t.vocab_size {
+            return err(
+                "image_token_index",
+                format!(
+                    "{} is outside the vocabulary of {}",
+                    self.image_token_index, t.vocab_size
+                ),
+            );
+        }
+        t.rope_scaling().map(|_| ())
+    }
+
+    /// Encoder layers to run: hidden state `k` is the output of layer `k` (0 = embeddings).
+    pub fn vision_layers_to_run(&self) -> usize {
+        let l = self.vision_config.num_hidden_layers as i64;
+        let k = if self.vision_feature_layer < 0 {
+            l + 1 + self.vision_feature_layer
+        } else {
+            self.vision_feature_layer
+        };
+        k.max(0) as usize
+    }
+
+    /// The `default` strategy drops [CLS]; `full` keeps it.
+    pub fn drops_cls(&self) -> bool {
+        self.vision_feature_select_strategy == "default"
+    }
+
+    pub fn visual_tokens(&self) -> usize {
+        self.vision_config.num_patches() + usize::from(!self.drops_cls())
+    }
+
+    pub fn tied_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+}

@@ -1,0 +1,287 @@
+//! The Llama-family decoder (Llama, Qwen2): embeddings, pre-RMSNorm blocks with GQA attention
+//! over the KV cache and a SwiGLU MLP, final norm and LM head for the last position.
+
+use super::config::{LlavaConfig, TextConfig};
+use super::kv_cache::KvCache;
+use super::linear::{Linear, Norm};
+use super::weights::WeightFile;
+use crate::gpu::{Batch, DType, Gpu, Tensor};
+use crate::ops::{
+    self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightMatrix,
+};
+use crate::{Error, Result};
+
+struct DecoderLayer {
+    norm1: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    norm2: Norm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Activations for up to `capacity` rows, allocated once.
+struct Workspace {
+    x: Tensor,
+    a: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    ctx: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    mlp: Tensor,
+    last: Tensor,
+    last_normed: Tensor,
+    logits: Tensor,
+    ids: Tensor,
+    positions: Tensor,
+    attn: AttentionScratch,
+}
+
+pub struct Decoder {
+    cfg: TextConfig,
+    embed: EmbeddingTable,
+    layers: Vec<DecoderLayer>,
+    norm: Norm,
+    head: WeightMatrix,
+    rope: RopeTable,
+    shape: AttentionShape,
+    ws: Workspace,
+    capacity: usize,
+}
+
+impl Decoder {
+    /// `capacity`: the most tokens one forward call may process (the prompt length bound).
+    pub fn load(
+        gpu: &Gpu,
+        wf: &WeightFile,
+        cfg: &LlavaConfig,
+        dtype: DType,
+        capacity: usize,
+    ) -> Result<Self> {
+        let tc = cfg.text_config.clone();
+        let d = tc.hidden_size;
+        let heads = tc.num_attention_heads;
+        let kv_heads = tc.kv_heads();
+        let hd = tc.head_dim();
+        let inter = tc.intermediate_size;
+        let vocab = tc.vocab_size;
+        if tc.hidden_act != "silu" {
+            return Err(Error::Unsupported(format!(
+                "text_config.hidden_act {:?}: only silu (SwiGLU) is supported",
+                tc.hidden_act
+            )));
+        }
+        let table = wf.get("text.embed_tokens.weight", &[vocab, d])?;
+        let embed = EmbeddingTable::from_rows(gpu, &table.data, vocab, d, dtype, "embed_tokens")?;
+        let head = if cfg.tied_embeddings() {
+            WeightMatrix::from_out_in(gpu, &table.data, vocab, d, dtype, "lm_head (tied)")?
+        } else {
+            let w = wf.get("lm_head.weight", &[vocab, d])?;
+            WeightMatrix::from_out_in(gpu, &w.data, vocab, d, dtype, "lm_head")?
+        };
+        drop(table);
+        let qkv_bias = tc.qkv_bias();
+        let layers = (0..tc.num_hidden_layers)
+            .map(|i| {
+                let n = |s: &str| format!("text.layers.{i}.{s}");
+                let lin = |s: &str, o, k, bias| Linear::load(gpu, wf, &n(s), o, k, bias, dtype);
+                Ok(DecoderLayer {
+                    norm1: Norm::load(gpu, wf, &n("input_layernorm"), d, false)?,
+                    q: lin("self_attn.q_proj", heads * hd, d, qkv_bias)?,
+                    k: lin("self_attn.k_proj", kv_heads * hd, d, qkv_bias)?,
+                    v: lin("self_attn.v_proj", kv_heads * hd, d, qkv_bias)?,
+                    o: lin("self_attn.o_proj", d, heads * hd, false)?,
+                    norm2: Norm::load(gpu, wf, &n("post_attention_layernorm"), d, false)?,
+                    gate: lin("mlp.gate_proj", inter, d, false)?,
+                    up: lin("mlp.up_proj", inter, d, false)?,
+                    down: lin("mlp.down_proj", d, inter, false)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = Norm::load(gpu, wf, "text.norm", d, false)?;
+        let rope = RopeTable::new(gpu, hd, tc.theta(), &tc.rope_scaling()?)?;
+        let f = |shape: &[usize], label| gpu.zeros(shape, DType::F32, label);
+        let ws = Workspace {
+            x: f(&[capacity, d], "x")?,
+            a: f(&[capacity, d], "a")?,
+            q: f(&[capacity, heads * hd], "q")?,
+            k: f(&[capacity, kv_heads * hd], "k")?,
+            v: f(&[capacity, kv_heads * hd], "v")?,
+            ctx: f(&[capacity, heads * hd], "ctx")?,
+            gate: f(&[capacity, inter], "gate")?,
+            up: f(&[capacity, inter], "up")?,
+            mlp: f(&[capacity, inter], "mlp")?,
+            last: f(&[1, d], "last")?,
+            last_normed: f(&[1, d], "last normed")?,
+            logits: f(&[1, vocab], "logits")?,
+            ids: gpu.zeros(&[capacity], DType::U32, "ids")?,
+            positions: gpu.zeros(&[capacity], DType::U32, "positions")?,
+            attn: AttentionScratch::new(gpu, capacity, heads)?,
+        };
+        let shape = AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            causal: true,
+            scale: (hd as f32).powf(-0.5),
+        };
+        Ok(Self {
+            cfg: tc,
+            embed,
+            layers,
+            norm,
+            head,
+            rope,
+            shape,
+            ws,
+            capacity,
+        })
+    }
+
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn new_cache(&self, gpu: &Gpu, tokens: usize) -> Result<KvCache> {
+        let kv_dim = self.shape.kv_heads * self.shape.head_dim;
+        KvCache::new(gpu, self.layers.len(), tokens, kv_dim)
+    }
+
+    /// Token embeddings of `ids` into rows `0..n` of the residual stream; returns the `[n, D]`
+    /// view so the caller can splice image features into it.
+    pub fn embed_tokens(&self, b: &mut Batch, ids: &[u32]) -> Result<Tensor> {
+        let n = ids.len();
+        self.check_rows(n)?;
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary ({vocab} tokens): tokenizer and model do not match"
+            )));
+        }
+        b.gpu().write(&self.ws.ids, bytemuck::cast_slice(ids))?;
+        let x = self.ws.x.view(&[n, self.cfg.hidden_size]);
+        ops::embed(b, &self.embed, &self.ws.ids.view(&[n]), &x)?;
+        Ok(x)
+    }
+
+    /// Embedding of a token that is already on the GPU (`U32 [1]`, e.g. the sampled one), so
+    /// decoding needs no upload of ids.
+    pub fn embed_device_token(&self, b: &mut Batch, token: &Tensor) -> Result<()> {
+        let x = self.ws.x.view(&[1, self.cfg.hidden_size]);
+        ops::embed(b, &self.embed, token, &x)
+    }
+
+    /// Run all layers on the `n` rows in the residual stream, appending their keys and values to
+    /// `cache` at the positions given, and write the last row's logits (returned, `[V]`).
+    pub fn forward(&self, b: &mut Batch, cache: &mut KvCache, positions: &[u32]) -> Result<Tensor> {
+        let n = positions.len();
+        self.check_rows(n)?;
+        let tc = &self.cfg;
+        let (d, hd) = (tc.hidden_size, self.shape.head_dim);
+        let (qd, kvd) = (self.shape.heads * hd, self.shape.kv_heads * hd);
+        let eps = tc.rms_norm_eps;
+        b.gpu()
+            .write(&self.ws.positions, bytemuck::cast_slice(positions))?;
+        let ws = &self.ws;
+        let pos = ws.positions.view(&[n]);
+        let (x, a) = (ws.x.view(&[n, d]), ws.a.view(&[n, d]));
+        let (q, k, v, ctx) = (
+            ws.q.view(&[n, qd]),
+            ws.k.view(&[n, kvd]),
+            ws.v.view(&[n, kvd]),
+            ws.ctx.view(&[n, qd]),
+        );
+        let inter = tc.intermediate_size;
+        let (gate, up, mlp) = (
+            ws.gate.view(&[n, inter]),
+            ws.up.view(&[n, inter]),
+            ws.mlp.view(&[n, inter]),
+        );
+        for (l, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            if lc.len + n > cache_capacity(&lc.k) {
+                return Err(Error::InvalidArgument(format!(
+                    "KV cache full: {} + {n} tokens exceed its {} rows; create a larger cache",
+                    lc.len,
+                    cache_capacity(&lc.k)
+                )));
+            }
+            l.norm1.forward(b, &x, eps, &a)?;
+            l.q.forward(b, &a, Epilogue::None, &q)?;
+            l.k.forward(b, &a, Epilogue::None, &k)?;
+            l.v.forward(b, &a, Epilogue::None, &v)?;
+            ops::rope(b, &q, &pos, self.shape.heads, &self.rope)?;
+            ops::rope(b, &k, &pos, self.shape.kv_heads, &self.rope)?;
+            b.copy(&k, &lc.k.slice(lc.len * kvd, &[n, kvd]))?;
+            b.copy(&v, &lc.v.slice(lc.len * kvd, &[n, kvd]))?;
+            lc.len += n;
+            ops::attention(
+                b,
+                &q,
+                &lc.k,
+                &lc.v,
+                lc.len,
+                &self.shape,
+                &ws.attn,
+                &ctx,
+                None,
+            )?;
+            l.o.forward(b, &ctx, Epilogue::Accumulate, &x)?;
+            l.norm2.forward(b, &x, eps, &a)?;
+            l.gate.forward(b, &a, Epilogue::None, &gate)?;
+            l.up.forward(b, &a, Epilogue::None, &up)?;
+            ops::silu_mul(b, &gate, &up, &mlp)?;
+            l.down.forward(b, &mlp, Epilogue::Accumulate, &x)?;
+        }
+        cache.next_position = positions[n - 1] + 1;
+        b.copy(&x.slice((n - 1) * d, &[1, d]), &ws.last)?;
+        self.norm.forward(b, &ws.last, eps, &ws.last_normed)?;
+        ops::matmul(
+            b,
+            &ws.last_normed,
+            &self.head,
+            None,
+            Epilogue::None,
+            &ws.logits,
+        )?;
+        Ok(ws.logits.view(&[tc.vocab_size]))
+    }
+
+    fn check_rows(&self, n: usize) -> Result<()> {
+        if n == 0 || n > self.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "{n} tokens in one forward call; this decoder was loaded for 1..={} (raise max_prompt_tokens)",
+                self.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|x| x.bytes())
+                    .sum::<u64>()
+                    + l.norm1.bytes()
+                    + l.norm2.bytes()
+            })
+            .sum();
+        layers + self.embed.bytes() + self.head.bytes() + self.norm.bytes()
+    }
+}
+
+fn cache_capacity(t: &Tensor) -> usize {
+    t.shape()[0]
+}

@@ -1,0 +1,329 @@
+//! LLaVA: vision tower -> projector -> decoder, and generation (greedy or nucleus sampling, on
+//! the GPU; the sampled token is the only readback per step).
+
+use super::config::LlavaConfig;
+use super::decoder::Decoder;
+use super::kv_cache::KvCache;
+use super::projector::Projector;
+use super::vision::VisionTower;
+use super::weights::WeightFile;
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::preprocess::{PixelValues, PromptIds};
+use crate::{ops, Error, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Storage type of the big weight matrices: F16 (default) or F32. Activations are f32.
+    pub dtype: DType,
+    /// Longest prompt (text + visual tokens) one prefill may take.
+    pub max_prompt_tokens: usize,
+    /// Longest prompt plus generated tokens (KV cache rows).
+    pub max_context: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F16,
+            max_prompt_tokens: 1024,
+            max_context: 2048,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Sampling {
+    Greedy,
+    /// Softmax at `temperature`, nucleus `top_p`, seeded.
+    TopP {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation ends after emitting one of these (typically EOS).
+    pub stop_tokens: Vec<u32>,
+    /// Keep the prefill's last-position logits in the result (one extra readback).
+    pub keep_prefill_logits: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub vision_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    StopToken,
+    MaxTokens,
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub visual_tokens: usize,
+    pub timings: Timings,
+    pub stop: StopReason,
+    pub prefill_logits: Option<Vec<f32>>,
+}
+
+pub struct Llava {
+    gpu: Arc<Gpu>,
+    config: LlavaConfig,
+    vision: VisionTower,
+    projector: Projector,
+    decoder: Decoder,
+    cache: KvCache,
+    pixels: Tensor,
+    /// Selected vision features `[visual_tokens, Dv]`, the projector's input.
+    features: Tensor,
+    image_features: Tensor,
+    token: Tensor,
+}
+
+impl Llava {
+    pub fn load(gpu: Arc<Gpu>, dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let config = LlavaConfig::from_dir(dir)?;
+        let wf = WeightFile::open(dir)?;
+        Self::from_weights(gpu, config, &wf, opts)
+    }
+
+    pub fn from_weights(
+        gpu: Arc<Gpu>,
+        config: LlavaConfig,
+        wf: &WeightFile,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        if !matches!(opts.dtype, DType::F16 | DType::F32) {
+            return Err(Error::InvalidArgument(format!(
+                "weight dtype {}: use f16 or f32",
+                opts.dtype.name()
+            )));
+        }
+        if opts.max_context < opts.max_prompt_tokens {
+            return Err(Error::InvalidArgument(
+                "max_context must be at least max_prompt_tokens".into(),
+            ));
+        }
+        let g = &*gpu;
+        let vision = VisionTower::load(g, wf, &config, opts.dtype)?;
+        let visual = config.visual_tokens();
+        let projector = Projector::load(g, wf, &config, opts.dtype, visual)?;
+        let decoder = Decoder::load(g, wf, &config, opts.dtype, opts.max_prompt_tokens)?;
+        let cache = decoder.new_cache(g, opts.max_context)?;
+        let vc = &config.vision_config;
+        let pixels = g.zeros(
+            &[vc.num_channels, vc.image_size, vc.image_size],
+            DType::F32,
+            "pixels",
+        )?;
+        let features = g.zeros(&[visual, vc.hidden_size], DType::F32, "vision features")?;
+        let d = config.text_config.hidden_size;
+        let image_features = g.zeros(&[visual, d], DType::F32, "image features")?;
+        let token = g.zeros(&[1], DType::U32, "token")?;
+        Ok(Self {
+            gpu,
+            config,
+            vision,
+            projector,
+            decoder,
+            cache,
+            pixels,
+            features,
+            image_features,
+            token,
+        })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    pub fn config(&self) -> &LlavaConfig {
+        &self.config
+    }
+
+    /// Visual tokens one image contributes to the prompt.
+    pub fn visual_tokens(&self) -> usize {
+        self.config.visual_tokens()
+    }
+
+    /// Bytes of all weights on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        self.vision.weight_bytes() + self.projector.weight_bytes() + self.decoder.weight_bytes()
+    }
+
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+
+    /// Run the vision tower and projector; the features stay on the GPU for [`Self::prefill`].
+    /// Returns them (`[visual_tokens, D]`) for inspection.
+    pub fn encode_image(&mut self, pixels: &PixelValues) -> Result<Tensor> {
+        let vc = &self.config.vision_config;
+        let want = [vc.num_channels, vc.image_size, vc.image_size];
+        let got = [pixels.channels, pixels.height, pixels.width];
+        if got != want {
+            return Err(Error::shape(
+                "pixel values",
+                format!("{want:?} (check preprocessor_config.json crop size)"),
+                format!("{got:?}"),
+            ));
+        }
+        self.gpu
+            .write(&self.pixels, bytemuck::cast_slice(&pixels.data))?;
+        let mut b = self.gpu.batch();
+        let hidden = self.vision.forward(&mut b, &self.pixels)?;
+        // `default` drops [CLS] (row 0); `full` keeps every row.
+        let skip = usize::from(self.config.drops_cls());
+        let (n, dv) = (self.visual_tokens(), vc.hidden_size);
+        b.copy(&hidden.slice(skip * dv, &[n, dv]), &self.features)?;
+        self.projector
+            .forward(&mut b, &self.features, &self.image_features)?;
+        b.submit();
+        Ok(self.image_features.clone())
+    }
+
+    /// The vision features LLaVA selects, before the projector (after [`Self::encode_image`]).
+    pub fn selected_vision_features(&self) -> &Tensor {
+        &self.features
+    }
+
+    /// Generate from a prompt whose image placeholder has been expanded to
+    /// [`Self::visual_tokens`] image tokens. `on_token` sees each token as it is produced and
+    /// returns false to stop.
+    pub async fn generate(
+        &mut self,
+        pixels: &PixelValues,
+        prompt: &PromptIds,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Generation> {
+        let visual = self.visual_tokens();
+        if prompt.image_len != visual {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt has {} image tokens but the model produces {visual} visual tokens",
+                prompt.image_len
+            )));
+        }
+        let total = prompt.ids.len() + opts.max_new_tokens;
+        if total > self.cache.capacity() {
+            return Err(Error::InvalidArgument(format!(
+                "{} prompt tokens + {} new tokens exceed the context of {} (LoadOptions::max_context)",
+                prompt.ids.len(),
+                opts.max_new_tokens,
+                self.cache.capacity()
+            )));
+        }
+        let mut rng = SplitMix(match opts.sampling {
+            Sampling::TopP { seed, .. } => seed,
+            Sampling::Greedy => 0,
+        });
+        let mut clock = crate::clock::Clock::start();
+        self.encode_image(pixels)?;
+        self.gpu.sync().await?;
+        let vision_ms = clock.lap_ms();
+
+        self.cache.clear();
+        let mut b = self.gpu.batch();
+        let x = self.decoder.embed_tokens(&mut b, &prompt.ids)?;
+        let d = self.config.text_config.hidden_size;
+        b.copy(
+            &self.image_features,
+            &x.slice(prompt.image_start * d, &[visual, d]),
+        )?;
+        let positions: Vec<u32> = (0..prompt.ids.len() as u32).collect();
+        let logits = self.decoder.forward(&mut b, &mut self.cache, &positions)?;
+        self.pick(&mut b, &logits, &opts.sampling, &mut rng)?;
+        b.submit();
+        let prefill_logits = if opts.keep_prefill_logits {
+            let bytes = self.gpu.read_bytes(&logits).await?;
+            Some(bytemuck::cast_slice::<u8, f32>(&bytes)[..logits.numel()].to_vec())
+        } else {
+            None
+        };
+        let mut tokens = vec![self.read_token().await?];
+        let prefill_ms = clock.lap_ms();
+
+        let mut stop = StopReason::MaxTokens;
+        loop {
+            let last = *tokens.last().unwrap();
+            if !on_token(last) {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            if opts.stop_tokens.contains(&last) {
+                stop = StopReason::StopToken;
+                break;
+            }
+            if tokens.len() >= opts.max_new_tokens {
+                break;
+            }
+            let mut b = self.gpu.batch();
+            self.decoder.embed_device_token(&mut b, &self.token)?;
+            let pos = self.cache.next_position;
+            let logits = self.decoder.forward(&mut b, &mut self.cache, &[pos])?;
+            self.pick(&mut b, &logits, &opts.sampling, &mut rng)?;
+            b.submit();
+            tokens.push(self.read_token().await?);
+        }
+        let decode_ms = clock.lap_ms();
+        Ok(Generation {
+            tokens,
+            prompt_tokens: prompt.ids.len(),
+            visual_tokens: visual,
+            timings: Timings {
+                vision_ms,
+                prefill_ms,
+                decode_ms,
+            },
+            stop,
+            prefill_logits,
+        })
+    }
+
+    fn pick(
+        &self,
+        b: &mut crate::gpu::Batch,
+        logits: &Tensor,
+        sampling: &Sampling,
+        rng: &mut SplitMix,
+    ) -> Result<()> {
+        match *sampling {
+            Sampling::Greedy => ops::argmax(b, logits, &self.token),
+            Sampling::TopP {
+                temperature, top_p, ..
+            } => ops::sample(b, logits, temperature, top_p, rng.uniform(), &self.token),
+        }
+    }
+
+    async fn read_token(&self) -> Result<u32> {
+        let bytes = self.gpu.read_bytes(&self.token).await?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    }
+}
+
+/// SplitMix64: a tiny seeded generator for the sampling draws (one per token).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
