@@ -19,7 +19,17 @@
 struct Params { m: u32, n: u32, k: u32, ldw4: u32, ldo: u32, n_off: u32, _p0: u32, _p1: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#ifdef X_VEC4
+@group(0) @binding(1) var<storage, read> xv: array<vec4<f32>>;
+fn xs(i: u32) -> f32 { return xv[i >> 2u][i & 3u]; }
+fn x4(base: u32, k: u32) -> vec4<f32> { return xv[(base + k) >> 2u]; }
+#else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+fn xs(i: u32) -> f32 { return x[i]; }
+fn x4(base: u32, k: u32) -> vec4<f32> {
+    return vec4<f32>(x[base + k], x[base + k + 1u], x[base + k + 2u], x[base + k + 3u]);
+}
+#endif
 #ifdef W_F16
 @group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;
 fn load_w4(k: u32, c4: u32) -> vec4<f32> {
@@ -85,7 +95,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let e = lid + i * 256u;
             let row = m0 + e / 16u;
             let kk = k0 + e % 16u;
-            tile_a[e] = select(0.0, x[min(row, p.m - 1u) * p.k + min(kk, p.k - 1u)], row < p.m && kk < p.k);
+            tile_a[e] = select(0.0, xs(min(row, p.m - 1u) * p.k + min(kk, p.k - 1u)), row < p.m && kk < p.k);
         }
         let kb = k0 + lid / 16u;
         let cb = c40 + lid % 16u;
@@ -112,16 +122,21 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 
 // ---------------------------------------------------------------- register
 
+fn mac4(acc: vec4<f32>, a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
+    return acc + a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
+}
+
 @compute @workgroup_size(64)
 fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c4 = wid.x * 64u + lid;
     let cw = min(c4, p.ldw4 - 1u);
     let row = wid.y * 4u;
     // Rows past the end re-read the last row; their results are never stored.
-    let x0 = min(row, p.m - 1u) * p.k;
-    let x1 = min(row + 1u, p.m - 1u) * p.k;
-    let x2 = min(row + 2u, p.m - 1u) * p.k;
-    let x3 = min(row + 3u, p.m - 1u) * p.k;
+    let last = p.m - 1u;
+    let x0 = min(row, last) * p.k;
+    let x1 = min(row + 1u, last) * p.k;
+    let x2 = min(row + 2u, last) * p.k;
+    let x3 = min(row + 3u, last) * p.k;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -132,21 +147,17 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let w1 = load_w4(k + 1u, cw);
         let w2 = load_w4(k + 2u, cw);
         let w3 = load_w4(k + 3u, cw);
-        let a0 = vec4<f32>(x[x0 + k], x[x0 + k + 1u], x[x0 + k + 2u], x[x0 + k + 3u]);
-        let a1 = vec4<f32>(x[x1 + k], x[x1 + k + 1u], x[x1 + k + 2u], x[x1 + k + 3u]);
-        let a2 = vec4<f32>(x[x2 + k], x[x2 + k + 1u], x[x2 + k + 2u], x[x2 + k + 3u]);
-        let a3 = vec4<f32>(x[x3 + k], x[x3 + k + 1u], x[x3 + k + 2u], x[x3 + k + 3u]);
-        acc0 += a0.x * w0 + a0.y * w1 + a0.z * w2 + a0.w * w3;
-        acc1 += a1.x * w0 + a1.y * w1 + a1.z * w2 + a1.w * w3;
-        acc2 += a2.x * w0 + a2.y * w1 + a2.z * w2 + a2.w * w3;
-        acc3 += a3.x * w0 + a3.y * w1 + a3.z * w2 + a3.w * w3;
+        acc0 = mac4(acc0, x4(x0, k), w0, w1, w2, w3);
+        acc1 = mac4(acc1, x4(x1, k), w0, w1, w2, w3);
+        acc2 = mac4(acc2, x4(x2, k), w0, w1, w2, w3);
+        acc3 = mac4(acc3, x4(x3, k), w0, w1, w2, w3);
     }
     for (var k = k4; k < p.k; k++) {
         let wv = load_w4(k, cw);
-        acc0 += x[x0 + k] * wv;
-        acc1 += x[x1 + k] * wv;
-        acc2 += x[x2 + k] * wv;
-        acc3 += x[x3 + k] * wv;
+        acc0 += xs(x0 + k) * wv;
+        acc1 += xs(x1 + k) * wv;
+        acc2 += xs(x2 + k) * wv;
+        acc3 += xs(x3 + k) * wv;
     }
     if (c4 < p.ldw4) {
         store4(row, c4, acc0);
@@ -172,10 +183,10 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let last = p.m - 1u;
     for (var k = l.y; k < p.k; k += KSPLIT) {
         let wv = load_w4(k, cw);
-        acc0 += x[k] * wv;
-        acc1 += x[min(1u, last) * p.k + k] * wv;
-        acc2 += x[min(2u, last) * p.k + k] * wv;
-        acc3 += x[min(3u, last) * p.k + k] * wv;
+        acc0 += xs(k) * wv;
+        acc1 += xs(min(1u, last) * p.k + k) * wv;
+        acc2 += xs(min(2u, last) * p.k + k) * wv;
+        acc3 += xs(min(3u, last) * p.k + k) * wv;
     }
     for (var r = 0u; r < 4u; r++) {
         var acc = acc0;

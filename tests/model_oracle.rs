@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use ficoco::gpu::{DType, Gpu};
-use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling, StopReason};
 use ficoco::preprocess::{self, ImageProcessor, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,7 +70,7 @@ fn run(gpu: &Arc<Gpu>, o: &Oracle, dtype: DType) -> Run {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tok = Tokenizer::from_dir(&o.dir).unwrap();
     let proc = ImageProcessor::from_dir(&o.dir).unwrap();
-    let image = preprocess::load_image(&root.join(o.json["image"].as_str().unwrap())).unwrap();
+    let image = preprocess::load_image(root.join(o.json["image"].as_str().unwrap())).unwrap();
     let pixels = proc.preprocess(&image).unwrap();
     let opts = LoadOptions {
         dtype,
@@ -135,7 +135,8 @@ fn f32_matches_transformers() {
     }
 }
 
-/// f16 weight storage (f32 math): documented tolerance 3e-2 of max |logit|, same first token.
+/// f16 weight storage (f32 math): documented tolerance 5e-3 of max |logit| (measured ~7e-4 on
+/// the f32 fixture), same first token.
 /// Runs on the portable device (no SHADER_F16, 128 MiB bindings) as a browser would.
 #[test]
 fn f16_matches_transformers_top1() {
@@ -146,11 +147,112 @@ fn f16_matches_transformers_top1() {
         let want = o.f32("prefill_logits_last");
         let dl = rel_max_diff(&r.logits, &want);
         eprintln!("{name}: f16 logits {dl:.2e} (relative max)");
-        assert!(dl <= 3e-2, "{name}: f16 prefill logits differ by {dl}");
+        assert!(dl <= 5e-3, "{name}: f16 prefill logits differ by {dl}");
         assert_eq!(
             r.tokens[0],
             o.ids("greedy_tokens")[0],
             "{name}: first token"
         );
     }
+}
+
+/// Stop tokens, cancellation through the callback, near-zero-temperature sampling and the
+/// errors for prompts that do not fit the model.
+#[test]
+fn generation_controls() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Oracle::load(&root.join("tests/fixtures/models/gqa_untied"));
+    let greedy = o.ids("greedy_tokens");
+    let tok = Tokenizer::from_dir(&o.dir).unwrap();
+    let image = preprocess::load_image(root.join(o.json["image"].as_str().unwrap())).unwrap();
+    let pixels = ImageProcessor::from_dir(&o.dir)
+        .unwrap()
+        .preprocess(&image)
+        .unwrap();
+    let opts = LoadOptions {
+        dtype: DType::F32,
+        max_prompt_tokens: 64,
+        max_context: 64,
+    };
+    let mut model = Llava::load(gpu().clone(), &o.dir, &opts).unwrap();
+    let prompt = preprocess::build_prompt_ids(
+        &tok,
+        o.json["prompt"].as_str().unwrap(),
+        model.config().image_token_index,
+        model.visual_tokens(),
+    )
+    .unwrap();
+    let mut generate = |opts: &GenerateOptions, limit: usize| {
+        let mut seen = Vec::new();
+        let out = pollster::block_on(model.generate(&pixels, &prompt, opts, |t| {
+            seen.push(t);
+            seen.len() < limit
+        }));
+        (out, seen)
+    };
+    let base = GenerateOptions {
+        max_new_tokens: greedy.len(),
+        sampling: Sampling::Greedy,
+        stop_tokens: vec![],
+        keep_prefill_logits: false,
+    };
+
+    // A stop token ends generation after it is produced (and streamed).
+    let stop = greedy[1];
+    let upto = greedy.iter().position(|&t| t == stop).unwrap() + 1;
+    let (out, seen) = generate(
+        &GenerateOptions {
+            stop_tokens: vec![stop],
+            ..base.clone()
+        },
+        usize::MAX,
+    );
+    let out = out.unwrap();
+    assert_eq!(out.tokens, greedy[..upto]);
+    assert_eq!(seen, greedy[..upto]);
+    assert_eq!(out.stop, StopReason::StopToken);
+
+    // The callback cancels.
+    let (out, _) = generate(&base, 3);
+    let out = out.unwrap();
+    assert_eq!(out.tokens, greedy[..3]);
+    assert_eq!(out.stop, StopReason::Cancelled);
+
+    // Top-p sampling at a temperature far below the logit margins is greedy; a seed repeats.
+    let cold = GenerateOptions {
+        sampling: Sampling::TopP {
+            temperature: 1e-3,
+            top_p: 0.9,
+            seed: 7,
+        },
+        ..base.clone()
+    };
+    let (out, _) = generate(&cold, usize::MAX);
+    assert_eq!(out.unwrap().tokens, greedy);
+    let warm = GenerateOptions {
+        sampling: Sampling::TopP {
+            temperature: 1.5,
+            top_p: 1.0,
+            seed: 11,
+        },
+        ..base.clone()
+    };
+    let a = generate(&warm, usize::MAX).0.unwrap().tokens;
+    let b = generate(&warm, usize::MAX).0.unwrap().tokens;
+    assert_eq!(a, b, "same seed, same tokens");
+    assert_eq!(a.len(), greedy.len());
+
+    // Too long for the context; wrong number of image tokens.
+    let (err, _) = generate(
+        &GenerateOptions {
+            max_new_tokens: 1000,
+            ..base.clone()
+        },
+        usize::MAX,
+    );
+    assert!(err.unwrap_err().to_string().contains("max_context"));
+    let mut short = prompt.clone();
+    short.image_len -= 1;
+    let err = pollster::block_on(model.generate(&pixels, &short, &base, |_| true)).unwrap_err();
+    assert!(err.to_string().contains("image tokens"), "{err}");
 }

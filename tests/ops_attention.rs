@@ -50,24 +50,19 @@ fn cpu_attention(
     (out, probs.into_iter().map(|x| x as f32).collect())
 }
 
-fn check(
-    g: &Gpu,
-    heads: usize,
-    kv_heads: usize,
-    hd: usize,
-    q_len: usize,
-    kv_len: usize,
-    cap: usize,
-    causal: bool,
-    with_probs: bool,
-) {
-    let s = AttentionShape {
+fn shape(heads: usize, kv_heads: usize, head_dim: usize, causal: bool) -> AttentionShape {
+    AttentionShape {
         heads,
         kv_heads,
-        head_dim: hd,
+        head_dim,
         causal,
-        scale: (hd as f32).powf(-0.5),
-    };
+        scale: (head_dim as f32).powf(-0.5),
+    }
+}
+
+/// `cap` rows of K/V exist, the first `kv_len` are attended.
+fn check(g: &Gpu, s: &AttentionShape, q_len: usize, kv_len: usize, cap: usize, with_probs: bool) {
+    let (heads, kv_heads, hd, causal) = (s.heads, s.kv_heads, s.head_dim, s.causal);
     let q = rand_vec(q_len * heads * hd, 11 + q_len as u64, 1.5);
     let k = rand_vec(cap * kv_heads * hd, 12 + hd as u64, 1.5);
     let v = rand_vec(cap * kv_heads * hd, 13, 1.0);
@@ -84,14 +79,14 @@ fn check(
         &tk,
         &tv,
         kv_len,
-        &s,
+        s,
         &scratch,
         &out,
         with_probs.then_some(&probs),
     )
     .unwrap();
     b.submit();
-    let (want, want_p) = cpu_attention(&q, &k, &v, q_len, kv_len, &s);
+    let (want, want_p) = cpu_attention(&q, &k, &v, q_len, kv_len, s);
     let what = format!("h{heads}/{kv_heads} hd{hd} q{q_len} kv{kv_len} causal={causal}");
     assert_close(&what, &g.read_f32(&out).unwrap(), &want, 1e-5, 1e-4);
     if with_probs {
@@ -119,8 +114,8 @@ fn prefill_matches_cpu() {
     for g in [gpu(), portable_gpu()] {
         for (h, kvh, hd) in [(4, 4, 8), (4, 2, 16), (8, 1, 64), (2, 2, 128)] {
             for causal in [false, true] {
-                check(g, h, kvh, hd, 37, 37, 40, causal, true);
-                check(g, h, kvh, hd, 70, 70, 70, causal, false);
+                check(g, &shape(h, kvh, hd, causal), 37, 37, 40, true);
+                check(g, &shape(h, kvh, hd, causal), 70, 70, 70, false);
             }
         }
     }
@@ -130,9 +125,9 @@ fn prefill_matches_cpu() {
 fn decode_and_continued_prefill_match_cpu() {
     for g in [gpu(), portable_gpu()] {
         for (h, kvh, hd) in [(4, 2, 16), (8, 1, 64), (4, 4, 128)] {
-            check(g, h, kvh, hd, 1, 1, 8, true, true);
-            check(g, h, kvh, hd, 1, 133, 140, true, true);
-            check(g, h, kvh, hd, 3, 65, 65, true, true);
+            check(g, &shape(h, kvh, hd, true), 1, 1, 8, true);
+            check(g, &shape(h, kvh, hd, true), 1, 133, 140, true);
+            check(g, &shape(h, kvh, hd, true), 3, 65, 65, true);
         }
     }
 }

@@ -66,6 +66,10 @@ struct BindingKey {
     size: u64,
 }
 
+/// Binding layouts are keyed by which bindings are read-only.
+type PipelineKey = (Kernel, Vec<bool>);
+type BindGroupKey = (Vec<bool>, Vec<BindingKey>);
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -76,8 +80,8 @@ pub struct Gpu {
     pipeline_cache: Option<wgpu::PipelineCache>,
     modules: Mutex<HashMap<String, wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<Vec<bool>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
-    pipelines: Mutex<HashMap<(Kernel, Vec<bool>), Arc<wgpu::ComputePipeline>>>,
-    bind_groups: Mutex<HashMap<(Vec<bool>, Vec<BindingKey>), wgpu::BindGroup>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    bind_groups: Mutex<HashMap<BindGroupKey, wgpu::BindGroup>>,
     readback: Mutex<HashMap<u64, wgpu::Buffer>>,
     /// Held from a batch's arena write to its submit, so concurrent batches cannot interleave.
     submit_lock: Mutex<()>,

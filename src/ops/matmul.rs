@@ -168,9 +168,11 @@ pub fn matmul_with(
     let (entry, size) = match path {
         MatmulPath::Matrix(MatmulVariant::Tiled) => ("matmul_tiled", [64u32, 64]),
         MatmulPath::Matrix(MatmulVariant::Register) => ("matmul_register", [256, 4]),
-        MatmulPath::MatVec => ("matvec", [256, 4]),
+        MatmulPath::MatVec => ("matvec", [256, MATVEC_MAX_ROWS as u32]),
     };
     let kernel = Kernel::new("matmul", entry)
+        // vec4 activation loads need rows that start on 16 bytes.
+        .flag_if("X_VEC4", k % 4 == 0)
         .define("KSPLIT", format!("{KSPLIT}u"))
         .flag_if("W_F16", w.dtype == DType::F16)
         .flag_if("HAS_BIAS", bias.is_some())

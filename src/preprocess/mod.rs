@@ -1,18 +1,48 @@
-//! Image, tokenizer and prompt preprocessing (being written).
+//! Turning an image and a question into model inputs, exactly as the HF `LlavaProcessor` does:
+//! [`ImageProcessor`] (CLIP resize, crop, rescale, normalise; Pillow-exact bicubic),
+//! [`Tokenizer`] (`tokenizer.json`), and the llava-1.5 prompt with `<image>` expanded to the
+//! number of visual tokens ([`chat_prompt`], [`build_prompt_ids`]).
+
+mod image;
+mod prompt;
+mod tokenizer;
+
+pub use image::{load_image, ImageProcessor, ImageProcessorConfig};
+pub use prompt::{build_prompt_ids, chat_prompt, PromptIds, IMAGE_PLACEHOLDER};
+pub use tokenizer::{TextStream, Tokenizer};
+
+use std::path::PathBuf;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
-    #[error("{0}")]
-    Other(String),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+
+    #[error("{path}: cannot decode the image ({message}); PNG and JPEG are supported")]
+    Image { path: PathBuf, message: String },
+
+    #[error("{path}: {field}: {message}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+
+    #[error("image preprocessing: {0}")]
+    Pixels(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("prompt: {0}")]
+    Prompt(String),
 }
-// Placeholder types until the real module lands (the preprocess helper replaces this file).
+
+/// Normalised pixels, `[channels, height, width]` row-major, as the vision tower takes them.
+#[derive(Clone, Debug, PartialEq)]
 pub struct PixelValues {
     pub data: Vec<f32>,
     pub channels: usize,
     pub height: usize,
     pub width: usize,
-}
-pub struct PromptIds {
-    pub ids: Vec<u32>,
-    pub image_start: usize,
-    pub image_len: usize,
 }

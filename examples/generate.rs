@@ -1,0 +1,225 @@
+//! Answer a question about an image with a LLaVA model.
+//!
+//! cargo run --release --example generate -- --model assets/llava-tiny-random \
+//!     --image assets/images/demo.png --prompt "What is in the picture?"
+
+use ficoco::gpu::{DType, Gpu, GpuOptions};
+use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::preprocess::{self, ImageProcessor, TextStream, Tokenizer};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT | --raw-prompt TEXT)
+  --model DIR            model directory (default assets/llava-tiny-random)
+  --image PATH           input image (PNG or JPEG)
+  --prompt TEXT          question, wrapped in the llava-1.5 chat template
+  --raw-prompt TEXT      full prompt used as given; must contain <image> once
+  --max-new-tokens N     default 64
+  --greedy               greedy decoding (the default)
+  --temperature T        sample at temperature T (with --top-p, --seed)
+  --top-p P              nucleus mass, default 1.0
+  --seed S               sampling seed, default 0
+  --dtype f16|f32        weight storage type, default f16
+  --json                 print one JSON object instead of streaming text
+  --dump-logits FILE     write the prefill's last-position logits (safetensors, `logits`)";
+
+struct Args {
+    model: PathBuf,
+    image: PathBuf,
+    prompt: Option<String>,
+    raw_prompt: Option<String>,
+    max_new_tokens: usize,
+    temperature: Option<f32>,
+    top_p: f32,
+    seed: u64,
+    dtype: DType,
+    json: bool,
+    dump_logits: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        model: PathBuf::from("assets/llava-tiny-random"),
+        image: PathBuf::new(),
+        prompt: None,
+        raw_prompt: None,
+        max_new_tokens: 64,
+        temperature: None,
+        top_p: 1.0,
+        seed: 0,
+        dtype: DType::F16,
+        json: false,
+        dump_logits: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let num_err = |v: &str| format!("{flag}: cannot parse {v:?}");
+        match flag.as_str() {
+            "--model" => a.model = value()?.into(),
+            "--image" => a.image = value()?.into(),
+            "--prompt" => a.prompt = Some(value()?),
+            "--raw-prompt" => a.raw_prompt = Some(value()?),
+            "--max-new-tokens" => {
+                let v = value()?;
+                a.max_new_tokens = v.parse().map_err(|_| num_err(&v))?;
+            }
+            "--greedy" => a.temperature = None,
+            "--temperature" => {
+                let v = value()?;
+                a.temperature = Some(v.parse().map_err(|_| num_err(&v))?);
+            }
+            "--top-p" => {
+                let v = value()?;
+                a.top_p = v.parse().map_err(|_| num_err(&v))?;
+            }
+            "--seed" => {
+                let v = value()?;
+                a.seed = v.parse().map_err(|_| num_err(&v))?;
+            }
+            "--dtype" => {
+                a.dtype = match value()?.as_str() {
+                    "f16" => DType::F16,
+                    "f32" => DType::F32,
+                    other => return Err(format!("--dtype {other}: expected f16 or f32")),
+                }
+            }
+            "--json" => a.json = true,
+            "--dump-logits" => a.dump_logits = Some(value()?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if a.image.as_os_str().is_empty() {
+        return Err("--image is required".into());
+    }
+    match (&a.prompt, &a.raw_prompt) {
+        (None, None) => return Err("give --prompt or --raw-prompt".into()),
+        (Some(_), Some(_)) => return Err("give only one of --prompt and --raw-prompt".into()),
+        _ => {}
+    }
+    if a.temperature.is_some_and(|t| t <= 0.0) {
+        return Err("--temperature must be > 0 (use --greedy for argmax)".into());
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        return Err("--top-p must be in (0, 1]".into());
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> ficoco::Result<()> {
+    let clock = std::time::Instant::now();
+    let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
+    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let processor = ImageProcessor::from_dir(&args.model)?;
+    let opts = LoadOptions {
+        dtype: args.dtype,
+        ..LoadOptions::default()
+    };
+    let mut model = Llava::load(gpu.clone(), &args.model, &opts)?;
+    let load_ms = clock.elapsed().as_secs_f64() * 1e3;
+    if !args.json {
+        eprintln!("adapter: {}", gpu.describe());
+    }
+
+    let image = preprocess::load_image(&args.image)?;
+    let pixels = processor.preprocess(&image)?;
+    let text = match (&args.prompt, &args.raw_prompt) {
+        (Some(q), _) => preprocess::chat_prompt(q),
+        (_, Some(raw)) => raw.clone(),
+        _ => unreachable!("checked in parse_args"),
+    };
+    let image_token = model.config().image_token_index;
+    let prompt =
+        preprocess::build_prompt_ids(&tokenizer, &text, image_token, model.visual_tokens())?;
+    let sampling = match args.temperature {
+        None => Sampling::Greedy,
+        Some(temperature) => Sampling::TopP {
+            temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+    };
+    let gen_opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        stop_tokens: tokenizer.eos_id().into_iter().collect(),
+        keep_prefill_logits: args.dump_logits.is_some(),
+    };
+    let mut stream = TextStream::new(&tokenizer);
+    let json = args.json;
+    let out = pollster::block_on(model.generate(&pixels, &prompt, &gen_opts, |t| {
+        if !json {
+            if let Ok(piece) = stream.push(t) {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+        true
+    }))?;
+    let text = tokenizer.decode(&out.tokens, true)?;
+    if let (Some(path), Some(logits)) = (&args.dump_logits, &out.prefill_logits) {
+        write_logits(path, logits)?;
+    }
+    if json {
+        let t = out.timings;
+        let obj = serde_json::json!({
+            "tokens": out.tokens,
+            "text": text,
+            "prompt_tokens": out.prompt_tokens,
+            "visual_tokens": out.visual_tokens,
+            "timings_ms": {
+                "load": load_ms,
+                "vision": t.vision_ms,
+                "prefill": t.prefill_ms,
+                "decode": t.decode_ms,
+            },
+            "adapter": gpu.describe(),
+        });
+        println!("{obj}");
+    } else {
+        println!();
+        let t = out.timings;
+        let per_token = t.decode_ms / (out.tokens.len().max(2) - 1) as f64;
+        eprintln!(
+            "{} prompt tokens ({} visual), {} generated; load {load_ms:.0} ms, vision {:.0} ms, prefill {:.0} ms, decode {:.1} ms/token",
+            out.prompt_tokens,
+            out.visual_tokens,
+            out.tokens.len(),
+            t.vision_ms,
+            t.prefill_ms,
+            per_token
+        );
+    }
+    Ok(())
+}
+
+fn write_logits(path: &std::path::Path, logits: &[f32]) -> ficoco::Result<()> {
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![logits.len()],
+        bytemuck::cast_slice(logits),
+    )
+    .map_err(|e| ficoco::Error::file(path, e))?;
+    let bytes = safetensors::serialize([("logits", view)], None)
+        .map_err(|e| ficoco::Error::file(path, e))?;
+    std::fs::write(path, bytes).map_err(|e| ficoco::Error::file(path, e))
+}

@@ -1,0 +1,65 @@
+//! The llava-1.5 prompt and its token ids with the image placeholder expanded.
+
+use super::{PreprocessError, Tokenizer};
+
+/// The placeholder users write in prompts.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+
+/// Prompt token ids; `ids[image_start..image_start + image_len]` are image tokens that the
+/// projected visual features replace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptIds {
+    pub ids: Vec<u32>,
+    pub image_start: usize,
+    pub image_len: usize,
+}
+
+/// `USER: <image>\n{question} ASSISTANT:`, the llava-1.5 chat template.
+pub fn chat_prompt(question: &str) -> String {
+    format!("USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
+}
+
+/// Tokenize `text`, which holds the image token (`<image>`) exactly once, after expanding it to
+/// `visual_tokens` copies, as `LlavaProcessor` does (so the text around it tokenizes the same).
+pub fn build_prompt_ids(
+    tokenizer: &Tokenizer,
+    text: &str,
+    image_token_id: u32,
+    visual_tokens: usize,
+) -> Result<PromptIds, PreprocessError> {
+    let placeholder = tokenizer.token(image_token_id).ok_or_else(|| {
+        PreprocessError::Tokenizer(format!(
+            "the model's image token id {image_token_id} is not in the tokenizer's vocabulary \
+             ({} tokens); does tokenizer.json belong to this model?",
+            tokenizer.vocab_size()
+        ))
+    })?;
+    let count = text.matches(placeholder.as_str()).count();
+    if count != 1 {
+        return Err(PreprocessError::Prompt(format!(
+            "the prompt must contain {placeholder} exactly once, it contains it {count} times"
+        )));
+    }
+    let expanded = text.replacen(&placeholder, &placeholder.repeat(visual_tokens), 1);
+    let ids = tokenizer.encode(&expanded, true)?;
+    let image_start = ids
+        .iter()
+        .position(|&t| t == image_token_id)
+        .unwrap_or(ids.len());
+    let image_len = ids[image_start..]
+        .iter()
+        .take_while(|&&t| t == image_token_id)
+        .count();
+    let total = ids.iter().filter(|&&t| t == image_token_id).count();
+    if image_len != visual_tokens || total != visual_tokens {
+        return Err(PreprocessError::Tokenizer(format!(
+            "{placeholder} x {visual_tokens} tokenized to {total} image tokens ({image_len} \
+             contiguous); the tokenizer must keep {placeholder} as one special token"
+        )));
+    }
+    Ok(PromptIds {
+        ids,
+        image_start,
+        image_len,
+    })
+}
