@@ -3,7 +3,7 @@
 // Entry points and bindings (0 is always the params uniform):
 //   activate   1 x [n] (read), 2 out [n]            out = act(x), ACT: 0 gelu, 1 quick_gelu, 2 silu
 //   add        1 a [n], 2 out [n], 3 c [n]           out = a + c
-//   silu_mul   1 gate [n], 2 out [n], 3 up [n]       out = silu(gate) * up
+//   silu_mul   1 up [n], 2 gate [n]                  gate = silu(gate) * up (in place)
 //   copy_rows  1 src [rows, d], 2 dst [.., d]        dst[row0 + r] = src[r]
 //   gather_rows 1 src [.., d], 2 dst [rows, d], 3 idx u32 [rows]   dst[r] = src[idx[r]]
 // Layout: row-major; `d` is the row length, `row0` the destination row offset.
@@ -15,7 +15,7 @@ struct Params { n: u32, d: u32, row0: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-// Binding 3 is f32 data (add, silu_mul) or u32 indices (gather_rows): declared as words.
+// Binding 3 is f32 data (add) or u32 indices (gather_rows): declared as words.
 @group(0) @binding(3) var<storage, read> aux: array<u32>;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -52,7 +52,7 @@ fn silu_mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    dst[i] = silu(src[i]) * bitcast<f32>(aux[i]);
+    dst[i] = silu(dst[i]) * src[i];
 }
 
 @compute @workgroup_size(WG)

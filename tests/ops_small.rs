@@ -50,7 +50,8 @@ fn add_silu_mul_copy_gather_match_cpu() {
     run1(g, |b| ops::add(b, &ta, &tc, &out).unwrap());
     let want: Vec<f32> = a.iter().zip(&c).map(|(x, y)| x + y).collect();
     assert_close("add", &g.read_f32(&out).unwrap(), &want, 0.0, 0.0);
-    run1(g, |b| ops::silu_mul(b, &ta, &tc, &out).unwrap());
+    run1(g, |b| ops::copy_rows(b, &ta, &out, 0).unwrap());
+    run1(g, |b| ops::silu_mul(b, &out, &tc).unwrap());
     let want: Vec<f32> = a
         .iter()
         .zip(&c)

@@ -170,6 +170,25 @@ impl Gpu {
         })
     }
 
+    /// Activation buffers shared by modules that never run at the same time (the vision tower,
+    /// then the decoder). `users[m]` lists module m's workspace shapes in slot order; slot i is
+    /// one f32 buffer as large as the largest i-th shape, and each module views its own shape.
+    /// Slots are separate buffers because a dispatch may not read and write one buffer.
+    pub fn shared_activations(&self, users: &[&[Vec<usize>]]) -> Result<Vec<Tensor>> {
+        let slots = users.iter().map(|u| u.len()).max().unwrap_or(0);
+        (0..slots)
+            .map(|i| {
+                let elems = users
+                    .iter()
+                    .filter_map(|u| u.get(i))
+                    .map(|s| s.iter().product::<usize>())
+                    .max()
+                    .unwrap_or(1);
+                self.zeros(&[elems], DType::F32, &format!("activations {i}"))
+            })
+            .collect()
+    }
+
     /// A zero-filled tensor.
     pub fn zeros(&self, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
         let n: usize = shape.iter().product();

@@ -30,10 +30,8 @@ struct Workspace {
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    ctx: Tensor,
     gate: Tensor,
     up: Tensor,
-    mlp: Tensor,
     last: Tensor,
     last_normed: Tensor,
     logits: Tensor,
@@ -55,13 +53,33 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// `capacity`: the most tokens one forward call may process (the prompt length bound).
+    /// Shapes of the workspace tensors x, a, q, k, v, gate, up: the activation slots the
+    /// decoder views (see [`Gpu::shared_activations`]). `a` also holds the attention output,
+    /// dead by the time `a` is rewritten.
+    pub fn workspace_shapes(tc: &TextConfig, capacity: usize) -> [Vec<usize>; 7] {
+        let (d, qd) = (tc.hidden_size, tc.num_attention_heads * tc.head_dim());
+        let kvd = tc.kv_heads() * tc.head_dim();
+        let inter = vec![capacity, tc.intermediate_size];
+        [
+            vec![capacity, d],
+            vec![capacity * d.max(qd)],
+            vec![capacity, qd],
+            vec![capacity, kvd],
+            vec![capacity, kvd],
+            inter.clone(),
+            inter,
+        ]
+    }
+
+    /// `capacity`: the most tokens one forward call may process (the prompt length bound);
+    /// `slots` are at least as large as [`Self::workspace_shapes`].
     pub fn load(
         gpu: &Gpu,
         wf: &WeightFile,
         cfg: &LlavaConfig,
         dtype: DType,
         capacity: usize,
+        slots: &[Tensor],
     ) -> Result<Self> {
         let tc = cfg.text_config.clone();
         let d = tc.hidden_size;
@@ -106,16 +124,21 @@ impl Decoder {
         let norm = Norm::load(gpu, wf, "text.norm", d, false)?;
         let rope = RopeTable::new(gpu, hd, tc.theta(), &tc.rope_scaling()?)?;
         let f = |shape: &[usize], label| gpu.zeros(shape, DType::F32, label);
+        let mut slots = slots.iter();
+        let [x, a, q, k, v, gate, up] = Self::workspace_shapes(&tc, capacity).map(|s| {
+            slots
+                .next()
+                .expect("one activation slot per workspace tensor")
+                .view(&s)
+        });
         let ws = Workspace {
-            x: f(&[capacity, d], "x")?,
-            a: f(&[capacity, d], "a")?,
-            q: f(&[capacity, heads * hd], "q")?,
-            k: f(&[capacity, kv_heads * hd], "k")?,
-            v: f(&[capacity, kv_heads * hd], "v")?,
-            ctx: f(&[capacity, heads * hd], "ctx")?,
-            gate: f(&[capacity, inter], "gate")?,
-            up: f(&[capacity, inter], "up")?,
-            mlp: f(&[capacity, inter], "mlp")?,
+            x,
+            a,
+            q,
+            k,
+            v,
+            gate,
+            up,
             last: f(&[1, d], "last")?,
             last_normed: f(&[1, d], "last normed")?,
             logits: f(&[1, vocab], "logits")?,
@@ -198,14 +221,10 @@ impl Decoder {
             ws.q.view(&[n, qd]),
             ws.k.view(&[n, kvd]),
             ws.v.view(&[n, kvd]),
-            ws.ctx.view(&[n, qd]),
+            ws.a.view(&[n, qd]),
         );
         let inter = tc.intermediate_size;
-        let (gate, up, mlp) = (
-            ws.gate.view(&[n, inter]),
-            ws.up.view(&[n, inter]),
-            ws.mlp.view(&[n, inter]),
-        );
+        let (gate, up) = (ws.gate.view(&[n, inter]), ws.up.view(&[n, inter]));
         for (l, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             if lc.len + n > cache_capacity(&lc.k) {
                 return Err(Error::InvalidArgument(format!(
@@ -238,8 +257,8 @@ impl Decoder {
             l.norm2.forward(b, &x, eps, &a)?;
             l.gate.forward(b, &a, Epilogue::None, &gate)?;
             l.up.forward(b, &a, Epilogue::None, &up)?;
-            ops::silu_mul(b, &gate, &up, &mlp)?;
-            l.down.forward(b, &mlp, Epilogue::Accumulate, &x)?;
+            ops::silu_mul(b, &gate, &up)?;
+            l.down.forward(b, &gate, Epilogue::Accumulate, &x)?;
         }
         cache.next_position = positions[n - 1] + 1;
         b.copy(&x.slice((n - 1) * d, &[1, d]), &ws.last)?;

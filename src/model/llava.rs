@@ -117,10 +117,15 @@ impl Llava {
             ));
         }
         let g = &*gpu;
-        let vision = VisionTower::load(g, wf, &config, opts.dtype)?;
+        // The vision tower and the decoder never run at the same time: shared activations.
+        let slots = g.shared_activations(&[
+            &VisionTower::workspace_shapes(&config.vision_config),
+            &Decoder::workspace_shapes(&config.text_config, opts.max_prompt_tokens),
+        ])?;
+        let vision = VisionTower::load(g, wf, &config, opts.dtype, &slots)?;
         let visual = config.visual_tokens();
         let projector = Projector::load(g, wf, &config, opts.dtype, visual)?;
-        let decoder = Decoder::load(g, wf, &config, opts.dtype, opts.max_prompt_tokens)?;
+        let decoder = Decoder::load(g, wf, &config, opts.dtype, opts.max_prompt_tokens, &slots)?;
         let cache = decoder.new_cache(g, opts.max_context)?;
         let vc = &config.vision_config;
         let pixels = g.zeros(

@@ -19,16 +19,15 @@ struct VisionLayer {
     fc2: Linear,
 }
 
-/// Activations of one image pass, allocated once.
+/// Activations of one image pass, allocated once. Buffers whose contents are dead at the time
+/// share storage: the patch columns live in `mlp`, the patch embeddings in `q`, and the attention
+/// output in `a`.
 struct Workspace {
-    cols: Tensor,
-    patches: Tensor,
     x: Tensor,
     a: Tensor,
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    ctx: Tensor,
     mlp: Tensor,
     attn: AttentionScratch,
 }
@@ -47,7 +46,24 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn load(gpu: &Gpu, wf: &WeightFile, cfg: &LlavaConfig, dtype: DType) -> Result<Self> {
+    /// Shapes of the workspace tensors x, a, q, k, v, mlp: the activation slots this tower
+    /// views (see [`Gpu::shared_activations`]).
+    pub fn workspace_shapes(vc: &VisionConfig) -> [Vec<usize>; 6] {
+        let t = vc.num_patches() + 1;
+        let d = vc.hidden_size;
+        let cols = vc.num_channels * vc.patch_size * vc.patch_size;
+        let (a, mlp) = (vec![t, d], vec![t * vc.intermediate_size.max(cols)]);
+        [a.clone(), a.clone(), a.clone(), a.clone(), a, mlp]
+    }
+
+    /// `slots` are at least as large as [`Self::workspace_shapes`].
+    pub fn load(
+        gpu: &Gpu,
+        wf: &WeightFile,
+        cfg: &LlavaConfig,
+        dtype: DType,
+        slots: &[Tensor],
+    ) -> Result<Self> {
         let vc = cfg.vision_config.clone();
         let d = vc.hidden_size;
         let p = vc.patch_size;
@@ -87,17 +103,20 @@ impl VisionTower {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let f = |shape: &[usize], label| gpu.zeros(shape, DType::F32, label);
+        let mut slots = slots.iter();
+        let [x, a, q, k, v, mlp] = Self::workspace_shapes(&vc).map(|s| {
+            slots
+                .next()
+                .expect("one activation slot per workspace tensor")
+                .view(&s)
+        });
         let ws = Workspace {
-            cols: f(&[tokens - 1, c * p * p], "vision cols")?,
-            patches: f(&[tokens - 1, d], "vision patches")?,
-            x: f(&[tokens, d], "vision x")?,
-            a: f(&[tokens, d], "vision a")?,
-            q: f(&[tokens, d], "vision q")?,
-            k: f(&[tokens, d], "vision k")?,
-            v: f(&[tokens, d], "vision v")?,
-            ctx: f(&[tokens, d], "vision ctx")?,
-            mlp: f(&[tokens, inter], "vision mlp")?,
+            x,
+            a,
+            q,
+            k,
+            v,
+            mlp,
             attn: AttentionScratch::new(gpu, tokens, vc.num_attention_heads)?,
         };
         Ok(Self {
@@ -134,9 +153,13 @@ impl VisionTower {
         ops::expect_shape("pixel_values", pixels, &[vc.num_channels, s, s])?;
         let ws = &self.ws;
         let eps = vc.layer_norm_eps;
-        ops::im2col(b, pixels, vc.patch_size, &ws.cols)?;
-        ops::matmul(b, &ws.cols, &self.patch, None, Epilogue::None, &ws.patches)?;
-        ops::vision_embed(b, &ws.patches, &self.class, &self.positions, &ws.a)?;
+        let n = self.tokens() - 1;
+        let p = vc.patch_size;
+        let cols = ws.mlp.view(&[n, vc.num_channels * p * p]);
+        let patches = ws.q.view(&[n, vc.hidden_size]);
+        ops::im2col(b, pixels, p, &cols)?;
+        ops::matmul(b, &cols, &self.patch, None, Epilogue::None, &patches)?;
+        ops::vision_embed(b, &patches, &self.class, &self.positions, &ws.a)?;
         self.pre_norm.forward(b, &ws.a, eps, &ws.x)?;
         let heads = vc.num_attention_heads;
         let hd = vc.hidden_size / heads;
@@ -153,16 +176,20 @@ impl VisionTower {
             Epilogue::Gelu
         };
         let t = self.tokens();
+        let (mlp, ctx) = (
+            ws.mlp.view(&[t, vc.intermediate_size]),
+            ws.a.view(&[t, vc.hidden_size]),
+        );
         for l in &self.layers {
             l.norm1.forward(b, &ws.x, eps, &ws.a)?;
             l.q.forward(b, &ws.a, Epilogue::None, &ws.q)?;
             l.k.forward(b, &ws.a, Epilogue::None, &ws.k)?;
             l.v.forward(b, &ws.a, Epilogue::None, &ws.v)?;
-            ops::attention(b, &ws.q, &ws.k, &ws.v, t, &shape, &ws.attn, &ws.ctx, None)?;
-            l.o.forward(b, &ws.ctx, Epilogue::Accumulate, &ws.x)?;
+            ops::attention(b, &ws.q, &ws.k, &ws.v, t, &shape, &ws.attn, &ctx, None)?;
+            l.o.forward(b, &ctx, Epilogue::Accumulate, &ws.x)?;
             l.norm2.forward(b, &ws.x, eps, &ws.a)?;
-            l.fc1.forward(b, &ws.a, act, &ws.mlp)?;
-            l.fc2.forward(b, &ws.mlp, Epilogue::Accumulate, &ws.x)?;
+            l.fc1.forward(b, &ws.a, act, &mlp)?;
+            l.fc2.forward(b, &mlp, Epilogue::Accumulate, &ws.x)?;
         }
         Ok(ws.x.clone())
     }

@@ -78,18 +78,10 @@ pub fn add(b: &mut Batch, a: &Tensor, c: &Tensor, out: &Tensor) -> Result<()> {
 }
 
 /// `out = silu(gate) * up` (SwiGLU).
-pub fn silu_mul(b: &mut Batch, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<()> {
+pub fn silu_mul(b: &mut Batch, gate: &Tensor, up: &Tensor) -> Result<()> {
     same_shape("silu_mul up", gate, up)?;
-    same_shape("silu_mul output", gate, out)?;
     let k = Kernel::new("elementwise", "silu_mul");
-    run(
-        b,
-        k,
-        gate.numel(),
-        1,
-        0,
-        &[Bind::R(gate), Bind::W(out), Bind::R(up)],
-    )
+    run(b, k, gate.numel(), 1, 0, &[Bind::R(up), Bind::W(gate)])
 }
 
 /// Write `src [n, D]` into rows `dst_row..dst_row + n` of `dst [m, D]`.
