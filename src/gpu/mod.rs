@@ -82,7 +82,7 @@ pub struct Gpu {
     layouts: Mutex<HashMap<Vec<bool>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     bind_groups: Mutex<HashMap<BindGroupKey, wgpu::BindGroup>>,
-    readback: Mutex<HashMap<u64, wgpu::Buffer>>,
+    readback: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Held from a batch's arena write to its submit, so concurrent batches cannot interleave.
     submit_lock: Mutex<()>,
 }
@@ -276,19 +276,22 @@ impl Gpu {
     /// Copy a tensor back to the CPU. Awaitable, so it also works in the browser.
     pub async fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
         let size = t.bytes().next_multiple_of(4);
-        let staging = {
-            let mut pool = self.readback.lock().unwrap();
-            pool.entry(size)
-                .or_insert_with(|| {
-                    self.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("readback"),
-                        size,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    })
-                })
-                .clone()
-        };
+        // A staging buffer is taken out of the pool while mapped, so concurrent readers never
+        // share one.
+        let pooled = self
+            .readback
+            .lock()
+            .unwrap()
+            .get_mut(&size)
+            .and_then(Vec::pop);
+        let staging = pooled.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&t.buf, t.offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
@@ -308,6 +311,12 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("reading back {t:?}: {e}")))?
             .to_vec();
         staging.unmap();
+        self.readback
+            .lock()
+            .unwrap()
+            .entry(size)
+            .or_default()
+            .push(staging);
         Ok(bytes)
     }
 
