@@ -11,5 +11,6 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod preprocess;
+pub mod reduce;
 
 pub use error::{Error, Result};
