@@ -11,6 +11,7 @@ pub mod embed;
 pub mod matmul;
 pub mod norm;
 pub mod patch;
+pub mod reduce;
 pub mod rope;
 pub mod sample;
 

@@ -1,6 +1,19 @@
-//! Visual-token reduction. For now the accounting side: [`flops`] counts what a forward pass
-//! costs for a given number of tokens per layer, and [`budget`] turns a budget (tokens, a
-//! fraction, or the paper's LLM-prefill TFLOPs) into those per-layer counts.
+//! Visual-token reduction in the filter / correlate / compress paradigm.
+//!
+//! - [`stages`]: the three stages as data ([`Filter`], [`Correlate`], [`Compress`]) and a
+//!   [`Reduction`] combining them.
+//! - [`method`]: each method as a short composition of the stages, with the papers' defaults
+//!   and the ablations of FiCoCo's tables.
+//! - [`step`]: one reduction step recorded on the GPU (`shaders/reduce.wgsl`).
+//! - [`flops`] and [`budget`]: what a schedule costs and the per-layer schedule that meets a
+//!   budget (tokens, a fraction, or the paper's LLM-prefill TFLOPs).
 
 pub mod budget;
 pub mod flops;
+pub mod method;
+pub mod stages;
+pub mod step;
+
+pub use method::{by_name, FicocoL, FicocoV, METHODS, PLANNED_METHODS};
+pub use stages::{Compress, Correlate, Filter, LocalPenalty, Reduction, Rows};
+pub use step::{run_once, ReductionStep, Spans, StepOutput};
