@@ -264,6 +264,7 @@ fn run() -> ficoco::Result<()> {
         ids,
         image_start: start,
         image_len: visual,
+        text_end: prompt_len,
     };
     let gen = GenerateOptions {
         max_new_tokens: p.decode_tokens,

@@ -103,7 +103,7 @@ fn run(gpu: &Arc<Gpu>, o: &Oracle, dtype: DType) -> Run {
     Run {
         tokens: out.tokens,
         logits: out.prefill_logits.unwrap(),
-        vision: gpu.read_f32(model.selected_vision_features()).unwrap(),
+        vision: gpu.read_f32(&model.selected_vision_features()).unwrap(),
         image: gpu.read_f32(&model.encode_image(&pixels).unwrap()).unwrap(),
     }
 }

@@ -9,7 +9,9 @@ use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{
     self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightMatrix,
 };
+use crate::reduce::{ReductionStep, SiteReduction, Spans};
 use crate::{Error, Result};
+use std::ops::Range;
 
 struct DecoderLayer {
     norm1: Norm,
@@ -23,9 +25,11 @@ struct DecoderLayer {
     down: Linear,
 }
 
-/// Activations for up to `capacity` rows, allocated once.
+/// Activations for up to `capacity` rows, allocated once. `x_alt` and `positions_alt` take the
+/// reduced sequence when a prefill layer reduces (then they swap roles).
 struct Workspace {
     x: Tensor,
+    x_alt: Tensor,
     a: Tensor,
     q: Tensor,
     k: Tensor,
@@ -37,7 +41,19 @@ struct Workspace {
     logits: Tensor,
     ids: Tensor,
     positions: Tensor,
+    positions_alt: Tensor,
     attn: AttentionScratch,
+    /// Head-averaged attention probabilities of a reducing layer, `[n, n]`.
+    probs: Tensor,
+    step: ReductionStep,
+}
+
+/// An LLM-site reduction for one prefill: the steps, and where the image and the question are
+/// in the prompt (the text span is the question after the image).
+pub struct PrefillReduction<'a> {
+    pub site: &'a SiteReduction,
+    pub visual: Range<usize>,
+    pub text: Range<usize>,
 }
 
 pub struct Decoder {
@@ -53,10 +69,10 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Shapes of the workspace tensors x, a, q, k, v, gate, up: the activation slots the
+    /// Shapes of the workspace tensors x, a, q, k, v, gate, up, x_alt: the activation slots the
     /// decoder views (see [`Gpu::shared_activations`]). `a` also holds the attention output,
     /// dead by the time `a` is rewritten.
-    pub fn workspace_shapes(tc: &TextConfig, capacity: usize) -> [Vec<usize>; 7] {
+    pub fn workspace_shapes(tc: &TextConfig, capacity: usize) -> [Vec<usize>; 8] {
         let (d, qd) = (tc.hidden_size, tc.num_attention_heads * tc.head_dim());
         let kvd = tc.kv_heads() * tc.head_dim();
         let inter = vec![capacity, tc.intermediate_size];
@@ -68,6 +84,7 @@ impl Decoder {
             vec![capacity, kvd],
             inter.clone(),
             inter,
+            vec![capacity, d],
         ]
     }
 
@@ -125,7 +142,7 @@ impl Decoder {
         let rope = RopeTable::new(gpu, hd, tc.theta(), &tc.rope_scaling()?)?;
         let f = |shape: &[usize], label| gpu.zeros(shape, DType::F32, label);
         let mut slots = slots.iter();
-        let [x, a, q, k, v, gate, up] = Self::workspace_shapes(&tc, capacity).map(|s| {
+        let [x, a, q, k, v, gate, up, x_alt] = Self::workspace_shapes(&tc, capacity).map(|s| {
             slots
                 .next()
                 .expect("one activation slot per workspace tensor")
@@ -133,6 +150,7 @@ impl Decoder {
         });
         let ws = Workspace {
             x,
+            x_alt,
             a,
             q,
             k,
@@ -144,7 +162,10 @@ impl Decoder {
             logits: f(&[1, vocab], "logits")?,
             ids: gpu.zeros(&[capacity], DType::U32, "ids")?,
             positions: gpu.zeros(&[capacity], DType::U32, "positions")?,
+            positions_alt: gpu.zeros(&[capacity], DType::U32, "reduced positions")?,
             attn: AttentionScratch::new(gpu, capacity, heads)?,
+            probs: f(&[capacity * capacity], "prefill attention probs")?,
+            step: ReductionStep::new(gpu, capacity)?,
         };
         let shape = AttentionShape {
             heads,
@@ -204,28 +225,47 @@ impl Decoder {
     }
 
     /// Run all layers on the `n` rows in the residual stream, appending their keys and values to
-    /// `cache` at the positions given, and write the last row's logits (returned, `[V]`).
-    pub fn forward(&self, b: &mut Batch, cache: &mut KvCache, positions: &[u32]) -> Result<Tensor> {
-        let n = positions.len();
+    /// `cache` at the positions given, and write the last row's logits (returned, `[V]`). With
+    /// `reduce` (a prefill into an empty cache), visual tokens are dropped or merged after the
+    /// attention of the listed layers; survivors keep their RoPE positions and each later layer
+    /// caches only them.
+    pub fn forward(
+        &self,
+        b: &mut Batch,
+        cache: &mut KvCache,
+        positions: &[u32],
+        reduce: Option<&PrefillReduction>,
+    ) -> Result<Tensor> {
+        let mut n = positions.len();
         self.check_rows(n)?;
         let tc = &self.cfg;
         let (d, hd) = (tc.hidden_size, self.shape.head_dim);
         let (qd, kvd) = (self.shape.heads * hd, self.shape.kv_heads * hd);
-        let eps = tc.rms_norm_eps;
-        b.gpu()
-            .write(&self.ws.positions, bytemuck::cast_slice(positions))?;
-        let ws = &self.ws;
-        let pos = ws.positions.view(&[n]);
-        let (x, a) = (ws.x.view(&[n, d]), ws.a.view(&[n, d]));
-        let (q, k, v, ctx) = (
-            ws.q.view(&[n, qd]),
-            ws.k.view(&[n, kvd]),
-            ws.v.view(&[n, kvd]),
-            ws.a.view(&[n, qd]),
-        );
         let inter = tc.intermediate_size;
-        let (gate, up) = (ws.gate.view(&[n, inter]), ws.up.view(&[n, inter]));
-        for (l, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let eps = tc.rms_norm_eps;
+        let ws = &self.ws;
+        let mut spans = match reduce {
+            Some(r) => {
+                self.check_reduction(r.site)?;
+                if cache.layers.iter().any(|l| l.len > 0) || r.text.end > n {
+                    return Err(Error::InvalidArgument(
+                        "an LLM reduction needs a whole prompt prefilled into an empty cache"
+                            .into(),
+                    ));
+                }
+                Some(Spans {
+                    visual: Some(r.visual.clone()),
+                    text: Some(r.text.clone()),
+                    ..Spans::default()
+                })
+            }
+            None => None,
+        };
+        b.gpu()
+            .write(&ws.positions, bytemuck::cast_slice(positions))?;
+        let (mut x, mut x_alt) = (&ws.x, &ws.x_alt);
+        let (mut pos, mut pos_alt) = (&ws.positions, &ws.positions_alt);
+        for (i, (l, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             if lc.len + n > cache_capacity(&lc.k) {
                 return Err(Error::InvalidArgument(format!(
                     "KV cache full: {} + {n} tokens exceed its {} rows; create a larger cache",
@@ -233,15 +273,24 @@ impl Decoder {
                     cache_capacity(&lc.k)
                 )));
             }
-            l.norm1.forward(b, &x, eps, &a)?;
+            let drop = reduce.map_or(0, |r| r.site.drop_after(i));
+            let (xt, a, pn) = (x.view(&[n, d]), ws.a.view(&[n, d]), pos.view(&[n]));
+            let (q, k, v, ctx) = (
+                ws.q.view(&[n, qd]),
+                ws.k.view(&[n, kvd]),
+                ws.v.view(&[n, kvd]),
+                ws.a.view(&[n, qd]),
+            );
+            l.norm1.forward(b, &xt, eps, &a)?;
             l.q.forward(b, &a, Epilogue::None, &q)?;
             l.k.forward(b, &a, Epilogue::None, &k)?;
             l.v.forward(b, &a, Epilogue::None, &v)?;
-            ops::rope(b, &q, &pos, self.shape.heads, &self.rope)?;
-            ops::rope(b, &k, &pos, self.shape.kv_heads, &self.rope)?;
+            ops::rope(b, &q, &pn, self.shape.heads, &self.rope)?;
+            ops::rope(b, &k, &pn, self.shape.kv_heads, &self.rope)?;
             b.copy(&k, &lc.k.slice(lc.len * kvd, &[n, kvd]))?;
             b.copy(&v, &lc.v.slice(lc.len * kvd, &[n, kvd]))?;
             lc.len += n;
+            let probs = (drop > 0).then(|| ws.probs.view(&[n, n]));
             ops::attention(
                 b,
                 &q,
@@ -251,16 +300,32 @@ impl Decoder {
                 &self.shape,
                 &ws.attn,
                 &ctx,
-                None,
+                probs.as_ref(),
             )?;
-            l.o.forward(b, &ctx, Epilogue::Accumulate, &x)?;
-            l.norm2.forward(b, &x, eps, &a)?;
+            l.o.forward(b, &ctx, Epilogue::Accumulate, &xt)?;
+            if let (Some(r), Some(probs), Some(sp)) = (reduce, &probs, spans.as_mut()) {
+                let out = x_alt.view(&[n - drop, d]);
+                let pout = pos_alt.view(&[n - drop]);
+                ws.step
+                    .record(b, &r.site.reduction, sp, &xt, probs, &pn, drop, &out, &pout)?;
+                std::mem::swap(&mut x, &mut x_alt);
+                std::mem::swap(&mut pos, &mut pos_alt);
+                n -= drop;
+                let vis = sp.visual.clone().unwrap_or_default();
+                let text = sp.text.clone().unwrap_or_default();
+                sp.visual = Some(vis.start..vis.end - drop);
+                sp.text = Some(text.start - drop..text.end - drop);
+            }
+            let (xt, a) = (x.view(&[n, d]), ws.a.view(&[n, d]));
+            let (gate, up) = (ws.gate.view(&[n, inter]), ws.up.view(&[n, inter]));
+            l.norm2.forward(b, &xt, eps, &a)?;
             l.gate.forward(b, &a, Epilogue::None, &gate)?;
             l.up.forward(b, &a, Epilogue::None, &up)?;
             ops::silu_mul(b, &gate, &up)?;
-            l.down.forward(b, &gate, Epilogue::Accumulate, &x)?;
+            l.down.forward(b, &gate, Epilogue::Accumulate, &xt)?;
         }
-        cache.next_position = positions[n - 1] + 1;
+        // The last prompt token is text, never reduced: its position continues the sequence.
+        cache.next_position = positions[positions.len() - 1] + 1;
         b.copy(&x.slice((n - 1) * d, &[1, d]), &ws.last)?;
         self.norm.forward(b, &ws.last, eps, &ws.last_normed)?;
         ops::matmul(
@@ -272,6 +337,17 @@ impl Decoder {
             &ws.logits,
         )?;
         Ok(ws.logits.view(&[tc.vocab_size]))
+    }
+
+    /// Refuse reductions after layers that do not exist.
+    pub fn check_reduction(&self, r: &SiteReduction) -> Result<()> {
+        match r.drops.iter().find(|(l, _)| *l >= self.layers.len()) {
+            Some((layer, _)) => Err(Error::InvalidArgument(format!(
+                "an LLM reduction after layer {layer}, but the decoder has {} layers",
+                self.layers.len()
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn check_rows(&self, n: usize) -> Result<()> {

@@ -2,13 +2,14 @@
 //! the GPU; the sampled token is the only readback per step).
 
 use super::config::LlavaConfig;
-use super::decoder::Decoder;
+use super::decoder::{Decoder, PrefillReduction};
 use super::kv_cache::KvCache;
 use super::projector::Projector;
 use super::vision::VisionTower;
 use super::weights::WeightFile;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::preprocess::{PixelValues, PromptIds};
+use crate::reduce::ReductionPlan;
 use crate::{ops, Error, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -90,6 +91,9 @@ pub struct Llava {
     features: Tensor,
     image_features: Tensor,
     token: Tensor,
+    reduction: ReductionPlan,
+    /// Grid index of each selected visual token after the vision tower (-1 for [CLS]).
+    kept_grid: Option<Tensor>,
 }
 
 impl Llava {
@@ -148,6 +152,8 @@ impl Llava {
             features,
             image_features,
             token,
+            reduction: ReductionPlan::default(),
+            kept_grid: None,
         })
     }
 
@@ -159,9 +165,39 @@ impl Llava {
         &self.config
     }
 
-    /// Visual tokens one image contributes to the prompt.
+    /// Visual tokens one image contributes to the prompt (after any vision-side reduction).
     pub fn visual_tokens(&self) -> usize {
-        self.config.visual_tokens()
+        self.config.visual_tokens() - self.reduction.vision.as_ref().map_or(0, |r| r.total())
+    }
+
+    /// Attach token reductions to the vision tower and the LLM prefill (replacing any earlier
+    /// plan). Prompts must then expand the image to [`Self::visual_tokens`] tokens.
+    pub fn set_reduction(&mut self, plan: ReductionPlan) -> Result<()> {
+        if let Some(v) = &plan.vision {
+            self.vision.check_reduction(v)?;
+        }
+        if let Some(l) = &plan.llm {
+            self.decoder.check_reduction(l)?;
+        }
+        self.reduction = plan;
+        Ok(())
+    }
+
+    pub fn reduction(&self) -> &ReductionPlan {
+        &self.reduction
+    }
+
+    /// Grid index (row-major patch number) of each visual token of the last image, after the
+    /// vision-side reduction; -1 for [CLS] under the `full` strategy.
+    pub async fn kept_patches(&self) -> Result<Vec<i32>> {
+        let grid = self
+            .kept_grid
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no image has been encoded yet".into()))?;
+        let bytes = self.gpu.read_bytes(grid).await?;
+        let skip = usize::from(self.config.drops_cls());
+        let all: &[i32] = bytemuck::cast_slice(&bytes);
+        Ok(all[skip..grid.numel()].to_vec())
     }
 
     /// Bytes of all weights on the GPU.
@@ -189,20 +225,28 @@ impl Llava {
         self.gpu
             .write(&self.pixels, bytemuck::cast_slice(&pixels.data))?;
         let mut b = self.gpu.batch();
-        let hidden = self.vision.forward(&mut b, &self.pixels)?;
+        let out = self
+            .vision
+            .forward(&mut b, &self.pixels, self.reduction.vision.as_ref())?;
         // `default` drops [CLS] (row 0); `full` keeps every row.
         let skip = usize::from(self.config.drops_cls());
         let (n, dv) = (self.visual_tokens(), vc.hidden_size);
-        b.copy(&hidden.slice(skip * dv, &[n, dv]), &self.features)?;
-        self.projector
-            .forward(&mut b, &self.features, &self.image_features)?;
+        debug_assert_eq!(out.tokens - skip, n);
+        let features = self.selected_vision_features();
+        let image_features = self
+            .image_features
+            .view(&[n, self.image_features.shape()[1]]);
+        b.copy(&out.hidden.slice(skip * dv, &[n, dv]), &features)?;
+        self.projector.forward(&mut b, &features, &image_features)?;
         b.submit();
-        Ok(self.image_features.clone())
+        self.kept_grid = Some(out.grid);
+        Ok(image_features)
     }
 
     /// The vision features LLaVA selects, before the projector (after [`Self::encode_image`]).
-    pub fn selected_vision_features(&self) -> &Tensor {
-        &self.features
+    pub fn selected_vision_features(&self) -> Tensor {
+        let n = self.visual_tokens();
+        self.features.view(&[n, self.features.shape()[1]])
     }
 
     /// Generate from a prompt whose image placeholder has been expanded to
@@ -222,6 +266,18 @@ impl Llava {
                 prompt.image_len
             )));
         }
+        let image_end = prompt.image_start + prompt.image_len;
+        if image_end > prompt.ids.len()
+            || prompt.text_end < image_end
+            || prompt.text_end > prompt.ids.len()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "prompt spans do not fit its {} ids: image {}..{image_end}, text ..{}",
+                prompt.ids.len(),
+                prompt.image_start,
+                prompt.text_end
+            )));
+        }
         let total = prompt.ids.len() + opts.max_new_tokens;
         if total > self.cache.capacity() {
             return Err(Error::InvalidArgument(format!(
@@ -236,7 +292,7 @@ impl Llava {
             Sampling::Greedy => 0,
         });
         let mut clock = crate::clock::Clock::start();
-        self.encode_image(pixels)?;
+        let image_features = self.encode_image(pixels)?;
         self.gpu.sync().await?;
         let vision_ms = clock.lap_ms();
 
@@ -244,12 +300,17 @@ impl Llava {
         let mut b = self.gpu.batch();
         let x = self.decoder.embed_tokens(&mut b, &prompt.ids)?;
         let d = self.config.text_config.hidden_size;
-        b.copy(
-            &self.image_features,
-            &x.slice(prompt.image_start * d, &[visual, d]),
-        )?;
+        let image = prompt.image_start..prompt.image_start + visual;
+        b.copy(&image_features, &x.slice(image.start * d, &[visual, d]))?;
         let positions: Vec<u32> = (0..prompt.ids.len() as u32).collect();
-        let logits = self.decoder.forward(&mut b, &mut self.cache, &positions)?;
+        let reduce = self.reduction.llm.as_ref().map(|site| PrefillReduction {
+            site,
+            text: image.end..prompt.text_end,
+            visual: image,
+        });
+        let logits = self
+            .decoder
+            .forward(&mut b, &mut self.cache, &positions, reduce.as_ref())?;
         self.pick(&mut b, &logits, &opts.sampling, &mut rng)?;
         b.submit();
         let prefill_logits = if opts.keep_prefill_logits {
@@ -278,7 +339,9 @@ impl Llava {
             let mut b = self.gpu.batch();
             self.decoder.embed_device_token(&mut b, &self.token)?;
             let pos = self.cache.next_position;
-            let logits = self.decoder.forward(&mut b, &mut self.cache, &[pos])?;
+            let logits = self
+                .decoder
+                .forward(&mut b, &mut self.cache, &[pos], None)?;
             self.pick(&mut b, &logits, &opts.sampling, &mut rng)?;
             b.submit();
             tokens.push(self.read_token().await?);

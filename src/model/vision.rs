@@ -6,6 +6,7 @@ use super::linear::{Linear, Norm};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{self, AttentionScratch, AttentionShape, Epilogue, WeightMatrix};
+use crate::reduce::{ReductionStep, SiteReduction, Spans};
 use crate::{Error, Result};
 
 struct VisionLayer {
@@ -21,15 +22,29 @@ struct VisionLayer {
 
 /// Activations of one image pass, allocated once. Buffers whose contents are dead at the time
 /// share storage: the patch columns live in `mlp`, the patch embeddings in `q`, and the attention
-/// output in `a`.
+/// output in `a`. `x_alt` takes the reduced sequence when a layer reduces (then the two swap).
 struct Workspace {
     x: Tensor,
+    x_alt: Tensor,
     a: Tensor,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     mlp: Tensor,
     attn: AttentionScratch,
+    /// Head-averaged attention probabilities `[t, t]` of a reducing layer.
+    probs: Tensor,
+    /// Grid index of every token (-1 for [CLS]), and two buffers for the survivors' indices.
+    grid: Tensor,
+    kept_grid: [Tensor; 2],
+    step: ReductionStep,
+}
+
+/// The tower's output: `hidden [tokens, D]` with [CLS] first, and each token's grid index.
+pub struct VisionOutput {
+    pub hidden: Tensor,
+    pub grid: Tensor,
+    pub tokens: usize,
 }
 
 pub struct VisionTower {
@@ -46,14 +61,22 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    /// Shapes of the workspace tensors x, a, q, k, v, mlp: the activation slots this tower
-    /// views (see [`Gpu::shared_activations`]).
-    pub fn workspace_shapes(vc: &VisionConfig) -> [Vec<usize>; 6] {
+    /// Shapes of the workspace tensors x, a, q, k, v, mlp, x_alt: the activation slots this
+    /// tower views (see [`Gpu::shared_activations`]).
+    pub fn workspace_shapes(vc: &VisionConfig) -> [Vec<usize>; 7] {
         let t = vc.num_patches() + 1;
         let d = vc.hidden_size;
         let cols = vc.num_channels * vc.patch_size * vc.patch_size;
         let (a, mlp) = (vec![t, d], vec![t * vc.intermediate_size.max(cols)]);
-        [a.clone(), a.clone(), a.clone(), a.clone(), a, mlp]
+        [
+            a.clone(),
+            a.clone(),
+            a.clone(),
+            a.clone(),
+            a.clone(),
+            mlp,
+            a,
+        ]
     }
 
     /// `slots` are at least as large as [`Self::workspace_shapes`].
@@ -104,20 +127,27 @@ impl VisionTower {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut slots = slots.iter();
-        let [x, a, q, k, v, mlp] = Self::workspace_shapes(&vc).map(|s| {
+        let [x, a, q, k, v, mlp, x_alt] = Self::workspace_shapes(&vc).map(|s| {
             slots
                 .next()
                 .expect("one activation slot per workspace tensor")
                 .view(&s)
         });
+        let grid: Vec<i32> = (-1..tokens as i32 - 1).collect();
+        let kept = |i| gpu.zeros(&[tokens], DType::I32, &format!("vision kept grid {i}"));
         let ws = Workspace {
             x,
+            x_alt,
             a,
             q,
             k,
             v,
             mlp,
             attn: AttentionScratch::new(gpu, tokens, vc.num_attention_heads)?,
+            probs: gpu.zeros(&[tokens * tokens], DType::F32, "vision attention probs")?,
+            grid: gpu.upload_i32(&grid, &[tokens], "vision grid index")?,
+            kept_grid: [kept(0)?, kept(1)?],
+            step: ReductionStep::new(gpu, tokens)?,
         };
         Ok(Self {
             cfg: vc,
@@ -145,24 +175,33 @@ impl VisionTower {
         self.layers_to_run
     }
 
-    /// Record the tower on `pixels` (`[3, H, W]`); the returned tensor `[tokens, D]` is the
-    /// hidden state LLaVA selects (valid once the batch is submitted; reused by the next call).
-    pub fn forward(&self, b: &mut Batch, pixels: &Tensor) -> Result<Tensor> {
+    /// Record the tower on `pixels` (`[3, H, W]`). With `reduce`, tokens are dropped or merged
+    /// after the attention of the listed layers ([CLS] never). The output's hidden state is the
+    /// one LLaVA selects (valid once the batch is submitted; reused by the next call).
+    pub fn forward(
+        &self,
+        b: &mut Batch,
+        pixels: &Tensor,
+        reduce: Option<&SiteReduction>,
+    ) -> Result<VisionOutput> {
         let vc = &self.cfg;
         let s = vc.image_size;
         ops::expect_shape("pixel_values", pixels, &[vc.num_channels, s, s])?;
         let ws = &self.ws;
         let eps = vc.layer_norm_eps;
-        let n = self.tokens() - 1;
-        let p = vc.patch_size;
-        let cols = ws.mlp.view(&[n, vc.num_channels * p * p]);
-        let patches = ws.q.view(&[n, vc.hidden_size]);
+        let mut t = self.tokens();
+        let (d, p) = (vc.hidden_size, vc.patch_size);
+        if let Some(r) = reduce {
+            self.check_reduction(r)?;
+        }
+        let cols = ws.mlp.view(&[t - 1, vc.num_channels * p * p]);
+        let patches = ws.q.view(&[t - 1, d]);
         ops::im2col(b, pixels, p, &cols)?;
         ops::matmul(b, &cols, &self.patch, None, Epilogue::None, &patches)?;
         ops::vision_embed(b, &patches, &self.class, &self.positions, &ws.a)?;
         self.pre_norm.forward(b, &ws.a, eps, &ws.x)?;
         let heads = vc.num_attention_heads;
-        let hd = vc.hidden_size / heads;
+        let hd = d / heads;
         let shape = AttentionShape {
             heads,
             kv_heads: heads,
@@ -175,23 +214,82 @@ impl VisionTower {
         } else {
             Epilogue::Gelu
         };
-        let t = self.tokens();
-        let (mlp, ctx) = (
-            ws.mlp.view(&[t, vc.intermediate_size]),
-            ws.a.view(&[t, vc.hidden_size]),
-        );
-        for l in &self.layers {
-            l.norm1.forward(b, &ws.x, eps, &ws.a)?;
-            l.q.forward(b, &ws.a, Epilogue::None, &ws.q)?;
-            l.k.forward(b, &ws.a, Epilogue::None, &ws.k)?;
-            l.v.forward(b, &ws.a, Epilogue::None, &ws.v)?;
-            ops::attention(b, &ws.q, &ws.k, &ws.v, t, &shape, &ws.attn, &ctx, None)?;
-            l.o.forward(b, &ctx, Epilogue::Accumulate, &ws.x)?;
-            l.norm2.forward(b, &ws.x, eps, &ws.a)?;
-            l.fc1.forward(b, &ws.a, act, &mlp)?;
-            l.fc2.forward(b, &mlp, Epilogue::Accumulate, &ws.x)?;
+        let spans = Spans {
+            cls: Some(0),
+            grid: Some(vc.image_size / vc.patch_size),
+            ..Spans::default()
+        };
+        let (mut x, mut x_alt) = (&ws.x, &ws.x_alt);
+        let mut grid = ws.grid.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            let drop = reduce.map_or(0, |r| r.drop_after(i));
+            let xt = x.view(&[t, d]);
+            let (a, q, k, v) = (
+                ws.a.view(&[t, d]),
+                ws.q.view(&[t, d]),
+                ws.k.view(&[t, d]),
+                ws.v.view(&[t, d]),
+            );
+            l.norm1.forward(b, &xt, eps, &a)?;
+            l.q.forward(b, &a, Epilogue::None, &q)?;
+            l.k.forward(b, &a, Epilogue::None, &k)?;
+            l.v.forward(b, &a, Epilogue::None, &v)?;
+            let probs = (drop > 0).then(|| ws.probs.view(&[t, t]));
+            // The attention output reuses `a`.
+            ops::attention(b, &q, &k, &v, t, &shape, &ws.attn, &a, probs.as_ref())?;
+            l.o.forward(b, &a, Epilogue::Accumulate, &xt)?;
+            if let (Some(r), Some(probs)) = (reduce, &probs) {
+                let out = x_alt.view(&[t - drop, d]);
+                // Alternate the survivors' grid indices between two buffers.
+                let kept_buf = &ws.kept_grid[usize::from(grid.same_buffer(&ws.kept_grid[0]))];
+                let kept = kept_buf.view(&[t - drop]);
+                let grid_in = grid.view(&[t]);
+                ws.step.record(
+                    b,
+                    &r.reduction,
+                    &spans,
+                    &xt,
+                    probs,
+                    &grid_in,
+                    drop,
+                    &out,
+                    &kept,
+                )?;
+                std::mem::swap(&mut x, &mut x_alt);
+                grid = kept;
+                t -= drop;
+            }
+            let xt = x.view(&[t, d]);
+            let (a, mlp) = (ws.a.view(&[t, d]), ws.mlp.view(&[t, vc.intermediate_size]));
+            l.norm2.forward(b, &xt, eps, &a)?;
+            l.fc1.forward(b, &a, act, &mlp)?;
+            l.fc2.forward(b, &mlp, Epilogue::Accumulate, &xt)?;
         }
-        Ok(ws.x.clone())
+        Ok(VisionOutput {
+            hidden: x.view(&[t, d]),
+            grid: grid.view(&[t]),
+            tokens: t,
+        })
+    }
+
+    /// Refuse reductions at layers that do not run or that would leave no patch token.
+    pub fn check_reduction(&self, r: &SiteReduction) -> Result<()> {
+        if let Some(&(layer, _)) = r.drops.iter().find(|(l, _)| *l >= self.layers_to_run) {
+            return Err(Error::InvalidArgument(format!(
+                "a vision reduction after layer {layer}, but only layers 0..{} run (the \
+                 projector reads layer {})",
+                self.layers_to_run,
+                self.layers_to_run - 1
+            )));
+        }
+        let patches = self.tokens() - 1;
+        if r.total() >= patches {
+            return Err(Error::InvalidArgument(format!(
+                "the vision reduction drops {} of {patches} patch tokens; keep at least one",
+                r.total()
+            )));
+        }
+        Ok(())
     }
 
     pub fn weight_bytes(&self) -> u64 {

@@ -6,12 +6,14 @@ use super::{PreprocessError, Tokenizer};
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
 /// Prompt token ids; `ids[image_start..image_start + image_len]` are image tokens that the
-/// projected visual features replace.
+/// projected visual features replace, and `ids[image_start + image_len..text_end]` is the text
+/// (question) that task-aware reductions in the LLM score with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PromptIds {
     pub ids: Vec<u32>,
     pub image_start: usize,
     pub image_len: usize,
+    pub text_end: usize,
 }
 
 /// `USER: <image>\n{question} ASSISTANT:`, the llava-1.5 chat template.
@@ -58,6 +60,7 @@ pub fn build_prompt_ids(
         )));
     }
     Ok(PromptIds {
+        text_end: ids.len(),
         ids,
         image_start,
         image_len,

@@ -1,0 +1,197 @@
+//! Reductions attached to the model: `none` changes nothing, every site reaches its token
+//! count, and decoding after a reduced prefill agrees with re-prefilling the same tokens under
+//! the same reduction (so positions, per-layer cache lengths and the kept set stay consistent).
+mod common;
+use common::*;
+use ficoco::gpu::DType;
+use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::preprocess::{self, ImageProcessor, PixelValues, PromptIds, Tokenizer};
+use ficoco::reduce::{self, ReductionPlan, SiteReduction};
+use std::path::Path;
+
+struct Fixture {
+    model: Llava,
+    tok: Tokenizer,
+    pixels: PixelValues,
+    question: String,
+    greedy: Vec<u32>,
+}
+
+fn fixture() -> Fixture {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/fixtures/models/gqa_untied");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("oracle.json")).unwrap()).unwrap();
+    let image = preprocess::load_image(root.join(json["image"].as_str().unwrap())).unwrap();
+    let opts = LoadOptions {
+        dtype: DType::F32,
+        max_prompt_tokens: 64,
+        max_context: 64,
+    };
+    Fixture {
+        model: Llava::load(gpu().clone(), &dir, &opts).unwrap(),
+        tok: Tokenizer::from_dir(&dir).unwrap(),
+        pixels: ImageProcessor::from_dir(&dir)
+            .unwrap()
+            .preprocess(&image)
+            .unwrap(),
+        question: json["prompt"].as_str().unwrap().to_string(),
+        greedy: json["greedy_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect(),
+    }
+}
+
+fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: n,
+        sampling: Sampling::Greedy,
+        stop_tokens: vec![],
+        keep_prefill_logits: true,
+    }
+}
+
+impl Fixture {
+    fn prompt(&self) -> PromptIds {
+        let image = self.model.config().image_token_index;
+        preprocess::build_prompt_ids(&self.tok, &self.question, image, self.model.visual_tokens())
+            .unwrap()
+    }
+
+    fn generate(&mut self, prompt: &PromptIds, n: usize) -> (Vec<u32>, Vec<f32>) {
+        let out = pollster::block_on(
+            self.model
+                .generate(&self.pixels, prompt, &greedy(n), |_| true),
+        )
+        .unwrap();
+        (out.tokens, out.prefill_logits.unwrap())
+    }
+}
+
+fn site(method: &str, drops: &[(usize, usize)]) -> Option<SiteReduction> {
+    Some(SiteReduction {
+        reduction: reduce::by_name(method).unwrap().unwrap(),
+        drops: drops.to_vec(),
+    })
+}
+
+#[test]
+fn none_changes_nothing() {
+    let mut f = fixture();
+    let prompt = f.prompt();
+    let (tokens, logits) = f.generate(&prompt, f.greedy.len());
+    f.model.set_reduction(ReductionPlan::default()).unwrap();
+    let (again, logits_again) = f.generate(&prompt, f.greedy.len());
+    assert_eq!(tokens, f.greedy);
+    assert_eq!(again, tokens);
+    assert_eq!(logits_again, logits);
+}
+
+#[test]
+fn reduced_decoding_matches_reprefill() {
+    let plans = [
+        (
+            "ficoco-v",
+            ReductionPlan {
+                vision: site("ficoco-v", &[(0, 4), (1, 4)]),
+                llm: None,
+            },
+        ),
+        (
+            "topk-cls in the tower",
+            ReductionPlan {
+                vision: site("topk-cls", &[(1, 6)]),
+                llm: None,
+            },
+        ),
+        (
+            "ficoco-l",
+            ReductionPlan {
+                vision: None,
+                llm: site("ficoco-l", &[(0, 6), (1, 4)]),
+            },
+        ),
+        (
+            "fastv",
+            ReductionPlan {
+                vision: None,
+                llm: site("fastv", &[(1, 8)]),
+            },
+        ),
+        (
+            "pdrop",
+            ReductionPlan {
+                vision: None,
+                llm: site("pdrop", &[(0, 4), (1, 4)]),
+            },
+        ),
+        (
+            "ficoco-v + ficoco-l",
+            ReductionPlan {
+                vision: site("ficoco-v", &[(0, 4)]),
+                llm: site("ficoco-l", &[(1, 6)]),
+            },
+        ),
+    ];
+    let mut f = fixture();
+    let full = f.prompt();
+    let (full_tokens, full_logits) = f.generate(&full, 4);
+    for (name, plan) in plans {
+        let vision_drop = plan.vision.as_ref().map_or(0, |v| v.total());
+        f.model.set_reduction(plan).unwrap();
+        assert_eq!(f.model.visual_tokens(), 16 - vision_drop, "{name}");
+        let prompt = f.prompt();
+        let (tokens, logits) = f.generate(&prompt, 4);
+        assert_eq!(tokens.len(), 4, "{name}");
+        let changed = max_abs_diff(&logits, &full_logits);
+        assert!(
+            changed > 1e-4,
+            "{name}: the reduction changed nothing ({changed})"
+        );
+        // Re-prefill the prompt plus the first k generated tokens; the question span (scored by
+        // LLM-side reductions) stays the original one.
+        for k in 1..tokens.len() {
+            let mut longer = prompt.clone();
+            longer.ids.extend_from_slice(&tokens[..k]);
+            let (next, _) = f.generate(&longer, 1);
+            assert_eq!(next[0], tokens[k], "{name}: step {k} after re-prefill");
+        }
+    }
+    let _ = full_tokens;
+}
+
+#[test]
+fn impossible_plans_are_refused() {
+    let mut f = fixture();
+    let too_late = ReductionPlan {
+        vision: site("ficoco-v", &[(2, 1)]),
+        llm: None,
+    };
+    let e = f.model.set_reduction(too_late).unwrap_err().to_string();
+    assert!(e.contains("only layers 0..2 run"), "{e}");
+    let too_many = ReductionPlan {
+        vision: site("ficoco-v", &[(0, 10), (1, 6)]),
+        llm: None,
+    };
+    let e = f.model.set_reduction(too_many).unwrap_err().to_string();
+    assert!(e.contains("keep at least one"), "{e}");
+    let no_layer = ReductionPlan {
+        vision: None,
+        llm: site("fastv", &[(3, 1)]),
+    };
+    let e = f.model.set_reduction(no_layer).unwrap_err().to_string();
+    assert!(e.contains("3 layers"), "{e}");
+    let llm_too_many = ReductionPlan {
+        vision: None,
+        llm: site("fastv", &[(0, 17)]),
+    };
+    f.model.set_reduction(llm_too_many).unwrap();
+    let prompt = f.prompt();
+    let e = pollster::block_on(f.model.generate(&f.pixels, &prompt, &greedy(1), |_| true))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot drop 17"), "{e}");
+}
