@@ -6,6 +6,9 @@
 use ficoco::gpu::{DType, Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
 use ficoco::preprocess::{self, ImageProcessor, TextStream, Tokenizer};
+use ficoco::reduce::budget::Budget;
+use ficoco::reduce::flops::Flops;
+use ficoco::reduce::ReduceSpec;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +25,12 @@ const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT |
   --seed S               sampling seed, default 0
   --dtype f16|f32        weight storage type, default f16
   --json                 print one JSON object instead of streaming text
-  --dump-logits FILE     write the prefill's last-position logits (safetensors, `logits`)";
+  --dump-logits FILE     write the prefill's last-position logits (safetensors, `logits`)
+  --reduce METHOD[:B]    visual-token reduction: ficoco-v, ficoco-l, ficoco-vl, fastv, pdrop,
+                         topk-cls or none; budget B = tokens (64), fraction (0.11) or LLM-prefill
+                         TFLOPs (1.5T); default 64/576 of the visual tokens
+  --show-kept FILE.png   write the preprocessed image with the patches that reached the LLM
+                         outlined and the discarded ones dimmed";
 
 struct Args {
     model: PathBuf,
@@ -36,6 +44,8 @@ struct Args {
     dtype: DType,
     json: bool,
     dump_logits: Option<PathBuf>,
+    reduce: ReduceSpec,
+    show_kept: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +61,11 @@ fn parse_args() -> Result<Args, String> {
         dtype: DType::F16,
         json: false,
         dump_logits: None,
+        reduce: ReduceSpec {
+            method: "none".into(),
+            budget: Budget::Fraction(1.0),
+        },
+        show_kept: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,6 +102,8 @@ fn parse_args() -> Result<Args, String> {
             }
             "--json" => a.json = true,
             "--dump-logits" => a.dump_logits = Some(value()?.into()),
+            "--reduce" => a.reduce = value()?.parse().map_err(|e| format!("--reduce: {e}"))?,
+            "--show-kept" => a.show_kept = Some(value()?.into()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -148,6 +165,20 @@ fn run(args: Args) -> ficoco::Result<()> {
         _ => unreachable!("checked in parse_args"),
     };
     let image_token = model.config().image_token_index;
+    let full_visual = model.visual_tokens();
+    let prompt = preprocess::build_prompt_ids(&tokenizer, &text, image_token, full_visual)?;
+    let text_tokens = prompt.ids.len() - full_visual;
+    let planned = args.reduce.plan(model.config(), text_tokens)?;
+    let flops = Flops::of(model.config(), &planned.schedule)?;
+    let full_schedule = ficoco::reduce::budget::Schedule::full(model.config(), text_tokens);
+    let flops_full = Flops::of(model.config(), &full_schedule)?;
+    model.set_reduction(planned.plan.clone())?;
+    if !args.json && !planned.plan.is_empty() {
+        eprintln!(
+            "reduce {}: {} ({flops} vs {flops_full} unreduced)",
+            args.reduce.method, planned.schedule
+        );
+    }
     let prompt =
         preprocess::build_prompt_ids(&tokenizer, &text, image_token, model.visual_tokens())?;
     let sampling = match args.temperature {
@@ -179,6 +210,17 @@ fn run(args: Args) -> ficoco::Result<()> {
     if let (Some(path), Some(logits)) = (&args.dump_logits, &out.prefill_logits) {
         write_logits(path, logits)?;
     }
+    if let Some(path) = &args.show_kept {
+        let kept = pollster::block_on(model.kept_patches())?;
+        let crop = processor.resized_planes(&image)?;
+        let side = model.config().vision_config.image_size;
+        let grid = side / model.config().vision_config.patch_size;
+        write_kept_overlay(path, &crop, side, grid, &kept)?;
+    }
+    let flops_json = |f: &Flops| {
+        serde_json::json!({"vision": f.vision, "projector": f.projector,
+            "llm_prefill": f.llm_prefill, "overhead": f.overhead})
+    };
     if json {
         let t = out.timings;
         let obj = serde_json::json!({
@@ -193,6 +235,12 @@ fn run(args: Args) -> ficoco::Result<()> {
                 "decode": t.decode_ms,
             },
             "adapter": gpu.describe(),
+            "reduce": args.reduce.method,
+            "visual_tokens_llm": model.visual_tokens(),
+            "visual_tokens_kept": planned.schedule.kept(),
+            "schedule": planned.schedule.to_string(),
+            "flops": flops_json(&flops),
+            "flops_unreduced": flops_json(&flops_full),
         });
         println!("{obj}");
     } else {
@@ -222,4 +270,40 @@ fn write_logits(path: &std::path::Path, logits: &[f32]) -> ficoco::Result<()> {
     let bytes = safetensors::serialize([("logits", view)], None)
         .map_err(|e| ficoco::Error::file(path, e))?;
     std::fs::write(path, bytes).map_err(|e| ficoco::Error::file(path, e))
+}
+
+/// The preprocessed image with each patch that reached the LLM outlined in white and every
+/// other patch dimmed.
+fn write_kept_overlay(
+    path: &std::path::Path,
+    planes: &[u8],
+    side: usize,
+    grid: usize,
+    kept: &[i32],
+) -> ficoco::Result<()> {
+    let patch = side / grid;
+    let mut keep = vec![false; grid * grid];
+    for &k in kept.iter().filter(|&&k| k >= 0) {
+        keep[k as usize] = true;
+    }
+    let plane = side * side;
+    let mut img = image::RgbImage::new(side as u32, side as u32);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let (x, y) = (x as usize, y as usize);
+        let i = y * side + x;
+        let cell = (y / patch) * grid + x / patch;
+        let edge =
+            x % patch == 0 || y % patch == 0 || x % patch == patch - 1 || y % patch == patch - 1;
+        *px = if keep[cell] && edge {
+            image::Rgb([255, 255, 255])
+        } else {
+            let dim = |v: u8| if keep[cell] { v } else { v / 4 };
+            image::Rgb([
+                dim(planes[i]),
+                dim(planes[plane + i]),
+                dim(planes[2 * plane + i]),
+            ])
+        };
+    }
+    img.save(path).map_err(|e| ficoco::Error::file(path, e))
 }

@@ -195,3 +195,59 @@ fn impossible_plans_are_refused() {
         .to_string();
     assert!(e.contains("cannot drop 17"), "{e}");
 }
+
+/// `METHOD:BUDGET` through the planner into the model: each method reaches the requested count.
+#[test]
+fn specs_reach_their_budget() {
+    use ficoco::reduce::ReduceSpec;
+    let mut f = fixture();
+    let text_tokens = f.prompt().ids.len() - 16;
+    for method in [
+        "ficoco-v",
+        "ficoco-l",
+        "ficoco-vl",
+        "fastv",
+        "pdrop",
+        "topk-cls",
+    ] {
+        let spec: ReduceSpec = format!("{method}:6").parse().unwrap();
+        let planned = spec.plan(f.model.config(), text_tokens).unwrap();
+        assert_eq!(planned.schedule.kept(), 6, "{method}: {}", planned.schedule);
+        let dropped = planned.plan.vision.as_ref().map_or(0, |v| v.total())
+            + planned.plan.llm.as_ref().map_or(0, |l| l.total());
+        assert_eq!(dropped, 10, "{method}: {:?}", planned.plan);
+        f.model.set_reduction(planned.plan).unwrap();
+        assert_eq!(
+            f.model.visual_tokens(),
+            planned.schedule.projector(),
+            "{method}"
+        );
+        let prompt = f.prompt();
+        let (tokens, _) = f.generate(&prompt, 2);
+        assert_eq!(tokens.len(), 2, "{method}");
+    }
+    let none: ReduceSpec = "none".parse().unwrap();
+    assert!(none
+        .plan(f.model.config(), text_tokens)
+        .unwrap()
+        .plan
+        .is_empty());
+    assert!(
+        "tome:8".parse::<ReduceSpec>().is_err() || {
+            let s: ReduceSpec = "tome:8".parse().unwrap();
+            s.plan(f.model.config(), text_tokens).is_err()
+        }
+    );
+    let e = "ficoco-v:abc"
+        .parse::<ReduceSpec>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("budget"), "{e}");
+    let e = "ficoco-v:0.000000001T"
+        .parse::<ReduceSpec>()
+        .unwrap()
+        .plan(f.model.config(), text_tokens)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least"), "{e}");
+}

@@ -176,7 +176,7 @@ fn exact_llm_count_differs_from_the_paper_by_the_causal_half_and_the_head() {
 }
 
 #[test]
-fn flops_display_in_tflops() {
+fn flops_display_scales_units() {
     let f = Flops {
         vision: 1e12,
         projector: 0.5e12,
@@ -185,7 +185,17 @@ fn flops_display_in_tflops() {
     };
     assert_eq!(
         f.to_string(),
-        "3.500 TFLOPs = vision 1.000 + projector 0.500 + LLM prefill 2.000 + overhead 0.000001"
+        "3.500 TFLOPs = vision 1.000 + projector 0.500 + LLM prefill 2.000 + overhead 1.000 MFLOPs"
+    );
+    let small = Flops {
+        vision: 2e6,
+        projector: 0.0,
+        llm_prefill: 5e6,
+        overhead: 300.0,
+    };
+    assert_eq!(
+        small.to_string(),
+        "7.000 MFLOPs = vision 2.000 + projector 0.000 + LLM prefill 5.000 + overhead 300.000 FLOPs"
     );
 }
 

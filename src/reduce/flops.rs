@@ -86,18 +86,27 @@ impl Flops {
     }
 }
 
+/// The unit that suits `x`: TFLOPs for LLaVA-1.5's passes, MFLOPs for test models.
+fn unit(x: f64) -> (f64, &'static str) {
+    [(1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs")]
+        .into_iter()
+        .find(|(s, _)| x >= *s)
+        .unwrap_or((1.0, "FLOPs"))
+}
+
 impl fmt::Display for Flops {
-    /// TFLOPs; the overhead with more decimals since it is millions, not trillions.
+    /// The parts in the total's unit; the overhead, orders of magnitude smaller, in its own.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = |x: f64| x / 1e12;
+        let (scale, u) = unit(self.total());
+        let (oscale, ou) = unit(self.overhead);
         write!(
             f,
-            "{:.3} TFLOPs = vision {:.3} + projector {:.3} + LLM prefill {:.3} + overhead {:.6}",
-            t(self.total()),
-            t(self.vision),
-            t(self.projector),
-            t(self.llm_prefill),
-            t(self.overhead)
+            "{:.3} {u} = vision {:.3} + projector {:.3} + LLM prefill {:.3} + overhead {:.3} {ou}",
+            self.total() / scale,
+            self.vision / scale,
+            self.projector / scale,
+            self.llm_prefill / scale,
+            self.overhead / oscale
         )
     }
 }

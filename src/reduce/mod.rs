@@ -6,6 +6,7 @@
 //!   and the ablations of FiCoCo's tables.
 //! - [`step`]: one reduction step recorded on the GPU (`shaders/reduce.wgsl`).
 //! - [`sites`]: where the steps attach to the model (vision layers, LLM prefill layers).
+//! - [`spec`]: `METHOD[:BUDGET]` planned into per-layer steps for a model.
 //! - [`flops`] and [`budget`]: what a schedule costs and the per-layer schedule that meets a
 //!   budget (tokens, a fraction, or the paper's LLM-prefill TFLOPs).
 
@@ -13,10 +14,12 @@ pub mod budget;
 pub mod flops;
 pub mod method;
 pub mod sites;
+pub mod spec;
 pub mod stages;
 pub mod step;
 
 pub use method::{by_name, FicocoL, FicocoV, METHODS, PLANNED_METHODS};
 pub use sites::{ReductionPlan, SiteReduction};
+pub use spec::{Planned, ReduceSpec};
 pub use stages::{Compress, Correlate, Filter, LocalPenalty, Reduction, Rows};
 pub use step::{run_once, ReductionStep, Spans, StepOutput};
