@@ -2,7 +2,13 @@
 //! matmul GFLOP/s next to numpy (OpenBLAS) sgemm, memory against weights + KV cache, and the
 //! cold-start (pipeline creation) cost.
 //!
+//! With `--reduce METHODS` (comma-separated, or `all`) it also times each reduction method at
+//! the visual-token budgets of `--budgets` (default 192,128,64 of 576, scaled to the preset):
+//! prefill time (vision + LLM prefill), speedup over no reduction, the FLOPs-ideal speedup and
+//! the time of the reduction stages themselves.
+//!
 //! cargo run --release --example bench -- [--preset xs|tinyllava] [--dtype f16|f32] [--json]
+//!     [--reduce all|M1,M2,...] [--budgets 192,128,64]
 
 use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
 use ficoco::model::{
@@ -10,6 +16,9 @@ use ficoco::model::{
 };
 use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 use ficoco::preprocess::{PixelValues, PromptIds};
+use ficoco::reduce::budget::{Budget, Schedule};
+use ficoco::reduce::flops::Flops;
+use ficoco::reduce::{ReduceSpec, ReductionPlan, ReductionStep, Spans};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -198,6 +207,8 @@ fn run() -> ficoco::Result<()> {
     let mut preset = "xs".to_string();
     let mut dtype = DType::F16;
     let mut json = false;
+    let mut methods: Vec<String> = Vec::new();
+    let mut budgets: Vec<usize> = vec![192, 128, 64];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -210,9 +221,26 @@ fn run() -> ficoco::Result<()> {
                 }
             }
             "--json" => json = true,
+            "--reduce" => {
+                let list = args.next().unwrap_or_default();
+                methods = if list == "all" {
+                    REDUCE_METHODS.iter().map(|m| m.to_string()).collect()
+                } else {
+                    list.split(',').map(str::to_string).collect()
+                };
+            }
+            "--budgets" => {
+                budgets = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|b| b.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| ficoco::Error::InvalidArgument(format!("--budgets: {e}")))?;
+            }
             other => {
                 return Err(ficoco::Error::InvalidArgument(format!(
-                    "unknown option {other}; usage: bench [--preset xs|tinyllava] [--dtype f16|f32] [--json]"
+                    "unknown option {other}; usage: bench [--preset xs|tinyllava] [--dtype f16|f32] [--json] [--reduce all|M1,M2] [--budgets 192,128,64]"
                 )))
             }
         }
@@ -253,19 +281,7 @@ fn run() -> ficoco::Result<()> {
         height: s,
         width: s,
     };
-    let image_token = cfg.image_token_index;
-    let vocab = cfg.text_config.vocab_size as u32;
-    let mut ids: Vec<u32> = (0..prompt_len as u32)
-        .map(|i| (i * 7919 + 3) % (vocab - 1))
-        .collect();
-    let start = 5;
-    ids[start..start + visual].fill(image_token);
-    let prompt = PromptIds {
-        ids,
-        image_start: start,
-        image_len: visual,
-        text_end: prompt_len,
-    };
+    let prompt = synthetic_prompt(&cfg, visual, p.text_tokens);
     let gen = GenerateOptions {
         max_new_tokens: p.decode_tokens,
         sampling: Sampling::Greedy,
@@ -327,6 +343,41 @@ fn run() -> ficoco::Result<()> {
         );
     }
     let dv = matmul_gflops(&gpu, 1, th, ti, dtype, MatmulPath::MatVec)?;
+    let mut reduce_rows = Vec::new();
+    if !methods.is_empty() {
+        let base_ms = tm.vision_ms + tm.prefill_ms;
+        let base_flops = Flops::of(&cfg, &Schedule::full(&cfg, p.text_tokens))?;
+        for m in &methods {
+            for &b in &budgets {
+                // Budgets are stated for LLaVA-1.5's 576 visual tokens.
+                let keep = (b * visual).div_ceil(576).max(1);
+                log(&format!("reduce {m}:{keep}..."));
+                let spec = ReduceSpec {
+                    method: m.clone(),
+                    budget: Budget::Tokens(keep),
+                };
+                let planned = spec.plan(&cfg, p.text_tokens)?;
+                let flops = Flops::of(&cfg, &planned.schedule)?;
+                model.set_reduction(planned.plan.clone())?;
+                let prompt = synthetic_prompt(&cfg, model.visual_tokens(), p.text_tokens);
+                pollster::block_on(model.generate(&pixels, &prompt, &gen, |_| true))?;
+                let mut best = f64::MAX;
+                for _ in 0..2 {
+                    let out = pollster::block_on(model.generate(&pixels, &prompt, &gen, |_| true))?;
+                    best = best.min(out.timings.vision_ms + out.timings.prefill_ms);
+                }
+                let overhead = reduction_overhead_ms(&gpu, &cfg, &planned.plan, p.text_tokens)?;
+                let ideal = (base_flops.vision + base_flops.projector + base_flops.llm_prefill)
+                    / (flops.vision + flops.projector + flops.llm_prefill);
+                reduce_rows.push(serde_json::json!({
+                    "method": m, "visual_tokens": keep, "schedule": planned.schedule.to_string(),
+                    "prefill_ms": best, "speedup": base_ms / best, "ideal_speedup": ideal,
+                    "overhead_ms": overhead, "overhead_fraction": overhead / best,
+                }));
+            }
+        }
+        model.set_reduction(ReductionPlan::default())?;
+    }
     let report = serde_json::json!({
         "preset": p.name,
         "adapter": gpu.describe(),
@@ -348,6 +399,7 @@ fn run() -> ficoco::Result<()> {
         "peak_over_weights_kv": peak as f64 / (weights_bytes + kv_bytes) as f64,
         "warm_allocations": warm_allocations,
         "pipelines": gpu.pipeline_count(),
+        "reduce": reduce_rows,
     });
     if json {
         println!("{report}");
@@ -397,5 +449,131 @@ fn run() -> ficoco::Result<()> {
         );
     }
     println!("| 1 x {th} x {ti} (mat-vec) | {dv:.1} | | | |");
+    if !reduce_rows.is_empty() {
+        println!();
+        println!(
+            "| method | visual tokens | prefill ms (vision + LLM) | speedup | FLOPs-ideal speedup | reduction stages ms (% of prefill) |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| none | {visual} | {:.0} | 1.00 | 1.00 | 0 |",
+            tm.vision_ms + tm.prefill_ms
+        );
+        for r in &reduce_rows {
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}%) |",
+                r["method"].as_str().unwrap(),
+                r["visual_tokens"],
+                r["prefill_ms"].as_f64().unwrap(),
+                r["speedup"].as_f64().unwrap(),
+                r["ideal_speedup"].as_f64().unwrap(),
+                r["overhead_ms"].as_f64().unwrap(),
+                100.0 * r["overhead_fraction"].as_f64().unwrap()
+            );
+        }
+    }
     Ok(())
+}
+
+/// Methods `--reduce all` times (those with a model site).
+const REDUCE_METHODS: &[&str] = &[
+    "ficoco-v",
+    "ficoco-l",
+    "ficoco-vl",
+    "fastv",
+    "pdrop",
+    "topk-cls",
+];
+
+/// A prompt of `text` pseudo-random ids with `visual` image tokens after the first five.
+fn synthetic_prompt(cfg: &LlavaConfig, visual: usize, text: usize) -> PromptIds {
+    let vocab = cfg.text_config.vocab_size as u32;
+    let len = visual + text;
+    let mut ids: Vec<u32> = (0..len as u32)
+        .map(|i| (i * 7919 + 3) % (vocab - 1))
+        .collect();
+    let start = 5;
+    ids[start..start + visual].fill(cfg.image_token_index);
+    PromptIds {
+        ids,
+        image_start: start,
+        image_len: visual,
+        text_end: len,
+    }
+}
+
+/// GPU time of the plan's reduction stages alone: each step recorded on inputs of the size it
+/// meets in the forward pass (best of three).
+fn reduction_overhead_ms(
+    gpu: &Gpu,
+    cfg: &LlavaConfig,
+    plan: &ReductionPlan,
+    text_tokens: usize,
+) -> ficoco::Result<f64> {
+    let mut steps: Vec<(ficoco::reduce::Reduction, Spans, usize, usize, usize)> = Vec::new();
+    let vc = &cfg.vision_config;
+    let mut t = vc.num_patches() + 1;
+    if let Some(v) = &plan.vision {
+        let grid = vc.image_size / vc.patch_size;
+        for &(_, drop) in &v.drops {
+            let spans = Spans {
+                cls: Some(0),
+                grid: Some(grid),
+                ..Spans::default()
+            };
+            steps.push((v.reduction.clone(), spans, t, vc.hidden_size, drop));
+            t -= drop;
+        }
+    }
+    let mut visual = t - usize::from(cfg.drops_cls());
+    if let Some(l) = &plan.llm {
+        for &(_, drop) in &l.drops {
+            let n = 5 + visual + text_tokens;
+            let spans = Spans {
+                visual: Some(5..5 + visual),
+                text: Some(5 + visual..n),
+                ..Spans::default()
+            };
+            steps.push((
+                l.reduction.clone(),
+                spans,
+                n,
+                cfg.text_config.hidden_size,
+                drop,
+            ));
+            visual -= drop;
+        }
+    }
+    let mut total = 0.0;
+    for (r, spans, n, d, drop) in steps {
+        let step = ReductionStep::new(gpu, n)?;
+        let hidden = gpu.upload_f32(&vec![0.5; n * d], &[n, d], "hidden")?;
+        let attn = gpu.upload_f32(
+            &(0..n * n)
+                .map(|i| ((i * 2654435761) % 1000) as f32 / (1000.0 * n as f32))
+                .collect::<Vec<_>>(),
+            &[n, n],
+            "attn",
+        )?;
+        let positions = gpu.upload_i32(
+            &(0..n as i32).map(|i| i - 1).collect::<Vec<_>>(),
+            &[n],
+            "positions",
+        )?;
+        let out = gpu.zeros(&[n - drop, d], DType::F32, "out")?;
+        let out_pos = gpu.zeros(&[n - drop], DType::I32, "out positions")?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let mut b = gpu.batch();
+            step.record(
+                &mut b, &r, &spans, &hidden, &attn, &positions, drop, &out, &out_pos,
+            )?;
+            b.submit();
+            gpu.wait()?;
+            best = best.min(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        total += best;
+    }
+    Ok(total)
 }

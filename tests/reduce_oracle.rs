@@ -1,9 +1,13 @@
 //! One reduction step on the GPU against the numpy reference (scripts/reduce_reference.py,
-//! fixtures by scripts/make_reduce_fixtures.py): same kept tokens, same scores, hidden states
-//! within 1e-4.
+//! fixtures by scripts/make_reduce_fixtures.py): same kept tokens (-1 for new tokens), same
+//! positions, same scores and ToMe sizes, hidden states within 1e-4. Every case of cases.json
+//! runs.
 mod common;
 use common::*;
-use ficoco::reduce::{self, run_once, Reduction, Spans, PLANNED_METHODS};
+use ficoco::reduce::random::numpy_permutation;
+use ficoco::reduce::{
+    self, run_once, Pool, PruMerge, RandomDrop, Reduction, Spans, NEW_TOKEN, PLANNED_METHODS,
+};
 use serde_json::Value;
 use std::path::Path;
 
@@ -18,13 +22,15 @@ fn read(file: &str) -> Vec<u8> {
     std::fs::read(fixtures().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
-fn tensor<T: bytemuck::Pod>(bytes: &[u8], name: &str) -> Vec<T> {
+fn maybe_tensor<T: bytemuck::Pod>(bytes: &[u8], name: &str) -> Option<Vec<T>> {
     let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
-    bytemuck::pod_collect_to_vec(
-        st.tensor(name)
-            .unwrap_or_else(|_| panic!("tensor {name}"))
-            .data(),
-    )
+    st.tensor(name)
+        .ok()
+        .map(|t| bytemuck::pod_collect_to_vec(t.data()))
+}
+
+fn tensor<T: bytemuck::Pod>(bytes: &[u8], name: &str) -> Vec<T> {
+    maybe_tensor(bytes, name).unwrap_or_else(|| panic!("tensor {name}"))
 }
 
 fn span(v: &Value) -> Option<std::ops::Range<usize>> {
@@ -36,10 +42,24 @@ fn span(v: &Value) -> Option<std::ops::Range<usize>> {
 
 /// The method and ablation options of a case as a composition of stages.
 fn reduction(case: &Value) -> Reduction {
-    let mut r = reduce::by_name(case["method"].as_str().unwrap())
-        .unwrap()
-        .unwrap();
+    let method = case["method"].as_str().unwrap();
     let opts = &case["options"];
+    let mut r = match method {
+        "prumerge" => Reduction::prumerge(PruMerge {
+            knn: opts["knn"]
+                .as_u64()
+                .map_or(PruMerge::default().knn, |k| k as usize),
+        }),
+        "random" => Reduction::random(RandomDrop {
+            seed: opts["seed"].as_u64().unwrap_or(0) as u32,
+        }),
+        "pool" => Reduction::pool(Pool {
+            k: opts["pool_k"]
+                .as_u64()
+                .map_or(Pool::default().k, |k| k as usize),
+        }),
+        _ => reduce::by_name(method).unwrap().unwrap(),
+    };
     if opts["local_penalty"] == false {
         r = r.without_local_penalty();
     }
@@ -64,21 +84,16 @@ fn reduction(case: &Value) -> Reduction {
 #[test]
 fn steps_match_numpy_reference() {
     let index: Value = serde_json::from_slice(&read("cases.json")).unwrap();
+    let cases = index["cases"].as_array().unwrap();
     let mut ran = Vec::new();
-    let mut pending = Vec::new();
-    for case in index["cases"].as_array().unwrap() {
+    for case in cases {
         let name = case["name"].as_str().unwrap();
-        let method = case["method"].as_str().unwrap();
-        let no_cls_ficoco = method == "ficoco-v" && case["cls"].is_null();
-        if PLANNED_METHODS.contains(&method) || no_cls_ficoco {
-            pending.push(name.to_string());
-            continue;
-        }
         let inputs = read(case["inputs"].as_str().unwrap());
         let expected = read(case["file"].as_str().unwrap());
         let hidden: Vec<f32> = tensor(&inputs, "hidden");
         let attn: Vec<f32> = tensor(&inputs, "attn");
         let positions: Vec<i32> = tensor(&inputs, "positions");
+        let keys: Option<Vec<f32>> = maybe_tensor(&inputs, "keys");
         let n = positions.len();
         let d = hidden.len() / n;
         let drop = case["drop"].as_u64().unwrap() as usize;
@@ -94,6 +109,7 @@ fn steps_match_numpy_reference() {
             &spans,
             &hidden,
             d,
+            keys.as_deref(),
             &attn,
             &positions,
             drop,
@@ -101,27 +117,103 @@ fn steps_match_numpy_reference() {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
 
         let want_kept: Vec<i64> = tensor(&expected, "expected_kept");
-        let got_kept: Vec<i64> = out.kept.iter().map(|&k| k as i64).collect();
+        let got_kept: Vec<i64> = out
+            .kept
+            .iter()
+            .map(|&k| if k == NEW_TOKEN { -1 } else { k as i64 })
+            .collect();
         assert_eq!(got_kept, want_kept, "{name}: kept tokens");
-        let want_pos: Vec<i32> = want_kept.iter().map(|&k| positions[k as usize]).collect();
+        let want_pos: Vec<i32> = want_kept
+            .iter()
+            .map(|&k| if k < 0 { -1 } else { positions[k as usize] })
+            .collect();
         assert_eq!(out.positions, want_pos, "{name}: positions");
-        let want_scores: Vec<f32> = tensor(&expected, "expected_scores");
-        assert_close(
-            &format!("{name} scores"),
-            &out.scores,
-            &want_scores,
-            1e-6,
-            1e-5,
-        );
+        if let Some(want_scores) = maybe_tensor::<f32>(&expected, "expected_scores") {
+            let want_index: Vec<i64> = tensor(&expected, "expected_score_index");
+            let got_index: Vec<i64> = out.score_index.iter().map(|&i| i as i64).collect();
+            assert_eq!(got_index, want_index, "{name}: scored tokens");
+            assert_close(
+                &format!("{name} scores"),
+                &out.scores,
+                &want_scores,
+                1e-6,
+                1e-5,
+            );
+        }
+        if let Some(want_sizes) = maybe_tensor::<f32>(&expected, "expected_sizes") {
+            assert_eq!(out.sizes, want_sizes, "{name}: token sizes");
+        }
         let want_hidden: Vec<f32> = tensor(&expected, "expected_hidden");
         let diff = max_abs_diff(&out.hidden, &want_hidden);
         assert!(diff <= 1e-4, "{name}: hidden states differ by {diff}");
         ran.push(name.to_string());
     }
-    eprintln!("ran {} cases; not on the GPU yet: {pending:?}", ran.len());
-    // Every FiCoCo case (all ablations, odd N, ties, |T| around the quantile's threshold) runs.
-    assert!(ran.len() >= 22, "{ran:?}");
-    assert!(pending.iter().all(|p| !p.starts_with("ficoco_l")));
+    eprintln!("ran {} cases", ran.len());
+    assert_eq!(ran.len(), cases.len());
+    // Every single-step method of the reference has a case.
+    for m in reduce::METHODS.iter().filter(|m| **m != "none") {
+        assert!(
+            cases.iter().any(|c| c["method"] == *m),
+            "no fixture for method {m}"
+        );
+    }
+    assert_eq!(PLANNED_METHODS, &["ficoco-vl"]);
+}
+
+#[test]
+fn numpy_permutation_matches_legacy_random_state() {
+    // numpy.random.RandomState(0).permutation(10)
+    assert_eq!(numpy_permutation(0, 10), [2, 8, 4, 9, 1, 6, 7, 3, 0, 5]);
+    let p = numpy_permutation(1234, 576);
+    let mut sorted = p.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..576).collect::<Vec<u32>>());
+}
+
+#[test]
+fn every_method_runs_by_name() {
+    // Defaults of every method on a LLaVA-like vision layer: [CLS] + 8 x 8 patches.
+    let g = gpu();
+    let (side, d) = (8usize, 16usize);
+    let n = side * side + 1;
+    let hidden = rand_vec(n * d, 7, 1.0);
+    let keys = rand_vec(n * 8, 8, 1.0);
+    let attn: Vec<f32> = rand_vec(n * n, 9, 0.5)
+        .chunks(n)
+        .flat_map(|row| {
+            let e: Vec<f32> = row.iter().map(|v| v.exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.into_iter().map(move |v| v / s)
+        })
+        .collect();
+    let positions: Vec<i32> = std::iter::once(-1).chain(0..(side * side) as i32).collect();
+    let vision = Spans {
+        cls: Some(0),
+        grid: Some(side),
+        ..Spans::default()
+    };
+    // The same tokens as an LLM prompt: 1 system token, 64 image tokens, the rest as question.
+    let llm = Spans {
+        visual: Some(1..n - 8),
+        text: Some(n - 8..n),
+        ..Spans::default()
+    };
+    for &m in reduce::METHODS.iter().filter(|m| **m != "none") {
+        let r = reduce::by_name(m).unwrap().unwrap();
+        let (spans, drop) = match m {
+            "ficoco-l" | "fastv" | "pdrop" | "sparsevlm" => (&llm, 20),
+            "pool" => (&vision, 48),
+            _ => (&vision, 20),
+        };
+        for keys in [None, Some(&keys[..])] {
+            let out = pollster::block_on(run_once(
+                g, &r, spans, &hidden, d, keys, &attn, &positions, drop,
+            ))
+            .unwrap_or_else(|e| panic!("{m}: {e}"));
+            assert_eq!(out.kept.len(), n - drop, "{m}");
+            assert!(out.hidden.iter().all(|v| v.is_finite()), "{m}");
+        }
+    }
 }
 
 #[test]
@@ -132,9 +224,11 @@ fn bad_steps_are_refused() {
     let attn = vec![0.1f32; n * n];
     let positions: Vec<i32> = (0..n as i32).collect();
     let run = |r: &Reduction, spans: &Spans, drop: usize| {
-        pollster::block_on(run_once(g, r, spans, &hidden, d, &attn, &positions, drop))
-            .unwrap_err()
-            .to_string()
+        pollster::block_on(run_once(
+            g, r, spans, &hidden, d, None, &attn, &positions, drop,
+        ))
+        .unwrap_err()
+        .to_string()
     };
     let v = reduce::by_name("ficoco-v").unwrap().unwrap();
     let cls = Spans {
@@ -143,7 +237,8 @@ fn bad_steps_are_refused() {
         ..Spans::default()
     };
     assert!(run(&v, &cls, 10).contains("only 9 are candidates"));
-    assert!(run(&v, &Spans::default(), 2).contains("[CLS]"));
+    let topk = reduce::by_name("topk-cls").unwrap().unwrap();
+    assert!(run(&topk, &Spans::default(), 2).contains("[CLS]"));
     let no_grid = Spans {
         cls: Some(0),
         ..Spans::default()
@@ -155,8 +250,21 @@ fn bad_steps_are_refused() {
         ..Spans::default()
     };
     assert!(run(&l, &visual_only, 2).contains("--text"));
+    let sparse = reduce::by_name("sparsevlm").unwrap().unwrap();
+    assert!(run(&sparse, &visual_only, 2).contains("--text"));
+    // ToMe merges at most |A| = 5 of 9 candidates; pooling drops exactly 8 of a 3 x 3 grid... and
+    // 3 is not a multiple of 2.
+    let tome = reduce::by_name("tome").unwrap().unwrap();
+    assert!(run(&tome, &cls, 6).contains("at most 5"));
+    let pool = reduce::by_name("pool").unwrap().unwrap();
+    assert!(run(&pool, &cls, 5).contains("k | grid"));
+    let pool1 = Reduction::pool(Pool { k: 1 });
+    assert!(run(&pool1, &cls, 5).contains("drops exactly 0"));
+    let evit = reduce::by_name("evit").unwrap().unwrap();
+    assert!(run(&evit, &cls, 9).contains("create 1"));
     assert!(reduce::by_name("nonsense")
         .unwrap_err()
         .to_string()
         .contains("ficoco-v"));
+    assert!(reduce::by_name("ficoco-vl").is_err());
 }

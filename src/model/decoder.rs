@@ -9,7 +9,7 @@ use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{
     self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightMatrix,
 };
-use crate::reduce::{ReductionStep, SiteReduction, Spans};
+use crate::reduce::{SiteReduction, SiteScratch, Spans};
 use crate::{Error, Result};
 use std::ops::Range;
 
@@ -43,9 +43,8 @@ struct Workspace {
     positions: Tensor,
     positions_alt: Tensor,
     attn: AttentionScratch,
-    /// Head-averaged attention probabilities of a reducing layer, `[n, n]`.
-    probs: Tensor,
-    step: ReductionStep,
+    /// Allocated by [`Decoder::prepare_reduction`].
+    reduce: Option<SiteScratch>,
 }
 
 /// An LLM-site reduction for one prefill: the steps, and where the image and the question are
@@ -164,8 +163,7 @@ impl Decoder {
             positions: gpu.zeros(&[capacity], DType::U32, "positions")?,
             positions_alt: gpu.zeros(&[capacity], DType::U32, "reduced positions")?,
             attn: AttentionScratch::new(gpu, capacity, heads)?,
-            probs: f(&[capacity * capacity], "prefill attention probs")?,
-            step: ReductionStep::new(gpu, capacity)?,
+            reduce: None,
         };
         let shape = AttentionShape {
             heads,
@@ -247,6 +245,11 @@ impl Decoder {
         let mut spans = match reduce {
             Some(r) => {
                 self.check_reduction(r.site)?;
+                if ws.reduce.is_none() {
+                    return Err(Error::InvalidArgument(
+                        "call prepare_reduction before reducing in the decoder".into(),
+                    ));
+                }
                 if cache.layers.iter().any(|l| l.len > 0) || r.text.end > n {
                     return Err(Error::InvalidArgument(
                         "an LLM reduction needs a whole prompt prefilled into an empty cache"
@@ -290,7 +293,8 @@ impl Decoder {
             b.copy(&k, &lc.k.slice(lc.len * kvd, &[n, kvd]))?;
             b.copy(&v, &lc.v.slice(lc.len * kvd, &[n, kvd]))?;
             lc.len += n;
-            let probs = (drop > 0).then(|| ws.probs.view(&[n, n]));
+            let scratch = ws.reduce.as_ref().filter(|_| drop > 0);
+            let probs = scratch.map(|s| s.probs.view(&[n, n]));
             ops::attention(
                 b,
                 &q,
@@ -303,11 +307,22 @@ impl Decoder {
                 probs.as_ref(),
             )?;
             l.o.forward(b, &ctx, Epilogue::Accumulate, &xt)?;
-            if let (Some(r), Some(probs), Some(sp)) = (reduce, &probs, spans.as_mut()) {
+            if let (Some(r), Some(probs), Some(sp), Some(scratch)) =
+                (reduce, &probs, spans.as_mut(), scratch)
+            {
                 let out = x_alt.view(&[n - drop, d]);
                 let pout = pos_alt.view(&[n - drop]);
-                ws.step
-                    .record(b, &r.site.reduction, sp, &xt, probs, &pn, drop, &out, &pout)?;
+                scratch.step.record(
+                    b,
+                    &r.site.reduction,
+                    sp,
+                    &xt,
+                    probs,
+                    &pn,
+                    drop,
+                    &out,
+                    &pout,
+                )?;
                 std::mem::swap(&mut x, &mut x_alt);
                 std::mem::swap(&mut pos, &mut pos_alt);
                 n -= drop;
@@ -337,6 +352,14 @@ impl Decoder {
             &ws.logits,
         )?;
         Ok(ws.logits.view(&[tc.vocab_size]))
+    }
+
+    /// Allocate what reducing needs (the attention map, the step's buffers), once.
+    pub fn prepare_reduction(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.ws.reduce.is_none() {
+            self.ws.reduce = Some(SiteScratch::new(gpu, self.capacity)?);
+        }
+        Ok(())
     }
 
     /// Refuse reductions after layers that do not exist.

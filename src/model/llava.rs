@@ -175,9 +175,11 @@ impl Llava {
     pub fn set_reduction(&mut self, plan: ReductionPlan) -> Result<()> {
         if let Some(v) = &plan.vision {
             self.vision.check_reduction(v)?;
+            self.vision.prepare_reduction(&self.gpu)?;
         }
         if let Some(l) = &plan.llm {
             self.decoder.check_reduction(l)?;
+            self.decoder.prepare_reduction(&self.gpu)?;
         }
         self.reduction = plan;
         Ok(())

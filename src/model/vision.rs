@@ -6,7 +6,7 @@ use super::linear::{Linear, Norm};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{self, AttentionScratch, AttentionShape, Epilogue, WeightMatrix};
-use crate::reduce::{ReductionStep, SiteReduction, Spans};
+use crate::reduce::{SiteReduction, SiteScratch, Spans};
 use crate::{Error, Result};
 
 struct VisionLayer {
@@ -32,12 +32,11 @@ struct Workspace {
     v: Tensor,
     mlp: Tensor,
     attn: AttentionScratch,
-    /// Head-averaged attention probabilities `[t, t]` of a reducing layer.
-    probs: Tensor,
     /// Grid index of every token (-1 for [CLS]), and two buffers for the survivors' indices.
     grid: Tensor,
     kept_grid: [Tensor; 2],
-    step: ReductionStep,
+    /// Allocated by [`VisionTower::prepare_reduction`].
+    reduce: Option<SiteScratch>,
 }
 
 /// The tower's output: `hidden [tokens, D]` with [CLS] first, and each token's grid index.
@@ -144,10 +143,9 @@ impl VisionTower {
             v,
             mlp,
             attn: AttentionScratch::new(gpu, tokens, vc.num_attention_heads)?,
-            probs: gpu.zeros(&[tokens * tokens], DType::F32, "vision attention probs")?,
             grid: gpu.upload_i32(&grid, &[tokens], "vision grid index")?,
             kept_grid: [kept(0)?, kept(1)?],
-            step: ReductionStep::new(gpu, tokens)?,
+            reduce: None,
         };
         Ok(Self {
             cfg: vc,
@@ -193,6 +191,11 @@ impl VisionTower {
         let (d, p) = (vc.hidden_size, vc.patch_size);
         if let Some(r) = reduce {
             self.check_reduction(r)?;
+            if ws.reduce.is_none() {
+                return Err(Error::InvalidArgument(
+                    "call prepare_reduction before reducing in the vision tower".into(),
+                ));
+            }
         }
         let cols = ws.mlp.view(&[t - 1, vc.num_channels * p * p]);
         let patches = ws.q.view(&[t - 1, d]);
@@ -234,17 +237,18 @@ impl VisionTower {
             l.q.forward(b, &a, Epilogue::None, &q)?;
             l.k.forward(b, &a, Epilogue::None, &k)?;
             l.v.forward(b, &a, Epilogue::None, &v)?;
-            let probs = (drop > 0).then(|| ws.probs.view(&[t, t]));
+            let scratch = ws.reduce.as_ref().filter(|_| drop > 0);
+            let probs = scratch.map(|s| s.probs.view(&[t, t]));
             // The attention output reuses `a`.
             ops::attention(b, &q, &k, &v, t, &shape, &ws.attn, &a, probs.as_ref())?;
             l.o.forward(b, &a, Epilogue::Accumulate, &xt)?;
-            if let (Some(r), Some(probs)) = (reduce, &probs) {
+            if let (Some(r), Some(probs), Some(scratch)) = (reduce, &probs, scratch) {
                 let out = x_alt.view(&[t - drop, d]);
                 // Alternate the survivors' grid indices between two buffers.
                 let kept_buf = &ws.kept_grid[usize::from(grid.same_buffer(&ws.kept_grid[0]))];
                 let kept = kept_buf.view(&[t - drop]);
                 let grid_in = grid.view(&[t]);
-                ws.step.record(
+                scratch.step.record(
                     b,
                     &r.reduction,
                     &spans,
@@ -270,6 +274,14 @@ impl VisionTower {
             grid: grid.view(&[t]),
             tokens: t,
         })
+    }
+
+    /// Allocate what reducing needs (the attention map, the step's buffers), once.
+    pub fn prepare_reduction(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.ws.reduce.is_none() {
+            self.ws.reduce = Some(SiteScratch::new(gpu, self.tokens())?);
+        }
+        Ok(())
     }
 
     /// Refuse reductions at layers that do not run or that would leave no patch token.

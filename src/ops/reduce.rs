@@ -1,6 +1,8 @@
-//! The token-reduction stages as GPU kernels (`shaders/reduce.wgsl`): filter scores and the
-//! local penalty, the source/target split, correlation, per-source target assignment and the
-//! compress that writes the shorter sequence. [`crate::reduce`] composes them into methods.
+//! The token-reduction stages as GPU kernels (`shaders/reduce.wgsl`): filter scores (attention
+//! terms, SparseVLM's raters, metric similarity, the local penalty), the source/target split,
+//! correlation (attention or metric pairs), per-source target assignment, grouping of sources
+//! into new tokens (one fused token, grid windows, nearest spaced centres, density peaks) and
+//! the compress that writes the shorter sequence. [`crate::reduce`] composes them into methods.
 
 use super::{dims2, expect_shape};
 use crate::gpu::{Batch, Bind, DType, Kernel, Tensor};
@@ -12,6 +14,9 @@ const NONE: u32 = u32::MAX;
 /// Rows beyond this many targets (or sources, when convergent) need a larger sort.
 pub const MAX_ASSIGN_ROW: usize = 4096;
 
+/// Largest DPC-KNN neighbour count `density_peaks` keeps per point.
+pub const MAX_DPC_KNN: usize = 16;
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -20,7 +25,7 @@ struct Params {
     cand0: u32,
     ncand: u32,
     cls: u32,
-    n_drop: u32,
+    n_src: u32,
     keep_high: u32,
     ns: u32,
     r1_0: u32,
@@ -44,7 +49,25 @@ struct Params {
     eps: f32,
     convergent: u32,
     average: u32,
-    _pad: [u32; 3],
+    dk: u32,
+    mode: u32,
+    weight: f32,
+    weighted: u32,
+    n_new: u32,
+    span_end: u32,
+    n_recycle: u32,
+    rows: u32,
+    cols: u32,
+    nr: u32,
+    nc: u32,
+    stride: u32,
+    bipartite: u32,
+    count: u32,
+    knn: u32,
+    score_self: u32,
+    score_members: u32,
+    normalise: u32,
+    _pad: u32,
 }
 
 /// The tokens a step may discard: `span` of an `n`-token sequence, without `cls`.
@@ -78,20 +101,28 @@ impl Candidates {
 
 /// One term of a filter score: `weight * mean over rows of attn[row, candidate]`, the mean
 /// dividing by `divisor` (the row count, or the sequence length for column means that count
-/// causal zeros).
+/// causal zeros). A `weighted` term also multiplies each row by the row weights of
+/// [`rate_rows`] (SparseVLM's raters; divisor 1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoreTerm {
     pub rows: Range<usize>,
     pub weight: f32,
     pub divisor: f32,
+    pub weighted: bool,
 }
 
-/// Scratch of one reduction step: the plan of `split_tokens` and its `n`, `ns`, `nt`.
+/// Scratch of one reduction step: the plan of `split_tokens` and its counts (all known on the
+/// host before the step runs).
 pub struct Split<'a> {
     pub plan: &'a Tensor,
+    pub cand: Candidates,
     pub n: usize,
     pub sources: usize,
     pub targets: usize,
+    /// New tokens appended at the end of the visual span.
+    pub new_tokens: usize,
+    /// Sources listed as recycled (the best-ranked sources of an importance filter).
+    pub recycled: usize,
 }
 
 fn kernel(entry: &'static str, flag: &'static str) -> Kernel {
@@ -102,12 +133,14 @@ fn attn_dims(attn: &Tensor, n: usize) -> Result<()> {
     expect_shape("attention probabilities", attn, &[n, n])
 }
 
-/// `scores[c] = sum over terms` for each candidate `c` (at most two terms).
+/// `scores[c] = sum over terms` for each candidate `c` (at most two terms; none writes 0).
+/// `row_weights [n]` is read by weighted terms (any tensor otherwise).
 pub fn score_tokens(
     b: &mut Batch,
     attn: &Tensor,
     cand: &Candidates,
     terms: &[ScoreTerm],
+    row_weights: Option<&Tensor>,
     scores: &Tensor,
 ) -> Result<()> {
     attn_dims(attn, cand.n)?;
@@ -118,29 +151,158 @@ pub fn score_tokens(
             cand.n
         )));
     }
+    let rw = match row_weights {
+        Some(rw) => {
+            expect_shape("row weights", rw, &[cand.n])?;
+            rw
+        }
+        None if terms.iter().any(|t| t.weighted) => {
+            return Err(Error::InvalidArgument(
+                "a weighted score term needs the row weights".into(),
+            ))
+        }
+        None => attn,
+    };
     let mut p = cand.params();
-    if let Some(t) = terms.first() {
-        (p.r1_0, p.r1_n, p.w1, p.div1) = (
+    for (i, t) in terms.iter().enumerate() {
+        let slot = (
             t.rows.start as u32,
             t.rows.len() as u32,
             t.weight,
             t.divisor,
         );
-    }
-    if let Some(t) = terms.get(1) {
-        (p.r2_0, p.r2_n, p.w2, p.div2) = (
-            t.rows.start as u32,
-            t.rows.len() as u32,
-            t.weight,
-            t.divisor,
-        );
+        if i == 0 {
+            (p.r1_0, p.r1_n, p.w1, p.div1) = slot;
+        } else {
+            (p.r2_0, p.r2_n, p.w2, p.div2) = slot;
+        }
+        p.weighted |= u32::from(t.weighted) << i;
     }
     let grid = b.gpu().grid((cand.len() as u32).div_ceil(64));
     b.dispatch(
         &kernel("score_tokens", "E_SCORE"),
         &p,
-        &[Bind::R(attn), Bind::W(scores)],
+        &[Bind::R(attn), Bind::W(scores), Bind::R(rw)],
         grid,
+    )
+}
+
+/// SparseVLM's raters: the `text` rows whose mean attention to the candidates is at least the
+/// average over the text; `row_weights[k]` becomes `1 / |raters|` for raters, 0 for other text
+/// rows (all text rows are raters if none qualifies).
+pub fn rate_rows(
+    b: &mut Batch,
+    attn: &Tensor,
+    cand: &Candidates,
+    text: Range<usize>,
+    row_weights: &Tensor,
+) -> Result<()> {
+    attn_dims(attn, cand.n)?;
+    expect_shape("row weights", row_weights, &[cand.n])?;
+    if text.is_empty() || text.end > cand.n || cand.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "raters need a non-empty text span within the {} tokens and candidates",
+            cand.n
+        )));
+    }
+    let p = Params {
+        text0: text.start as u32,
+        ntext: text.len() as u32,
+        ..cand.params()
+    };
+    b.dispatch(
+        &kernel("rate_rows", "E_RATE"),
+        &p,
+        &[Bind::R(attn), Bind::W(row_weights)],
+        [1, 1, 1],
+    )
+}
+
+/// Inverse norms of every token's metric row, `norms[i] = 1 / max(|M_i|, 1e-12)`, and with
+/// `mean` the candidates' mean metric row.
+pub fn metric_stats(
+    b: &mut Batch,
+    metric: &Tensor,
+    cand: &Candidates,
+    norms: &Tensor,
+    mean: Option<&Tensor>,
+) -> Result<()> {
+    let (n, dk) = dims2("metric", metric)?;
+    if n != cand.n {
+        return Err(Error::shape("metric", format!("{} rows", cand.n), n));
+    }
+    expect_shape("metric norms", norms, &[n])?;
+    let p = Params {
+        dk: dk as u32,
+        ..cand.params()
+    };
+    let g = b.gpu().grid(n as u32);
+    let binds = [Bind::R(metric), Bind::W(norms)];
+    b.dispatch(&kernel("metric_norms", "E_NORMS"), &p, &binds, g)?;
+    if let Some(mean) = mean {
+        if mean.numel() < dk {
+            return Err(Error::shape("metric mean", format!("[{dk}]"), mean.numel()));
+        }
+        let g = b.gpu().grid((dk as u32).div_ceil(64));
+        let binds = [Bind::R(metric), Bind::W(mean)];
+        b.dispatch(&kernel("metric_mean", "E_MEAN"), &p, &binds, g)?;
+    }
+    Ok(())
+}
+
+/// Which similarity a filter term adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Similarity {
+    /// `cos(mean of the candidates' metric, M_c)` (FiCoCo's equivalent token, negated).
+    ToMean,
+    /// ToMe's bipartite split: candidates at even positions (set A) score their highest cosine
+    /// to the odd ones (set B); set B scores the lowest f32 and is never discarded.
+    Bipartite,
+}
+
+/// `scores[c] += weight * similarity` (after [`metric_stats`]; `mean` for [`Similarity::ToMean`]).
+#[allow(clippy::too_many_arguments)]
+pub fn score_similarity(
+    b: &mut Batch,
+    metric: &Tensor,
+    norms: &Tensor,
+    mean: Option<&Tensor>,
+    cand: &Candidates,
+    sim: Similarity,
+    weight: f32,
+    scores: &Tensor,
+) -> Result<()> {
+    let (n, dk) = dims2("metric", metric)?;
+    if n != cand.n {
+        return Err(Error::shape("metric", format!("{} rows", cand.n), n));
+    }
+    expect_shape("scores", scores, &[cand.len()])?;
+    let mean = match (sim, mean) {
+        (Similarity::ToMean, None) => {
+            return Err(Error::InvalidArgument(
+                "similarity to the mean needs the mean metric".into(),
+            ))
+        }
+        (_, Some(m)) => m,
+        (Similarity::Bipartite, None) => norms,
+    };
+    let p = Params {
+        dk: dk as u32,
+        mode: u32::from(sim == Similarity::Bipartite),
+        weight,
+        ..cand.params()
+    };
+    let g = b.gpu().grid(cand.len() as u32);
+    b.dispatch(
+        &kernel("score_similarity", "E_SIMILARITY"),
+        &p,
+        &[
+            Bind::R(metric),
+            Bind::R(norms),
+            Bind::R(mean),
+            Bind::W(scores),
+        ],
+        g,
     )
 }
 
@@ -182,27 +344,42 @@ pub fn local_penalty(
 
 /// u32 words of the plan for an `n`-token sequence.
 pub fn plan_words(n: usize) -> usize {
-    5 * n + 3
+    7 * n + 6
 }
 
-/// Split the candidates into `n_drop` sources and the remaining targets by score (the highest
-/// discarded, or with `keep_high` the highest kept), and lay out the output sequence. Also
-/// writes the output tokens' positions.
+/// How `split_tokens` divides the candidates and lays out the output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Candidates that leave the sequence (pruned, merged into targets or into new tokens).
+    pub sources: usize,
+    /// Keep the highest scores (importance) instead of discarding them (redundancy).
+    pub keep_high: bool,
+    /// New tokens written after the surviving tokens before `span_end`.
+    pub new_tokens: usize,
+    pub span_end: usize,
+    /// The best-ranked sources listed as recycled (importance filters only).
+    pub recycled: usize,
+}
+
+/// Split the candidates into `layout.sources` sources and the remaining targets by score (the
+/// highest discarded, or with `keep_high` the highest kept), and lay out the output sequence:
+/// survivors in input order with the new tokens at `span_end`. Also writes the output tokens'
+/// positions (-1 for new tokens).
 #[allow(clippy::too_many_arguments)]
 pub fn split_tokens<'a>(
     b: &mut Batch,
     scores: &Tensor,
     cand: &Candidates,
-    n_drop: usize,
-    keep_high: bool,
+    layout: &Layout,
     positions: &Tensor,
     plan: &'a Tensor,
     positions_out: &Tensor,
 ) -> Result<Split<'a>> {
     let np = cand.len();
+    let n_out = cand.n + layout.new_tokens - layout.sources.min(cand.n);
     expect_shape("scores", scores, &[np])?;
     expect_shape("positions", positions, &[cand.n])?;
-    expect_shape("output positions", positions_out, &[cand.n - n_drop])?;
+    expect_shape("output positions", positions_out, &[n_out])?;
     if plan.dtype() != DType::U32 || plan.numel() < plan_words(cand.n) {
         return Err(Error::shape(
             "reduction plan",
@@ -210,14 +387,21 @@ pub fn split_tokens<'a>(
             format!("{plan:?}"),
         ));
     }
-    if n_drop > np {
+    if layout.sources > np
+        || layout.new_tokens > layout.sources
+        || layout.span_end > cand.n
+        || (layout.recycled > 0 && (!layout.keep_high || layout.recycled > layout.sources))
+    {
         return Err(Error::InvalidArgument(format!(
-            "cannot drop {n_drop} of {np} candidate tokens"
+            "cannot split {np} candidate tokens as {layout:?}"
         )));
     }
     let p = Params {
-        n_drop: n_drop as u32,
-        keep_high: u32::from(keep_high),
+        n_src: layout.sources as u32,
+        keep_high: u32::from(layout.keep_high),
+        n_new: layout.new_tokens as u32,
+        span_end: layout.span_end as u32,
+        n_recycle: layout.recycled as u32,
         ..cand.params()
     };
     b.dispatch(
@@ -233,9 +417,12 @@ pub fn split_tokens<'a>(
     )?;
     Ok(Split {
         plan,
+        cand: cand.clone(),
         n: cand.n,
-        sources: n_drop,
-        targets: np - n_drop,
+        sources: layout.sources,
+        targets: np - layout.sources,
+        new_tokens: layout.new_tokens,
+        recycled: layout.recycled,
     })
 }
 
@@ -279,6 +466,86 @@ pub fn correlate(
         &kernel("correlate", "E_CORRELATE"),
         &p,
         &[Bind::R(attn), Bind::W(corr), Bind::R(split.plan)],
+        g,
+    )
+}
+
+/// A list of tokens of the plan, for [`metric_pairs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenList {
+    Sources,
+    Targets,
+    /// Sources `0, stride, 2 stride, ...`.
+    EverySource(usize),
+    Recycled,
+}
+
+impl TokenList {
+    fn code(self) -> (u32, u32) {
+        match self {
+            TokenList::Sources => (0, 0),
+            TokenList::Targets => (1, 0),
+            TokenList::EverySource(s) => (2, s as u32),
+            TokenList::Recycled => (3, 0),
+        }
+    }
+}
+
+/// How two metric rows compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    Cosine,
+    /// `|M_i - M_j| / sqrt(dk)` (SparseVLM's DPC-KNN distance).
+    Distance,
+}
+
+/// `out [nr, nc]`: the metric measure between each token of `rows` and each of `cols` (after
+/// [`metric_stats`]). With `bipartite`, columns of ToMe's set A (even candidate positions) get
+/// the lowest f32 so that only set B can be chosen.
+#[allow(clippy::too_many_arguments)]
+pub fn metric_pairs(
+    b: &mut Batch,
+    metric: &Tensor,
+    norms: &Tensor,
+    split: &Split,
+    rows: TokenList,
+    cols: TokenList,
+    measure: Measure,
+    bipartite: bool,
+    out: &Tensor,
+) -> Result<()> {
+    let (n, dk) = dims2("metric", metric)?;
+    if n != split.n {
+        return Err(Error::shape("metric", format!("{} rows", split.n), n));
+    }
+    let (nr, nc) = dims2("metric pairs", out)?;
+    let stride = match (rows, cols) {
+        (TokenList::EverySource(s), _) | (_, TokenList::EverySource(s)) => s,
+        _ => 0,
+    };
+    let (rows, _) = rows.code();
+    let (cols, _) = cols.code();
+    let p = Params {
+        dk: dk as u32,
+        mode: u32::from(measure == Measure::Distance),
+        rows,
+        cols,
+        nr: nr as u32,
+        nc: nc as u32,
+        stride: stride as u32,
+        bipartite: u32::from(bipartite),
+        ..split.cand.params()
+    };
+    let g = b.gpu().grid(((nr * nc) as u32).div_ceil(64));
+    b.dispatch(
+        &kernel("metric_pairs", "E_PAIRS"),
+        &p,
+        &[
+            Bind::R(metric),
+            Bind::R(norms),
+            Bind::R(split.plan),
+            Bind::W(out),
+        ],
         g,
     )
 }
@@ -334,21 +601,151 @@ pub fn assign_targets(
     b.dispatch(&k, &p, &[Bind::R(corr), Bind::W(weights)], g)
 }
 
-/// Write the reduced sequence: kept tokens in plan order, each target updated by its sources,
-/// `(X_j + sum w X_i) / (1 + sum w)`. `weights` is `None` to prune.
+/// How sources are grouped into the split's new tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceGroups {
+    /// Every source into new token 0 (EViT's fused token).
+    One,
+    /// The `k x k` cell of the `grid x grid` patch grid holding the source (raster order).
+    Windows { grid: usize, k: usize },
+    /// Sources `t * stride` (t < new tokens) are centres; every other source joins the centre
+    /// with the highest `pairs [ns, new tokens]` entry (ties: lower t).
+    Nearest { stride: usize },
+}
+
+/// `group[a]` of each source (plan region 5) for [`compress_new`].
+pub fn group_sources(
+    b: &mut Batch,
+    split: &Split,
+    groups: SourceGroups,
+    positions: &Tensor,
+    pairs: Option<&Tensor>,
+) -> Result<()> {
+    expect_shape("positions", positions, &[split.n])?;
+    let mut p = Params {
+        ns: split.sources as u32,
+        count: split.new_tokens as u32,
+        ..split.cand.params()
+    };
+    let pairs = match groups {
+        SourceGroups::One => positions,
+        SourceGroups::Windows { grid, k } => {
+            if k == 0 || grid % k != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{k} x {k} windows do not tile a {grid} x {grid} grid"
+                )));
+            }
+            (p.mode, p.grid, p.window) = (1, grid as u32, k as u32);
+            positions
+        }
+        SourceGroups::Nearest { stride } => {
+            let pairs = pairs.ok_or_else(|| {
+                Error::InvalidArgument("nearest-centre groups need the pair similarities".into())
+            })?;
+            expect_shape(
+                "centre similarities",
+                pairs,
+                &[split.sources, split.new_tokens],
+            )?;
+            if stride == 0 || stride * split.new_tokens.saturating_sub(1) >= split.sources {
+                return Err(Error::InvalidArgument(format!(
+                    "centre stride {stride} for {} sources",
+                    split.sources
+                )));
+            }
+            (p.mode, p.stride) = (2, stride as u32);
+            pairs
+        }
+    };
+    let g = b.gpu().grid((split.sources as u32).div_ceil(64));
+    b.dispatch(
+        &kernel("group_sources", "E_GROUP"),
+        &p,
+        &[Bind::W(split.plan), Bind::R(positions), Bind::R(pairs)],
+        g,
+    )
+}
+
+/// DPC-KNN without noise over the split's recycled sources (SparseVLM): densities from the `knn`
+/// nearest distances in `dist [q, q]` (from [`metric_pairs`] with [`Measure::Distance`]),
+/// the split's new-token count of density-peak centres, each recycled source grouped with its
+/// nearest centre; new tokens ordered by centre. `aux` holds at least `3 q` floats of scratch.
+pub fn density_peaks(
+    b: &mut Batch,
+    dist: &Tensor,
+    split: &Split,
+    knn: usize,
+    aux: &Tensor,
+) -> Result<()> {
+    let q = split.recycled;
+    expect_shape("recycled distances", dist, &[q, q])?;
+    if aux.numel() < 3 * q || knn > MAX_DPC_KNN || split.new_tokens > q {
+        return Err(Error::InvalidArgument(format!(
+            "density peaks: {} centres among {q} points, {knn} neighbours (at most {MAX_DPC_KNN})",
+            split.new_tokens
+        )));
+    }
+    let p = Params {
+        n: split.n as u32,
+        nr: q as u32,
+        knn: knn as u32,
+        count: split.new_tokens as u32,
+        ..Params::default()
+    };
+    let g = b.gpu().grid((q as u32).div_ceil(64));
+    for entry in ["dpc_density", "dpc_peaks", "dpc_centres", "dpc_assign"] {
+        b.dispatch(
+            &kernel(entry, "E_DPC"),
+            &p,
+            &[Bind::R(dist), Bind::W(aux), Bind::W(split.plan)],
+            g,
+        )?;
+    }
+    Ok(())
+}
+
+/// How the compress weighs a token and what it merges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Weighting {
+    /// The receiving token weighs its own filter score instead of 1.
+    pub score_self: bool,
+    /// Merged tokens weigh their filter scores instead of their assignment weights (or 1).
+    pub score_members: bool,
+    /// Divide by the sum of the weights (otherwise a plain weighted sum: EViT's fused token).
+    pub normalise: bool,
+}
+
+impl Weighting {
+    fn apply(self, p: &mut Params) {
+        p.score_self = u32::from(self.score_self);
+        p.score_members = u32::from(self.score_members);
+        p.normalise = u32::from(self.normalise);
+    }
+}
+
+/// Write the kept rows of the reduced sequence in plan order, each target updated by its
+/// sources, `(u_j X_j + sum m X_i) / (u_j + sum m)` (see [`Weighting`]); `weights` is `None`
+/// to prune. `scores` are the filter scores (read with score weighting); `sizes [n_out]` gets
+/// `1 +` the number of merged sources. New rows are written by [`compress_new`].
+#[allow(clippy::too_many_arguments)]
 pub fn compress(
     b: &mut Batch,
     hidden: &Tensor,
     split: &Split,
     weights: Option<&Tensor>,
+    weighting: Weighting,
+    scores: &Tensor,
     out: &Tensor,
+    sizes: &Tensor,
 ) -> Result<()> {
     let (n, d) = dims2("hidden", hidden)?;
     if n != split.n {
         return Err(Error::shape("hidden", format!("{} rows", split.n), n));
     }
-    let n_out = n - split.sources;
+    let n_out = n + split.new_tokens - split.sources;
     expect_shape("reduced hidden", out, &[n_out, d])?;
+    expect_shape("token sizes", sizes, &[n_out])?;
+    expect_shape("scores", scores, &[split.cand.len()])?;
     let (ns, w) = match weights {
         Some(w) => {
             expect_shape("merge weights", w, &[split.sources, split.targets])?;
@@ -357,13 +754,13 @@ pub fn compress(
         // Nothing is read from the weights when no source merges; bind any read-only tensor.
         None => (0, hidden),
     };
-    let p = Params {
-        n: n as u32,
+    let mut p = Params {
         d: d as u32,
         ns: ns as u32,
         nt: split.targets as u32,
-        ..Params::default()
+        ..split.cand.params()
     };
+    weighting.apply(&mut p);
     let g = b.gpu().grid(n_out as u32);
     b.dispatch(
         &kernel("compress", "E_COMPRESS"),
@@ -373,6 +770,51 @@ pub fn compress(
             Bind::W(out),
             Bind::R(split.plan),
             Bind::R(w),
+            Bind::R(scores),
+            Bind::W(sizes),
+        ],
+        g,
+    )
+}
+
+/// Write the split's new tokens: each the weighted sum (mean, with `normalise` and unit
+/// weights) of the sources grouped into it; `sizes` gets the member counts.
+pub fn compress_new(
+    b: &mut Batch,
+    hidden: &Tensor,
+    split: &Split,
+    weighting: Weighting,
+    scores: &Tensor,
+    out: &Tensor,
+    sizes: &Tensor,
+) -> Result<()> {
+    let (n, d) = dims2("hidden", hidden)?;
+    if n != split.n {
+        return Err(Error::shape("hidden", format!("{} rows", split.n), n));
+    }
+    let n_out = n + split.new_tokens - split.sources;
+    expect_shape("reduced hidden", out, &[n_out, d])?;
+    expect_shape("token sizes", sizes, &[n_out])?;
+    expect_shape("scores", scores, &[split.cand.len()])?;
+    if split.new_tokens == 0 {
+        return Ok(());
+    }
+    let mut p = Params {
+        d: d as u32,
+        ns: split.sources as u32,
+        ..split.cand.params()
+    };
+    weighting.apply(&mut p);
+    let g = b.gpu().grid(split.new_tokens as u32);
+    b.dispatch(
+        &kernel("compress_new", "E_NEW"),
+        &p,
+        &[
+            Bind::R(hidden),
+            Bind::W(out),
+            Bind::R(split.plan),
+            Bind::R(scores),
+            Bind::W(sizes),
         ],
         g,
     )

@@ -1,6 +1,7 @@
-//! Methods as compositions of the three stages, with the papers' hyperparameters as defaults.
+//! Methods as compositions of the three stages, with the papers' hyperparameters as defaults
+//! (scripts/reduce_reference.py, "Decisions" G1-G7, F1-F9, O1-O9).
 
-use super::stages::{Compress, Correlate, Filter, LocalPenalty, Reduction, Rows};
+use super::stages::{Compress, Correlate, Filter, Grouping, LocalPenalty, Reduction, Rows, Score};
 use crate::ops::reduce::TargetRule;
 use crate::{Error, Result};
 
@@ -47,13 +48,86 @@ impl Default for FicocoL {
     }
 }
 
+/// LLaVA-PruMerge with a fixed drop (reference O5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruMerge {
+    /// Discarded neighbours each kept token merges (by metric cosine).
+    pub knn: usize,
+}
+
+impl Default for PruMerge {
+    fn default() -> Self {
+        PruMerge { knn: 32 }
+    }
+}
+
+/// VisionZip (reference O6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VisionZip {
+    /// Fraction of the kept budget spent on contextual tokens (64 = 54 + 10).
+    pub contextual: (usize, usize),
+}
+
+impl Default for VisionZip {
+    fn default() -> Self {
+        VisionZip {
+            contextual: (10, 64),
+        }
+    }
+}
+
+/// SparseVLM (reference O4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SparseVlm {
+    /// Percent of the deleted tokens recycled into clusters.
+    pub recycle_pct: usize,
+    /// `ceil(drop / cluster_div)` recycled tokens are created.
+    pub cluster_div: usize,
+    /// DPC-KNN neighbours.
+    pub dpc_k: usize,
+}
+
+impl Default for SparseVlm {
+    fn default() -> Self {
+        SparseVlm {
+            recycle_pct: 30,
+            cluster_div: 10,
+            dpc_k: 5,
+        }
+    }
+}
+
+/// Spatial pooling (reference O8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Window side: 2 (576 -> 144) or 4 (576 -> 36).
+    pub k: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool { k: 2 }
+    }
+}
+
+/// Random pruning (reference O7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RandomDrop {
+    /// `numpy.random.RandomState(seed)`.
+    pub seed: u32,
+}
+
 impl Reduction {
-    /// FiCoCo-V: redundancy from received attention minus [CLS] attention, local penalty,
-    /// attention correlation with adaptive K, self-preserving compress.
+    /// FiCoCo-V: redundancy from received attention minus [CLS] attention (without [CLS], plus
+    /// the metric's cosine to the mean token), local penalty, attention correlation with
+    /// adaptive K, self-preserving compress.
     pub fn ficoco_v(p: FicocoV) -> Self {
         Reduction {
             filter: Filter::Redundancy {
-                terms: vec![(Rows::All, p.lambda), (Rows::Cls, -(1.0 - p.lambda))],
+                terms: vec![
+                    (Rows::All.into(), p.lambda),
+                    (Score::ClsOrEquivalent, -(1.0 - p.lambda)),
+                ],
                 local_penalty: p.local_penalty,
             },
             correlate: Correlate::Attention {
@@ -72,7 +146,10 @@ impl Reduction {
     pub fn ficoco_l(p: FicocoL) -> Self {
         Reduction {
             filter: Filter::Redundancy {
-                terms: vec![(Rows::Visual, p.beta), (Rows::Text, -(1.0 - p.beta))],
+                terms: vec![
+                    (Rows::Visual.into(), p.beta),
+                    (Rows::Text.into(), -(1.0 - p.beta)),
+                ],
                 local_penalty: None,
             },
             correlate: Correlate::Attention {
@@ -89,7 +166,9 @@ impl Reduction {
     /// Pruning that keeps the tokens receiving the most attention from `rows`.
     pub fn prune_by_attention(rows: Rows) -> Self {
         Reduction {
-            filter: Filter::Importance { rows },
+            filter: Filter::Importance {
+                score: Score::Attention(rows),
+            },
             correlate: Correlate::None,
             compress: Compress::SelfPreserving,
         }
@@ -108,6 +187,101 @@ impl Reduction {
     /// Keep the tokens [CLS] attends to most.
     pub fn topk_cls() -> Self {
         Self::prune_by_attention(Rows::Cls)
+    }
+
+    /// ToMe: bipartite split by candidate position, set A's tokens most similar to set B merge
+    /// into their most similar B token (K = 1), size-weighted average.
+    pub fn tome() -> Self {
+        Reduction {
+            filter: Filter::Redundancy {
+                terms: vec![(Score::Bipartite, 1.0)],
+                local_penalty: None,
+            },
+            correlate: Correlate::Similarity {
+                targets: TargetRule::TopK(1),
+                convergent: false,
+                bipartite: true,
+            },
+            compress: Compress::SizeWeighted,
+        }
+    }
+
+    /// EViT: keep the tokens [CLS] attends to most; the others fuse into one new token
+    /// weighted by their [CLS] attention.
+    pub fn evit() -> Self {
+        Reduction {
+            filter: Filter::Importance {
+                score: Score::Attention(Rows::Cls),
+            },
+            correlate: Correlate::Group(Grouping::One),
+            compress: Compress::ScoreWeighted { renormalise: false },
+        }
+    }
+
+    /// SparseVLM: keep the tokens the relevant text tokens (raters) attend to most; recycle the
+    /// best of the deleted ones into density-peak clusters.
+    pub fn sparsevlm(p: SparseVlm) -> Self {
+        Reduction {
+            filter: Filter::Importance {
+                score: Score::Attention(Rows::Raters),
+            },
+            correlate: Correlate::Group(Grouping::DensityPeaks {
+                cluster_div: p.cluster_div,
+                recycle_pct: p.recycle_pct,
+                knn: p.dpc_k,
+            }),
+            compress: Compress::Average,
+        }
+    }
+
+    /// LLaVA-PruMerge (fixed drop): keep the tokens [CLS] attends to most; each kept token
+    /// absorbs its `knn` most similar discarded tokens, weighted by [CLS] attention.
+    pub fn prumerge(p: PruMerge) -> Self {
+        Reduction {
+            filter: Filter::Importance {
+                score: Score::Attention(Rows::Cls),
+            },
+            correlate: Correlate::Similarity {
+                targets: TargetRule::TopK(p.knn),
+                convergent: true,
+                bipartite: false,
+            },
+            compress: Compress::ScoreWeighted { renormalise: true },
+        }
+    }
+
+    /// VisionZip: dominant tokens by [CLS] attention plus contextual tokens averaged around
+    /// evenly spaced centres of the rest.
+    pub fn visionzip(p: VisionZip) -> Self {
+        Reduction {
+            filter: Filter::Importance {
+                score: Score::Attention(Rows::Cls),
+            },
+            correlate: Correlate::Group(Grouping::Spaced {
+                contextual: p.contextual,
+            }),
+            compress: Compress::Average,
+        }
+    }
+
+    /// Random pruning with numpy's legacy permutation of the candidates.
+    pub fn random(p: RandomDrop) -> Self {
+        Reduction {
+            filter: Filter::Importance {
+                score: Score::Random { seed: p.seed },
+            },
+            correlate: Correlate::None,
+            compress: Compress::SelfPreserving,
+        }
+    }
+
+    /// Spatial pooling: every `k x k` window of the patch grid becomes its mean.
+    pub fn pool(p: Pool) -> Self {
+        Reduction {
+            filter: Filter::All,
+            correlate: Correlate::Group(Grouping::Windows { k: p.k }),
+            compress: Compress::Average,
+        }
     }
 
     // Ablations of the paper's tables.
@@ -164,33 +338,46 @@ impl Reduction {
 }
 
 /// Method names accepted by `--method` / `--reduce`.
-pub const METHODS: &[&str] = &["ficoco-v", "ficoco-l", "fastv", "pdrop", "topk-cls", "none"];
-
-/// The methods of the paradigm that are specified (scripts/reduce_reference.py) but do not run
-/// on the GPU yet.
-pub const PLANNED_METHODS: &[&str] = &[
-    "ficoco-vl",
+pub const METHODS: &[&str] = &[
+    "ficoco-v",
+    "ficoco-l",
     "tome",
     "evit",
+    "fastv",
+    "pdrop",
     "sparsevlm",
     "prumerge",
     "visionzip",
     "random",
+    "topk-cls",
     "pool",
+    "none",
 ];
+
+/// The methods of the paradigm that are not a single step: FiCoCo-VL is FiCoCo-V in the vision
+/// encoder followed by FiCoCo-L in the LLM, composed by the model.
+pub const PLANNED_METHODS: &[&str] = &["ficoco-vl"];
 
 /// A single-step reduction by name with default hyperparameters; `None` for `none`.
 pub fn by_name(name: &str) -> Result<Option<Reduction>> {
     Ok(Some(match name {
         "ficoco-v" => Reduction::ficoco_v(FicocoV::default()),
         "ficoco-l" => Reduction::ficoco_l(FicocoL::default()),
+        "tome" => Reduction::tome(),
+        "evit" => Reduction::evit(),
         "fastv" => Reduction::fastv(),
         "pdrop" => Reduction::pdrop(),
+        "sparsevlm" => Reduction::sparsevlm(SparseVlm::default()),
+        "prumerge" => Reduction::prumerge(PruMerge::default()),
+        "visionzip" => Reduction::visionzip(VisionZip::default()),
+        "random" => Reduction::random(RandomDrop::default()),
         "topk-cls" => Reduction::topk_cls(),
+        "pool" => Reduction::pool(Pool::default()),
         "none" => return Ok(None),
         other if PLANNED_METHODS.contains(&other) => {
             return Err(Error::Unsupported(format!(
-                "method {other} is not implemented on the GPU yet; available: {}",
+                "method {other} is not a single reduction step (it composes ficoco-v in the \
+                 vision encoder with ficoco-l in the LLM); single steps: {}",
                 METHODS.join(", ")
             )))
         }

@@ -1,10 +1,11 @@
 //! Visual-token reduction in the filter / correlate / compress paradigm.
 //!
-//! - [`stages`]: the three stages as data ([`Filter`], [`Correlate`], [`Compress`]) and a
-//!   [`Reduction`] combining them.
+//! - [`stages`]: the three stages as data ([`Filter`] with its [`Score`] terms, [`Correlate`]
+//!   with its [`Grouping`] into new tokens, [`Compress`]) and a [`Reduction`] combining them.
 //! - [`method`]: each method as a short composition of the stages, with the papers' defaults
 //!   and the ablations of FiCoCo's tables.
 //! - [`step`]: one reduction step recorded on the GPU (`shaders/reduce.wgsl`).
+//! - [`random`]: numpy's legacy permutation for the random baseline.
 //! - [`sites`]: where the steps attach to the model (vision layers, LLM prefill layers).
 //! - [`spec`]: `METHOD[:BUDGET]` planned into per-layer steps for a model.
 //! - [`flops`] and [`budget`]: what a schedule costs and the per-layer schedule that meets a
@@ -13,13 +14,17 @@
 pub mod budget;
 pub mod flops;
 pub mod method;
+pub mod random;
 pub mod sites;
 pub mod spec;
 pub mod stages;
 pub mod step;
 
-pub use method::{by_name, FicocoL, FicocoV, METHODS, PLANNED_METHODS};
-pub use sites::{ReductionPlan, SiteReduction};
+pub use method::{
+    by_name, FicocoL, FicocoV, Pool, PruMerge, RandomDrop, SparseVlm, VisionZip, METHODS,
+    PLANNED_METHODS,
+};
+pub use sites::{ReductionPlan, SiteReduction, SiteScratch};
 pub use spec::{Planned, ReduceSpec};
-pub use stages::{Compress, Correlate, Filter, LocalPenalty, Reduction, Rows};
-pub use step::{run_once, ReductionStep, Spans, StepOutput};
+pub use stages::{Compress, Correlate, Filter, Grouping, LocalPenalty, Reduction, Rows, Score};
+pub use step::{run_once, ReductionStep, Spans, StepOutput, NEW_TOKEN};

@@ -74,3 +74,24 @@ impl ReductionPlan {
         self.vision.is_none() && self.llm.is_none()
     }
 }
+
+/// GPU scratch of a site that reduces sequences of up to `max_tokens`: the head-averaged
+/// attention map of the reducing layer and the step's buffers. Models allocate it only once a
+/// plan uses the site.
+pub struct SiteScratch {
+    pub probs: crate::gpu::Tensor,
+    pub step: super::step::ReductionStep,
+}
+
+impl SiteScratch {
+    pub fn new(gpu: &crate::gpu::Gpu, max_tokens: usize) -> crate::Result<Self> {
+        Ok(SiteScratch {
+            probs: gpu.zeros(
+                &[max_tokens * max_tokens],
+                crate::gpu::DType::F32,
+                "reduction attention probs",
+            )?,
+            step: super::step::ReductionStep::new(gpu, max_tokens)?,
+        })
+    }
+}

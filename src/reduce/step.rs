@@ -1,11 +1,23 @@
 //! Running one [`Reduction`] on the GPU: the stage kernels of [`crate::ops::reduce`] recorded
-//! into a batch, with scratch allocated once for the longest sequence.
+//! into a batch, with scratch allocated once for the longest sequence. Nothing is read back
+//! inside a step; the one CPU-computed input is the random filter's permutation, which depends
+//! only on its seed and the candidate count and is uploaded once per pair.
 
-use super::stages::{Compress, Correlate, Filter, Reduction, Rows};
+use super::random::numpy_permutation;
+use super::stages::{Compress, Correlate, Filter, Grouping, Reduction, Rows, Score};
 use crate::gpu::{Batch, DType, Gpu, Tensor};
-use crate::ops::reduce::{self as k, Candidates, Correlation, ScoreTerm};
+use crate::ops::reduce::{
+    self as k, Candidates, Correlation, Layout, Measure, ScoreTerm, Similarity, SourceGroups,
+    Split, TokenList, Weighting,
+};
 use crate::{Error, Result};
+use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Mutex;
+
+/// `kept` of an output row that is a new token (EViT's fused token, VisionZip's contextual
+/// tokens, SparseVLM's recycled clusters, pooling windows); its position is -1.
+pub const NEW_TOKEN: u32 = u32::MAX;
 
 /// Where things are in the sequence a step reduces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,7 +28,7 @@ pub struct Spans {
     pub visual: Option<Range<usize>>,
     /// The text (question) tokens, for task-aware scores and correlations.
     pub text: Option<Range<usize>>,
-    /// Side of the square patch grid the positions index, for the local penalty.
+    /// Side of the square patch grid the positions index, for the local penalty and pooling.
     pub grid: Option<usize>,
 }
 
@@ -28,6 +40,18 @@ pub struct ReductionStep {
     plan: Tensor,
     corr: Tensor,
     weights: Tensor,
+    /// Inverse metric norms `[n]`.
+    norms: Tensor,
+    /// SparseVLM's rater weights `[n]`.
+    row_weights: Tensor,
+    /// Density-peak scratch `[3 n]`.
+    aux: Tensor,
+    /// Token sizes of the output `[n]`.
+    sizes: Tensor,
+    /// The candidates' mean metric row, sized by the metric width on first use.
+    mean: Mutex<Option<Tensor>>,
+    /// Uploaded random permutations by (seed, candidates).
+    permutations: Mutex<HashMap<(u32, usize), Tensor>>,
 }
 
 impl ReductionStep {
@@ -42,11 +66,17 @@ impl ReductionStep {
             plan: gpu.zeros(&[k::plan_words(n)], DType::U32, "reduce plan")?,
             corr: gpu.zeros(&[pairs], DType::F32, "reduce correlation")?,
             weights: gpu.zeros(&[pairs], DType::F32, "reduce merge weights")?,
+            norms: gpu.zeros(&[n], DType::F32, "reduce metric norms")?,
+            row_weights: gpu.zeros(&[n], DType::F32, "reduce row weights")?,
+            aux: gpu.zeros(&[3 * n], DType::F32, "reduce density peaks")?,
+            sizes: gpu.zeros(&[n], DType::F32, "reduce token sizes")?,
+            mean: Mutex::new(None),
+            permutations: Mutex::new(HashMap::new()),
         })
     }
 
     /// The plan of the last step (layout in `shaders/reduce.wgsl`): `kept` of output row r is
-    /// word `3 n + r`.
+    /// word `3 n + r` ([`NEW_TOKEN`] for a new token).
     pub fn plan(&self) -> &Tensor {
         &self.plan
     }
@@ -56,8 +86,15 @@ impl ReductionStep {
         self.scores.view(&[candidates])
     }
 
+    /// Sizes of the last step's output tokens, `[n_out]`: `1 +` the sources merged into a kept
+    /// token, the member count of a new token (ToMe's sizes, starting at 1 in every step).
+    pub fn sizes(&self, n_out: usize) -> Tensor {
+        self.sizes.view(&[n_out])
+    }
+
     /// Record one step: `hidden [n, d]` with attention `attn [n, n]` and grid `positions [n]`
-    /// (i32) becomes `out [n - drop, d]` and `positions_out [n - drop]`.
+    /// (i32) becomes `out [n - drop, d]` and `positions_out [n - drop]` (-1 for new tokens).
+    /// The similarity metric is the hidden states; [`Self::record_keyed`] takes keys.
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
@@ -65,6 +102,36 @@ impl ReductionStep {
         r: &Reduction,
         spans: &Spans,
         hidden: &Tensor,
+        attn: &Tensor,
+        positions: &Tensor,
+        drop: usize,
+        out: &Tensor,
+        positions_out: &Tensor,
+    ) -> Result<()> {
+        self.record_keyed(
+            b,
+            r,
+            spans,
+            hidden,
+            None,
+            attn,
+            positions,
+            drop,
+            out,
+            positions_out,
+        )
+    }
+
+    /// [`Self::record`] with optional `keys [n, dk]`: the similarity metric of ToMe, PruMerge,
+    /// VisionZip, SparseVLM's clusters and FiCoCo-V without [CLS] (the hidden states without).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_keyed(
+        &self,
+        b: &mut Batch,
+        r: &Reduction,
+        spans: &Spans,
+        hidden: &Tensor,
+        keys: Option<&Tensor>,
         attn: &Tensor,
         positions: &Tensor,
         drop: usize,
@@ -94,42 +161,70 @@ impl ReductionStep {
                 "cannot drop {drop} tokens: only {np} are candidates (visual, not [CLS])"
             )));
         }
-        let (terms, keep_high, penalty) = match &r.filter {
-            Filter::Redundancy {
-                terms,
-                local_penalty,
-            } => (terms.clone(), false, *local_penalty),
-            Filter::Importance { rows } => (vec![(*rows, 1.0)], true, None),
-        };
-        let terms = terms
-            .iter()
-            .map(|&(rows, weight)| score_term(rows, weight, spans, n))
-            .collect::<Result<Vec<_>>>()?;
-        let raw = self.raw.view(&[np]);
-        let scores = self.scores.view(&[np]);
-        match penalty {
-            Some(lp) => {
-                let grid = spans.grid.ok_or_else(|| {
-                    Error::InvalidArgument(
-                        "the local penalty needs the patch grid side (--grid)".into(),
-                    )
-                })?;
-                k::score_tokens(b, attn, &cand, &terms, &raw)?;
-                k::local_penalty(b, &raw, positions, &cand, grid, lp.window, lp.coef, &scores)?;
+        let metric = match keys {
+            Some(keys) => {
+                if keys.shape().len() != 2 || keys.shape()[0] != n {
+                    return Err(Error::shape(
+                        "keys",
+                        format!("[{n}, dk]"),
+                        format!("{:?}", keys.shape()),
+                    ));
+                }
+                keys
             }
-            None => k::score_tokens(b, attn, &cand, &terms, &scores)?,
+            None => hidden,
+        };
+        let new_tokens = r.correlate.new_tokens(np, drop, spans.grid)?;
+        let sources = drop + new_tokens;
+        if sources > np {
+            return Err(Error::InvalidArgument(format!(
+                "cannot drop {drop} tokens and create {new_tokens}: only {np} are candidates"
+            )));
         }
+        let recycled = match &r.correlate {
+            Correlate::Group(g) => g.recycled(sources),
+            _ => 0,
+        };
+        check_method(r, np, drop, new_tokens, recycled)?;
+
+        // Filter.
+        let needs_mean = spans.cls.is_none() && r.filter.has(Score::ClsOrEquivalent);
+        let mean = match needs_mean {
+            true => Some(self.mean_scratch(b.gpu(), metric.shape()[1])?),
+            false => None,
+        };
+        if r.uses_metric(spans.cls.is_some()) {
+            k::metric_stats(b, metric, &cand, &self.norms.view(&[n]), mean.as_ref())?;
+        }
+        let keep_high = self.filter(b, r, spans, &cand, attn, metric, mean.as_ref(), positions)?;
+        let layout = Layout {
+            sources,
+            keep_high,
+            new_tokens,
+            span_end: cand.span.end,
+            recycled,
+        };
         let split = k::split_tokens(
             b,
-            &scores,
+            &self.scores.view(&[np]),
             &cand,
-            drop,
-            keep_high,
+            &layout,
             positions,
             &self.plan,
             positions_out,
         )?;
+
+        // Correlate and compress.
         let (ns, nt) = (split.sources, split.targets);
+        let n_out = n - drop;
+        let scores = self.scores.view(&[np]);
+        let sizes = self.sizes.view(&[n_out]);
+        let weighting = weighting(r.compress);
+        let average = r.compress != Compress::SelfPreserving;
+        let norms = self.norms.view(&[n]);
+        let merge = |b: &mut Batch, weights: Option<&Tensor>| {
+            k::compress(b, hidden, &split, weights, weighting, &scores, out, &sizes)
+        };
         match &r.correlate {
             Correlate::Attention {
                 direct,
@@ -156,12 +251,287 @@ impl ReductionStep {
                 let corr = self.corr.view(&[ns, nt]);
                 let weights = self.weights.view(&[ns, nt]);
                 k::correlate(b, attn, &split, &c, &corr)?;
-                let average = r.compress == Compress::Average;
                 k::assign_targets(b, &corr, *targets, *convergent, average, &weights)?;
-                k::compress(b, hidden, &split, Some(&weights), out)
+                merge(b, Some(&weights))
             }
-            _ => k::compress(b, hidden, &split, None, out),
+            Correlate::Similarity {
+                targets,
+                convergent,
+                bipartite,
+            } if ns > 0 && nt > 0 => {
+                let corr = self.corr.view(&[ns, nt]);
+                let weights = self.weights.view(&[ns, nt]);
+                k::metric_pairs(
+                    b,
+                    metric,
+                    &norms,
+                    &split,
+                    TokenList::Sources,
+                    TokenList::Targets,
+                    Measure::Cosine,
+                    *bipartite,
+                    &corr,
+                )?;
+                k::assign_targets(b, &corr, *targets, *convergent, average, &weights)?;
+                merge(b, Some(&weights))
+            }
+            Correlate::Group(g) => {
+                if new_tokens > 0 {
+                    self.group(b, g, &split, metric, &norms, positions, spans)?;
+                }
+                merge(b, None)?;
+                k::compress_new(b, hidden, &split, weighting, &scores, out, &sizes)
+            }
+            _ => merge(b, None),
         }
+    }
+
+    /// Write the filter scores; returns whether the highest are kept (importance).
+    #[allow(clippy::too_many_arguments)]
+    fn filter(
+        &self,
+        b: &mut Batch,
+        r: &Reduction,
+        spans: &Spans,
+        cand: &Candidates,
+        attn: &Tensor,
+        metric: &Tensor,
+        mean: Option<&Tensor>,
+        positions: &Tensor,
+    ) -> Result<bool> {
+        let np = cand.len();
+        let scores = self.scores.view(&[np]);
+        let score = |b: &mut Batch, terms: &[(Score, f32)], into: &Tensor| {
+            self.score(b, terms, spans, cand, attn, metric, mean, into)
+        };
+        match &r.filter {
+            Filter::All => {
+                k::score_tokens(b, attn, cand, &[], None, &scores)?;
+                Ok(true)
+            }
+            Filter::Importance { score: s } => {
+                score(b, &[(*s, 1.0)], &scores)?;
+                Ok(true)
+            }
+            Filter::Redundancy {
+                terms,
+                local_penalty,
+            } => {
+                match local_penalty {
+                    Some(lp) => {
+                        let grid = spans.grid.ok_or_else(|| {
+                            Error::InvalidArgument(
+                                "the local penalty needs the patch grid side (--grid)".into(),
+                            )
+                        })?;
+                        let raw = self.raw.view(&[np]);
+                        score(b, terms, &raw)?;
+                        k::local_penalty(
+                            b, &raw, positions, cand, grid, lp.window, lp.coef, &scores,
+                        )?;
+                    }
+                    None => score(b, terms, &scores)?,
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// `into[c] = sum of the weighted score terms` for each candidate.
+    #[allow(clippy::too_many_arguments)]
+    fn score(
+        &self,
+        b: &mut Batch,
+        terms: &[(Score, f32)],
+        spans: &Spans,
+        cand: &Candidates,
+        attn: &Tensor,
+        metric: &Tensor,
+        mean: Option<&Tensor>,
+        into: &Tensor,
+    ) -> Result<()> {
+        let n = cand.n;
+        let mut attention = Vec::new();
+        let mut similarity = Vec::new();
+        for &(score, weight) in terms {
+            match score {
+                Score::Attention(rows) => attention.push(score_term(rows, weight, spans, n)?),
+                Score::ClsOrEquivalent => match spans.cls {
+                    Some(_) => attention.push(score_term(Rows::Cls, weight, spans, n)?),
+                    // a_i = -cos(mu, M_i) replaces A[cls, i].
+                    None => similarity.push((Similarity::ToMean, -weight)),
+                },
+                Score::Bipartite => similarity.push((Similarity::Bipartite, weight)),
+                Score::Random { seed } => {
+                    if terms.len() != 1 {
+                        return Err(Error::InvalidArgument(
+                            "a random score cannot be combined with other terms".into(),
+                        ));
+                    }
+                    if cand.is_empty() {
+                        return Ok(());
+                    }
+                    let places = self.permutation(b.gpu(), seed, cand.len())?;
+                    return b.copy(&places, into);
+                }
+            }
+        }
+        let row_weights = self.row_weights.view(&[n]);
+        match attention.iter().filter(|t| t.weighted).count() {
+            0 => {}
+            1 => {
+                let text = spans.text.clone().ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "scoring by the raters needs the text span (--text)".into(),
+                    )
+                })?;
+                k::rate_rows(b, attn, cand, text, &row_weights)?;
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "at most one rater-weighted score term".into(),
+                ))
+            }
+        }
+        k::score_tokens(b, attn, cand, &attention, Some(&row_weights), into)?;
+        let norms = self.norms.view(&[n]);
+        for (sim, weight) in similarity {
+            k::score_similarity(b, metric, &norms, mean, cand, sim, weight, into)?;
+        }
+        Ok(())
+    }
+
+    /// Group the sources into the split's new tokens.
+    #[allow(clippy::too_many_arguments)]
+    fn group(
+        &self,
+        b: &mut Batch,
+        g: &Grouping,
+        split: &Split,
+        metric: &Tensor,
+        norms: &Tensor,
+        positions: &Tensor,
+        spans: &Spans,
+    ) -> Result<()> {
+        let (ns, c) = (split.sources, split.new_tokens);
+        match *g {
+            Grouping::One => k::group_sources(b, split, SourceGroups::One, positions, None),
+            Grouping::Windows { k: side } => {
+                let grid = spans.grid.ok_or_else(|| {
+                    Error::InvalidArgument("pooling needs the patch grid side (--grid)".into())
+                })?;
+                let groups = SourceGroups::Windows { grid, k: side };
+                k::group_sources(b, split, groups, positions, None)
+            }
+            Grouping::Spaced { .. } => {
+                let stride = ns / c;
+                let pairs = self.pairs(ns, c)?;
+                k::metric_pairs(
+                    b,
+                    metric,
+                    norms,
+                    split,
+                    TokenList::Sources,
+                    TokenList::EverySource(stride),
+                    Measure::Cosine,
+                    false,
+                    &pairs,
+                )?;
+                let groups = SourceGroups::Nearest { stride };
+                k::group_sources(b, split, groups, positions, Some(&pairs))
+            }
+            Grouping::DensityPeaks { knn, .. } => {
+                let q = split.recycled;
+                let dist = self.pairs(q, q)?;
+                k::metric_pairs(
+                    b,
+                    metric,
+                    norms,
+                    split,
+                    TokenList::Recycled,
+                    TokenList::Recycled,
+                    Measure::Distance,
+                    false,
+                    &dist,
+                )?;
+                k::density_peaks(b, &dist, split, knn, &self.aux)
+            }
+        }
+    }
+
+    /// The correlation scratch viewed as `[rows, cols]`.
+    fn pairs(&self, rows: usize, cols: usize) -> Result<Tensor> {
+        if rows * cols > self.corr.numel() {
+            return Err(Error::Unsupported(format!(
+                "{rows} x {cols} token pairs exceed the reduction scratch of {}",
+                self.corr.numel()
+            )));
+        }
+        Ok(self.corr.view(&[rows, cols]))
+    }
+
+    fn mean_scratch(&self, gpu: &Gpu, dk: usize) -> Result<Tensor> {
+        let mut mean = self.mean.lock().unwrap();
+        if mean.as_ref().is_none_or(|m| m.numel() < dk) {
+            let len = dk.max(1).next_power_of_two();
+            *mean = Some(gpu.zeros(&[len], DType::F32, "reduce metric mean")?);
+        }
+        Ok(mean.as_ref().unwrap().view(&[dk]))
+    }
+
+    /// Each candidate's place in numpy's permutation, as f32 importance (exact below 2^24).
+    fn permutation(&self, gpu: &Gpu, seed: u32, np: usize) -> Result<Tensor> {
+        let mut cache = self.permutations.lock().unwrap();
+        if let Some(t) = cache.get(&(seed, np)) {
+            return Ok(t.clone());
+        }
+        let mut place = vec![0f32; np];
+        for (i, &c) in numpy_permutation(seed, np).iter().enumerate() {
+            place[c as usize] = i as f32;
+        }
+        let t = gpu.upload_f32(&place, &[np], "random permutation")?;
+        cache.insert((seed, np), t.clone());
+        Ok(t)
+    }
+}
+
+/// Method-specific limits the kernels rely on.
+fn check_method(
+    r: &Reduction,
+    np: usize,
+    drop: usize,
+    new_tokens: usize,
+    recycled: usize,
+) -> Result<()> {
+    if r.filter.has(Score::Bipartite) && drop > 0 && (drop > np.div_ceil(2) || np < 2) {
+        return Err(Error::InvalidArgument(format!(
+            "the bipartite split of {np} candidates merges at most {} per step, not {drop}",
+            if np < 2 { 0 } else { np.div_ceil(2) }
+        )));
+    }
+    if let Correlate::Group(Grouping::DensityPeaks { knn, .. }) = r.correlate {
+        if knn > k::MAX_DPC_KNN || new_tokens > recycled {
+            return Err(Error::InvalidArgument(format!(
+                "density peaks: {new_tokens} clusters of {recycled} recycled tokens with {knn} \
+                 neighbours (at most {})",
+                k::MAX_DPC_KNN
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn weighting(c: Compress) -> Weighting {
+    match c {
+        Compress::SelfPreserving | Compress::Average | Compress::SizeWeighted => Weighting {
+            normalise: true,
+            ..Weighting::default()
+        },
+        Compress::ScoreWeighted { renormalise } => Weighting {
+            score_self: true,
+            score_members: true,
+            normalise: renormalise,
+        },
     }
 }
 
@@ -171,6 +541,7 @@ fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreT
             "this filter scores with attention from the {what}; give its position"
         ))
     };
+    let text = || spans.text.clone().ok_or_else(|| need("text span (--text)"));
     let range = match rows {
         Rows::All => 0..n,
         Rows::Cls => {
@@ -181,19 +552,22 @@ fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreT
             .visual
             .clone()
             .ok_or_else(|| need("visual span (--visual)"))?,
-        Rows::Text => spans
-            .text
-            .clone()
-            .ok_or_else(|| need("text span (--text)"))?,
+        Rows::Text => text()?,
         Rows::LastText => {
-            let t = spans
-                .text
-                .clone()
-                .ok_or_else(|| need("text span (--text)"))?;
+            let t = text()?;
             if t.is_empty() {
                 return Err(need("non-empty text span"));
             }
             t.end - 1..t.end
+        }
+        Rows::Raters => {
+            // The rows carry their own weights (1 / |raters|).
+            return Ok(ScoreTerm {
+                rows: text()?,
+                weight,
+                divisor: 1.0,
+                weighted: true,
+            });
         }
     };
     // Column means over all rows count the causal zeros (divide by n); others by the row count.
@@ -202,6 +576,7 @@ fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreT
         rows: range,
         weight,
         divisor,
+        weighted: false,
     })
 }
 
@@ -210,16 +585,22 @@ fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreT
 pub struct StepOutput {
     /// `[n - drop, d]` row-major.
     pub hidden: Vec<f32>,
-    /// Input index of each output row.
+    /// Input index of each output row, [`NEW_TOKEN`] for a new token.
     pub kept: Vec<u32>,
+    /// Grid position of each output row (-1 for new tokens).
     pub positions: Vec<i32>,
-    /// The filter score of each candidate (after the local penalty), in sequence order.
+    /// Input index of each scored candidate (ToMe: set A only), ascending.
+    pub score_index: Vec<u32>,
+    /// The filter score of each scored candidate (after the local penalty).
     pub scores: Vec<f32>,
+    /// Size of each output token (`1 +` merged sources; members of a new token).
+    pub sizes: Vec<f32>,
 }
 
 /// Upload one sequence, run one step and read the result back: the tensor-level runner
 /// (`examples/reduce.rs`) and the oracle tests use this; the model records
-/// [`ReductionStep::record`] into its own batches.
+/// [`ReductionStep::record`] into its own batches. `keys` is `[n, dk]` row-major (its width
+/// follows from its length), the similarity metric when given.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_once(
     gpu: &Gpu,
@@ -227,6 +608,7 @@ pub async fn run_once(
     spans: &Spans,
     hidden: &[f32],
     d: usize,
+    keys: Option<&[f32]>,
     attn: &[f32],
     positions: &[i32],
     drop: usize,
@@ -246,27 +628,58 @@ pub async fn run_once(
     }
     let step = ReductionStep::new(gpu, n)?;
     let th = gpu.upload_f32(hidden, &[n, d], "hidden")?;
+    let tk = match keys {
+        Some(k) if n > 0 && !k.is_empty() && k.len() % n == 0 => {
+            Some(gpu.upload_f32(k, &[n, k.len() / n], "keys")?)
+        }
+        Some(k) => {
+            return Err(Error::shape(
+                "keys",
+                format!("[{n}, dk]"),
+                format!("{} values", k.len()),
+            ))
+        }
+        None => None,
+    };
     let ta = gpu.upload_f32(attn, &[n, n], "attn")?;
     let tp = gpu.upload_i32(positions, &[n], "positions")?;
-    let out = gpu.zeros(&[n - drop, d], DType::F32, "reduced hidden")?;
-    let out_pos = gpu.zeros(&[n - drop], DType::I32, "reduced positions")?;
+    let n_out = n - drop;
+    let out = gpu.zeros(&[n_out, d], DType::F32, "reduced hidden")?;
+    let out_pos = gpu.zeros(&[n_out], DType::I32, "reduced positions")?;
     let mut b = gpu.batch();
-    step.record(&mut b, r, spans, &th, &ta, &tp, drop, &out, &out_pos)?;
+    step.record_keyed(
+        &mut b,
+        r,
+        spans,
+        &th,
+        tk.as_ref(),
+        &ta,
+        &tp,
+        drop,
+        &out,
+        &out_pos,
+    )?;
     b.submit();
-    let np = Candidates {
-        n,
-        span: spans.visual.clone().unwrap_or(0..n),
-        cls: spans.cls,
-    }
-    .len();
+    let span = spans.visual.clone().unwrap_or(0..n);
+    let candidates: Vec<u32> = span
+        .filter(|&i| Some(i) != spans.cls)
+        .map(|i| i as u32)
+        .collect();
+    let np = candidates.len();
     let f32s = |bytes: Vec<u8>, len: usize| bytemuck::cast_slice::<u8, f32>(&bytes)[..len].to_vec();
     let plan = gpu.read_bytes(&step.plan).await?;
     let plan: &[u32] = bytemuck::cast_slice(&plan);
+    let scores = f32s(gpu.read_bytes(&step.scores(np)).await?, np);
+    // ToMe scores only its set A (even candidate positions).
+    let bipartite = r.filter.has(Score::Bipartite);
+    let scored = |c: &usize| !bipartite || c % 2 == 0;
     Ok(StepOutput {
-        hidden: f32s(gpu.read_bytes(&out).await?, (n - drop) * d),
-        kept: plan[3 * n..3 * n + n - drop].to_vec(),
-        positions: bytemuck::cast_slice::<u8, i32>(&gpu.read_bytes(&out_pos).await?)[..n - drop]
+        hidden: f32s(gpu.read_bytes(&out).await?, n_out * d),
+        kept: plan[3 * n..3 * n + n_out].to_vec(),
+        positions: bytemuck::cast_slice::<u8, i32>(&gpu.read_bytes(&out_pos).await?)[..n_out]
             .to_vec(),
-        scores: f32s(gpu.read_bytes(&step.scores(np)).await?, np),
+        score_index: (0..np).filter(scored).map(|c| candidates[c]).collect(),
+        scores: (0..np).filter(scored).map(|c| scores[c]).collect(),
+        sizes: f32s(gpu.read_bytes(&step.sizes(n_out)).await?, n_out),
     })
 }
