@@ -532,6 +532,7 @@ fn reduction_overhead_ms(
             let spans = Spans {
                 visual: Some(5..5 + visual),
                 text: Some(5 + visual..n),
+                rope_positions: true,
                 ..Spans::default()
             };
             steps.push((
@@ -567,7 +568,7 @@ fn reduction_overhead_ms(
             let t0 = Instant::now();
             let mut b = gpu.batch();
             step.record(
-                &mut b, &r, &spans, &hidden, &attn, &positions, drop, &out, &out_pos,
+                &mut b, &r, &spans, &hidden, None, &attn, &positions, drop, &out, &out_pos,
             )?;
             b.submit();
             gpu.wait()?;

@@ -26,9 +26,10 @@ const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT |
   --dtype f16|f32        weight storage type, default f16
   --json                 print one JSON object instead of streaming text
   --dump-logits FILE     write the prefill's last-position logits (safetensors, `logits`)
-  --reduce METHOD[:B]    visual-token reduction: ficoco-v, ficoco-l, ficoco-vl, fastv, pdrop,
-                         topk-cls or none; budget B = tokens (64), fraction (0.11) or LLM-prefill
-                         TFLOPs (1.5T); default 64/576 of the visual tokens
+  --reduce METHOD[:B]    visual-token reduction: ficoco-v, ficoco-l, ficoco-vl, tome, evit,
+                         fastv, pdrop, sparsevlm, prumerge, visionzip, random, topk-cls, pool
+                         or none; budget B = visual tokens left (64), a fraction (0.11) or
+                         LLM-prefill TFLOPs (1.5T); default 64/576 of the visual tokens
   --show-kept FILE.png   write the preprocessed image with the patches that reached the LLM
                          outlined and the discarded ones dimmed";
 

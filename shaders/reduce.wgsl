@@ -5,7 +5,8 @@
 // max(|v|, 1e-12)). Candidates P = the span [cand0, cand0 + ncand) without token `cls` (NONE =
 // no [CLS]), indexed c = 0..np in sequence order. Sources S (leave the sequence) and targets T
 // (kept candidates) come from the scores; every other token passes through. New tokens (kept =
-// NONE, position -1) are written after the surviving tokens before `span_end` (G3).
+// NONE) are written after the surviving tokens before `span_end` (G3); their position is -1 (no
+// grid cell), or with `rope_positions` that of the span's last input token.
 // The plan buffer (u32, 7n + 6 words) written by split_tokens:
 //   [0, n)   slot[seq]  output row of each input token, NONE if it left the sequence
 //   [n, 2n)  src[a]     sequence index of source a (ascending)
@@ -96,7 +97,7 @@ struct Params {
     weighted: u32, n_new: u32, span_end: u32, n_recycle: u32,
     rows: u32, cols: u32, nr: u32, nc: u32,
     stride: u32, bipartite: u32, count: u32, knn: u32,
-    score_self: u32, score_members: u32, normalise: u32, _p0: u32,
+    score_self: u32, score_members: u32, normalise: u32, rope_positions: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -374,7 +375,9 @@ fn split_tokens(@builtin(local_invocation_index) lid: u32) {
             new0 = r;
             for (var g = 0u; g < p.n_new; g++) {
                 plan[3u * n + r] = NONE;
-                positions_out[r] = -1;
+                // RoPE positions: the span's last token's, so order and distances to the text
+                // hold; grid positions: no cell.
+                positions_out[r] = select(-1, positions[p.span_end - 1u], p.rope_positions == 1u);
                 r++;
             }
         }

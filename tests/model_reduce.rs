@@ -129,6 +129,41 @@ fn reduced_decoding_matches_reprefill() {
             },
         ),
         (
+            "tome",
+            ReductionPlan {
+                vision: site("tome", &[(0, 4), (1, 3)]),
+                llm: None,
+            },
+        ),
+        (
+            "evit",
+            ReductionPlan {
+                vision: site("evit", &[(1, 6)]),
+                llm: None,
+            },
+        ),
+        (
+            "visionzip",
+            ReductionPlan {
+                vision: site("visionzip", &[(1, 8)]),
+                llm: None,
+            },
+        ),
+        (
+            "pool",
+            ReductionPlan {
+                vision: site("pool", &[(1, 12)]),
+                llm: None,
+            },
+        ),
+        (
+            "sparsevlm (new tokens inside the LLM)",
+            ReductionPlan {
+                vision: None,
+                llm: site("sparsevlm", &[(0, 6)]),
+            },
+        ),
+        (
             "ficoco-v + ficoco-l",
             ReductionPlan {
                 vision: site("ficoco-v", &[(0, 4)]),
@@ -232,12 +267,13 @@ fn specs_reach_their_budget() {
         .unwrap()
         .plan
         .is_empty());
-    assert!(
-        "tome:8".parse::<ReduceSpec>().is_err() || {
-            let s: ReduceSpec = "tome:8".parse().unwrap();
-            s.plan(f.model.config(), text_tokens).is_err()
-        }
-    );
+    let e = "pool:6"
+        .parse::<ReduceSpec>()
+        .unwrap()
+        .plan(f.model.config(), text_tokens)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("4 (2x2) or 1 (4x4)"), "{e}");
     let e = "ficoco-v:abc"
         .parse::<ReduceSpec>()
         .unwrap_err()

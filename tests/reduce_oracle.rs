@@ -102,6 +102,12 @@ fn steps_match_numpy_reference() {
             visual: span(&case["visual"]),
             text: span(&case["text"]),
             grid: case["grid"].as_u64().map(|g| g as usize),
+            // LLM cases (with a question) carry RoPE positions.
+            rope_positions: case["text"].is_array(),
+        };
+        let new_position = match (&spans.visual, spans.rope_positions) {
+            (Some(v), true) => positions[v.end - 1],
+            _ => -1,
         };
         let out = pollster::block_on(run_once(
             gpu(),
@@ -125,7 +131,13 @@ fn steps_match_numpy_reference() {
         assert_eq!(got_kept, want_kept, "{name}: kept tokens");
         let want_pos: Vec<i32> = want_kept
             .iter()
-            .map(|&k| if k < 0 { -1 } else { positions[k as usize] })
+            .map(|&k| {
+                if k < 0 {
+                    new_position
+                } else {
+                    positions[k as usize]
+                }
+            })
             .collect();
         assert_eq!(out.positions, want_pos, "{name}: positions");
         if let Some(want_scores) = maybe_tensor::<f32>(&expected, "expected_scores") {

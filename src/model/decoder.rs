@@ -259,6 +259,7 @@ impl Decoder {
                 Some(Spans {
                     visual: Some(r.visual.clone()),
                     text: Some(r.text.clone()),
+                    rope_positions: true,
                     ..Spans::default()
                 })
             }
@@ -317,6 +318,8 @@ impl Decoder {
                     &r.site.reduction,
                     sp,
                     &xt,
+                    // Keys here carry RoPE; the hidden states are the metric in the LLM.
+                    None,
                     probs,
                     &pn,
                     drop,

@@ -253,6 +253,7 @@ impl VisionTower {
                     &r.reduction,
                     &spans,
                     &xt,
+                    Some(&k),
                     probs,
                     &grid_in,
                     drop,

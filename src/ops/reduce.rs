@@ -67,7 +67,7 @@ struct Params {
     score_self: u32,
     score_members: u32,
     normalise: u32,
-    _pad: u32,
+    rope_positions: u32,
 }
 
 /// The tokens a step may discard: `span` of an `n`-token sequence, without `cls`.
@@ -359,12 +359,14 @@ pub struct Layout {
     pub span_end: usize,
     /// The best-ranked sources listed as recycled (importance filters only).
     pub recycled: usize,
+    /// Positions are RoPE positions: new tokens take the last span token's instead of -1.
+    pub rope_positions: bool,
 }
 
 /// Split the candidates into `layout.sources` sources and the remaining targets by score (the
 /// highest discarded, or with `keep_high` the highest kept), and lay out the output sequence:
 /// survivors in input order with the new tokens at `span_end`. Also writes the output tokens'
-/// positions (-1 for new tokens).
+/// positions (see [`Layout::rope_positions`] for new tokens).
 #[allow(clippy::too_many_arguments)]
 pub fn split_tokens<'a>(
     b: &mut Batch,
@@ -402,6 +404,7 @@ pub fn split_tokens<'a>(
         n_new: layout.new_tokens as u32,
         span_end: layout.span_end as u32,
         n_recycle: layout.recycled as u32,
+        rope_positions: u32::from(layout.rope_positions),
         ..cand.params()
     };
     b.dispatch(

@@ -2,8 +2,9 @@
 //! scaled to the model's depth) and the budget, planned into a [`ReductionPlan`].
 
 use super::budget::{plan, Budget, Family, Schedule, Spread, Stages};
-use super::method::{by_name, METHODS};
+use super::method::{by_name, Pool, METHODS};
 use super::sites::ReductionPlan;
+use super::stages::Reduction;
 use crate::model::LlavaConfig;
 use crate::{Error, Result};
 use std::str::FromStr;
@@ -51,9 +52,15 @@ fn scaled(layer: usize, paper_depth: usize, depth: usize) -> usize {
 }
 
 impl ReduceSpec {
-    /// Where the method reduces: FiCoCo-V from vision layer 12 of 24 to the layer the projector
-    /// reads; FiCoCo-L from LLM layer 4 of 32; FastV at layer 2 of 32; PDrop at 8/16/24 of 32
-    /// (geometric); top-k [CLS] attention once, at the last vision layer that runs.
+    /// Where the method reduces (the papers' layers, scaled to this model's depth):
+    /// - in the vision tower: FiCoCo-V from layer 12 of 24 to the layer the projector reads;
+    ///   ToMe at every layer; EViT at layers 8, 14 and 20 of 24;
+    /// - once, after the attention of the layer the projector reads (the papers reduce the
+    ///   tower's output, scored by that layer's attention): PruMerge, VisionZip, random,
+    ///   top-k [CLS] attention, pooling;
+    /// - in the LLM prefill: FiCoCo-L from layer 4 of 32; FastV at layer 2; PDrop at 8/16/24
+    ///   (geometric); SparseVLM at 2/6/15 (geometric);
+    /// - FiCoCo-VL: FiCoCo-V's layers, then FiCoCo-L's.
     pub fn family(&self, config: &LlavaConfig) -> Result<Option<Family>> {
         let vision_depth = config.vision_config.num_hidden_layers;
         let vision_last = config.vision_layers_to_run() - 1;
@@ -63,7 +70,23 @@ impl ReduceSpec {
         Ok(Some(match self.method.as_str() {
             "none" => return Ok(None),
             "ficoco-v" => Family::Vision(Stages::range(vision_start, None)),
-            "topk-cls" => Family::Vision(Stages::at(&[vision_last], Spread::Even)),
+            "tome" => Family::Vision(Stages::range(0, None)),
+            "evit" => {
+                let mut at: Vec<usize> = [8, 14, 20]
+                    .iter()
+                    .map(|&l| scaled(l, 24, vision_depth).min(vision_last))
+                    .collect();
+                at.dedup();
+                Family::Vision(Stages::at(&at, Spread::Geometric))
+            }
+            "prumerge" | "visionzip" | "random" | "topk-cls" | "pool" => {
+                Family::Vision(Stages::at(&[vision_last], Spread::Even))
+            }
+            "sparsevlm" => {
+                let mut stages = vec![llm(2), llm(6), llm(15)];
+                stages.dedup();
+                Family::Llm(Stages::at(&stages, Spread::Geometric))
+            }
             "ficoco-l" => Family::Llm(Stages::range(llm(4), None)),
             "fastv" => Family::Llm(Stages::at(&[llm(2)], Spread::Even)),
             "pdrop" => {
@@ -95,6 +118,7 @@ impl ReduceSpec {
         let schedule = plan(&family, self.budget, config, text_tokens)?;
         let (vision, llm) = match self.method.as_str() {
             "ficoco-vl" => (by_name("ficoco-v")?, by_name("ficoco-l")?),
+            "pool" => (Some(pool_for(config, schedule.projector())?), None),
             m => {
                 let r = by_name(m)?;
                 match family {
@@ -108,4 +132,24 @@ impl ReduceSpec {
             schedule,
         })
     }
+}
+
+/// Spatial pooling keeps a fixed count: the window side follows from the budget.
+fn pool_for(config: &LlavaConfig, keep: usize) -> Result<Reduction> {
+    let grid = config.vision_config.image_size / config.vision_config.patch_size;
+    [2, 4]
+        .into_iter()
+        .find(|k| grid % k == 0 && (grid / k) * (grid / k) == keep)
+        .map(|k| Reduction::pool(Pool { k }))
+        .ok_or_else(|| {
+            let options: Vec<String> = [2, 4]
+                .iter()
+                .filter(|&&k| grid % k == 0)
+                .map(|k| format!("{} ({k}x{k})", (grid / k) * (grid / k)))
+                .collect();
+            Error::InvalidArgument(format!(
+                "pool keeps {} visual tokens on this {grid}x{grid} grid, not {keep}",
+                options.join(" or ")
+            ))
+        })
 }

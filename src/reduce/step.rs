@@ -30,6 +30,9 @@ pub struct Spans {
     pub text: Option<Range<usize>>,
     /// Side of the square patch grid the positions index, for the local penalty and pooling.
     pub grid: Option<usize>,
+    /// The positions are RoPE positions (LLM), not grid indices: new tokens take the position of
+    /// the visual span's last token instead of -1.
+    pub rope_positions: bool,
 }
 
 /// Scratch for reduction steps over sequences of up to `max_tokens`.
@@ -92,40 +95,12 @@ impl ReductionStep {
         self.sizes.view(&[n_out])
     }
 
-    /// Record one step: `hidden [n, d]` with attention `attn [n, n]` and grid `positions [n]`
-    /// (i32) becomes `out [n - drop, d]` and `positions_out [n - drop]` (-1 for new tokens).
-    /// The similarity metric is the hidden states; [`Self::record_keyed`] takes keys.
+    /// Record one step: `hidden [n, d]` with attention `attn [n, n]` and `positions [n]` (i32
+    /// grid indices, or RoPE positions) becomes `out [n - drop, d]` and `positions_out
+    /// [n - drop]`. `keys [n, dk]` are the similarity metric of ToMe, PruMerge, VisionZip,
+    /// SparseVLM's clusters and FiCoCo-V without [CLS] (the hidden states when `None`).
     #[allow(clippy::too_many_arguments)]
     pub fn record(
-        &self,
-        b: &mut Batch,
-        r: &Reduction,
-        spans: &Spans,
-        hidden: &Tensor,
-        attn: &Tensor,
-        positions: &Tensor,
-        drop: usize,
-        out: &Tensor,
-        positions_out: &Tensor,
-    ) -> Result<()> {
-        self.record_keyed(
-            b,
-            r,
-            spans,
-            hidden,
-            None,
-            attn,
-            positions,
-            drop,
-            out,
-            positions_out,
-        )
-    }
-
-    /// [`Self::record`] with optional `keys [n, dk]`: the similarity metric of ToMe, PruMerge,
-    /// VisionZip, SparseVLM's clusters and FiCoCo-V without [CLS] (the hidden states without).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_keyed(
         &self,
         b: &mut Batch,
         r: &Reduction,
@@ -203,6 +178,7 @@ impl ReductionStep {
             new_tokens,
             span_end: cand.span.end,
             recycled,
+            rope_positions: spans.rope_positions,
         };
         let split = k::split_tokens(
             b,
@@ -647,7 +623,7 @@ pub async fn run_once(
     let out = gpu.zeros(&[n_out, d], DType::F32, "reduced hidden")?;
     let out_pos = gpu.zeros(&[n_out], DType::I32, "reduced positions")?;
     let mut b = gpu.batch();
-    step.record_keyed(
+    step.record(
         &mut b,
         r,
         spans,
