@@ -356,7 +356,15 @@ fn run() -> ficoco::Result<()> {
                     method: m.clone(),
                     budget: Budget::Tokens(keep),
                 };
-                let planned = spec.plan(&cfg, p.text_tokens)?;
+                let planned = match spec.plan(&cfg, p.text_tokens) {
+                    Ok(planned) => planned,
+                    Err(e) => {
+                        log(&format!("  skipped: {e}"));
+                        reduce_rows.push(serde_json::json!({
+                            "method": m, "visual_tokens": keep, "error": e.to_string()}));
+                        continue;
+                    }
+                };
                 let flops = Flops::of(&cfg, &planned.schedule)?;
                 model.set_reduction(planned.plan.clone())?;
                 let prompt = synthetic_prompt(&cfg, model.visual_tokens(), p.text_tokens);
@@ -460,6 +468,14 @@ fn run() -> ficoco::Result<()> {
             tm.vision_ms + tm.prefill_ms
         );
         for r in &reduce_rows {
+            if let Some(e) = r["error"].as_str() {
+                println!(
+                    "| {} | {} | not reachable: {e} | | | |",
+                    r["method"].as_str().unwrap(),
+                    r["visual_tokens"]
+                );
+                continue;
+            }
             println!(
                 "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}%) |",
                 r["method"].as_str().unwrap(),

@@ -127,11 +127,36 @@ impl ReduceSpec {
                 }
             }
         };
-        Ok(Planned {
-            plan: ReductionPlan::from_schedule(vision, llm, &schedule),
-            schedule,
-        })
+        let plan = ReductionPlan::from_schedule(vision, llm, &schedule);
+        if self.method == "tome" {
+            check_bipartite(&plan, config.visual_tokens())?;
+        }
+        Ok(Planned { plan, schedule })
     }
+}
+
+/// ToMe's bipartite split merges at most half the tokens (set A) per layer: refuse a schedule
+/// that needs more, naming the smallest count its layers can reach.
+fn check_bipartite(plan: &ReductionPlan, visual: usize) -> Result<()> {
+    let Some(site) = &plan.vision else {
+        return Ok(());
+    };
+    let mut t = visual;
+    let mut fits = true;
+    let mut smallest = visual;
+    for &(_, drop) in &site.drops {
+        fits &= drop <= t.div_ceil(2);
+        t -= drop.min(t);
+        smallest -= smallest.div_ceil(2);
+    }
+    if fits {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "ToMe merges at most half the tokens per layer: over its {} layers the smallest budget \
+         is {smallest} visual tokens",
+        site.drops.len()
+    )))
 }
 
 /// Spatial pooling keeps a fixed count: the window side follows from the budget.
