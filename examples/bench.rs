@@ -14,6 +14,7 @@ use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
 use ficoco::model::{
     GenerateOptions, HostTensor, Llava, LlavaConfig, LoadOptions, Sampling, WeightFile,
 };
+use ficoco::ops::matmul::RegisterTile;
 use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 use ficoco::preprocess::{PixelValues, PromptIds};
 use ficoco::reduce::budget::{Budget, Schedule};
@@ -159,35 +160,46 @@ fn random_weights(cfg: &LlavaConfig) -> WeightFile {
     WeightFile::from_tensors(w)
 }
 
-/// Best-of-`reps` GFLOP/s of one matmul shape.
+/// Best GFLOP/s of one matmul shape for each of `paths`, measured in interleaved rounds so that
+/// a slow spell of a shared machine hits every path alike.
 fn matmul_gflops(
     gpu: &Gpu,
     m: usize,
     k: usize,
     n: usize,
     dtype: DType,
-    path: MatmulPath,
-) -> ficoco::Result<f64> {
+    paths: &[MatmulPath],
+) -> ficoco::Result<Vec<f64>> {
     let x = gpu.upload_f32(&vec![0.01; m * k], &[m, k], "x")?;
     let w = WeightMatrix::from_out_in(gpu, &vec![0.01; n * k], n, k, dtype, "w")?;
     let out = gpu.zeros(&[m, n], DType::F32, "out")?;
-    let mut best = f64::MAX;
-    for _ in 0..4 {
-        let t = Instant::now();
-        let mut b = gpu.batch();
-        matmul_with(&mut b, path, &x, &w, None, Epilogue::None, &out)?;
-        b.submit();
-        gpu.wait()?;
-        best = best.min(t.elapsed().as_secs_f64());
+    let mut best = vec![f64::MAX; paths.len()];
+    for round in 0..5 {
+        for (i, &path) in paths.iter().enumerate() {
+            let t = Instant::now();
+            let mut b = gpu.batch();
+            matmul_with(&mut b, path, &x, &w, None, Epilogue::None, &out)?;
+            b.submit();
+            gpu.wait()?;
+            // Round 0 compiles the pipelines.
+            if round > 0 {
+                best[i] = best[i].min(t.elapsed().as_secs_f64());
+            }
+        }
     }
-    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+    Ok(best
+        .into_iter()
+        .map(|s| 2.0 * (m * k * n) as f64 / s / 1e9)
+        .collect())
 }
 
-/// numpy (OpenBLAS) sgemm on the same machine, if python3 with numpy is available.
+/// numpy (OpenBLAS) sgemm on the same machine, if python3 with numpy is available: best call
+/// over at least 1 s, after 0.5 s of warm-up (a fresh process on an idle VM can run its first
+/// calls 10x slower while OpenBLAS's threads and the vCPUs wake up).
 fn numpy_gflops(m: usize, k: usize, n: usize) -> Option<f64> {
     let py = std::env::var("FICOCO_PYTHON").unwrap_or("python3".into());
     let script = format!(
-        "import numpy as np, time\na=np.ones(({m},{k}),np.float32)\nb=np.ones(({k},{n}),np.float32)\nbest=1e9\nfor _ in range(5):\n t=time.perf_counter(); a@b; best=min(best,time.perf_counter()-t)\nprint(2*{m}*{k}*{n}/best/1e9)"
+        "import numpy as np, time\na=np.ones(({m},{k}),np.float32)\nb=np.ones(({k},{n}),np.float32)\nt0=time.perf_counter()\nwhile time.perf_counter()-t0<0.5: a@b\nbest=1e9\nt0=time.perf_counter()\nn=0\nwhile n<20 or time.perf_counter()-t0<1.0:\n t=time.perf_counter(); a@b; best=min(best,time.perf_counter()-t); n+=1\nprint(2*{m}*{k}*{n}/best/1e9)"
     );
     let out = std::process::Command::new(py)
         .args(["-c", &script])
@@ -325,24 +337,41 @@ fn run() -> ficoco::Result<()> {
         (prompt_len, th, ti),
         (prompt_len, ti, th),
     ];
+    // The default path, the other variant, and the register kernel's 4 x 4 tile without
+    // subgroups (its previous default) as a baseline measured in the same rounds.
     let variant = gpu.caps.matmul;
+    let other = MatmulVariant::ALL
+        .into_iter()
+        .find(|&o| o != variant)
+        .unwrap();
+    let tile = RegisterTile::default_for(&gpu);
+    let baseline = RegisterTile {
+        rows: 4,
+        cols: 4,
+        subgroup: false,
+    };
+    let default_name = match variant {
+        MatmulVariant::Register => format!("register {}", tile.name()),
+        v => v.name().to_string(),
+    };
+    let paths = [
+        MatmulPath::Matrix(variant),
+        MatmulPath::Matrix(other),
+        MatmulPath::Register(baseline),
+    ];
     let mut rows = Vec::new();
     for &(m, k, n) in &shapes {
         log(&format!("matmul {m}x{k}x{n}..."));
-        let g = matmul_gflops(&gpu, m, k, n, dtype, MatmulPath::Matrix(variant))?;
-        let other = MatmulVariant::ALL
-            .into_iter()
-            .find(|&o| o != variant)
-            .unwrap();
-        let g_other = matmul_gflops(&gpu, m, k, n, dtype, MatmulPath::Matrix(other))?;
+        let g = matmul_gflops(&gpu, m, k, n, dtype, &paths)?;
         let np = numpy_gflops(m, k, n);
         rows.push(
-            serde_json::json!({"m": m, "k": k, "n": n, "gflops": g, "variant": variant.name(),
-            "other_variant": {"name": other.name(), "gflops": g_other}, "numpy_gflops": np,
-            "fraction_of_numpy": np.map(|x| g / x)}),
+            serde_json::json!({"m": m, "k": k, "n": n, "gflops": g[0], "variant": default_name,
+            "other_variant": {"name": other.name(), "gflops": g[1]},
+            "register_4x4_gflops": g[2], "numpy_gflops": np,
+            "fraction_of_numpy": np.map(|x| g[0] / x)}),
         );
     }
-    let dv = matmul_gflops(&gpu, 1, th, ti, dtype, MatmulPath::MatVec)?;
+    let dv = matmul_gflops(&gpu, 1, th, ti, dtype, &[MatmulPath::MatVec])?[0];
     let mut reduce_rows = Vec::new();
     if !methods.is_empty() {
         let base_ms = tm.vision_ms + tm.prefill_ms;
@@ -431,23 +460,20 @@ fn run() -> ficoco::Result<()> {
     );
     println!();
     println!(
-        "| matmul M x K x N | {} GFLOP/s | {} GFLOP/s | numpy sgemm GFLOP/s | fraction |",
-        variant.name(),
-        MatmulVariant::ALL
-            .into_iter()
-            .find(|&o| o != variant)
-            .unwrap()
-            .name()
+        "| matmul M x K x N | {default_name} GFLOP/s | {} GFLOP/s | register {} GFLOP/s | numpy sgemm GFLOP/s | fraction |",
+        other.name(),
+        baseline.name(),
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} x {} x {} | {:.1} | {:.1} | {} | {} |",
+            "| {} x {} x {} | {:.1} | {:.1} | {:.1} | {} | {} |",
             r["m"],
             r["k"],
             r["n"],
             r["gflops"].as_f64().unwrap(),
             r["other_variant"]["gflops"].as_f64().unwrap(),
+            r["register_4x4_gflops"].as_f64().unwrap(),
             r["numpy_gflops"]
                 .as_f64()
                 .map_or("n/a".into(), |x| format!("{x:.1}")),
@@ -456,7 +482,7 @@ fn run() -> ficoco::Result<()> {
                 .map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0)),
         );
     }
-    println!("| 1 x {th} x {ti} (mat-vec) | {dv:.1} | | | |");
+    println!("| 1 x {th} x {ti} (mat-vec) | {dv:.1} | | | | |");
     if !reduce_rows.is_empty() {
         println!();
         println!(

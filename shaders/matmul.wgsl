@@ -2,15 +2,20 @@
 // accumulation. W is stored [K, ldw4 * 4] row-major (PyTorch's [out, in] transposed, columns
 // padded to a multiple of 4) and may be one column chunk of a larger matrix: the chunk's columns
 // land at out[:, n_off .. n_off + n].
-// Bindings: 0 params; 1 x f32 [m, k] (read); 2 W chunk (read): array<vec4<f32>>, or with W_F16
-// f16 packed two per u32 (low half first, 4 columns = 2 words); 3 out f32 [m, ldo] (read_write);
-// 4 bias f32 [n_off + n] (read, with HAS_BIAS).
+// Bindings: 0 params; 1 x f32 [m, k] (read; array<vec4<f32>> with X_VEC4, else array<f32>);
+// 2 W chunk (read): f32 as array<vec4<f32>> (array<vec2<f32>> with W_COLS2), or with W_F16 f16
+// packed two per u32, low half first (array<vec2<u32>>, or array<u32> with W_COLS2);
+// 3 out f32 [m, ldo] (read_write); 4 bias f32 [n_off + n] (read, with HAS_BIAS).
 // Epilogue flags: EPI_GELU (erf GELU), EPI_QUICK_GELU, EPI_ACCUMULATE (out += result).
 // Entry points:
 //   matmul_tiled     16x16 invocations, 64x64 output tile, 4x4 per invocation; A and B tiles of
 //                    depth 16 in workgroup memory (discrete GPUs, iGPUs, browsers).
-//   matmul_register  64 invocations along contiguous vec4 columns of W, 4 rows each, no
-//                    workgroup memory (CPU adapters such as llvmpipe prefer this).
+//   matmul_register  64 invocations along contiguous columns of W, each owning 4 rows (8 with
+//                    ROWS8) x 4 columns (2 with W_COLS2) in named accumulators; no workgroup
+//                    memory (CPU adapters such as llvmpipe prefer this). With SG_X (needs
+//                    subgroups whose size is a multiple of 8) each lane loads one activation of a
+//                    K-step of 8 and subgroupBroadcast shares it, instead of every lane loading all
+//                    8: llvmpipe turns each per-lane storage load into ~13 scalar instructions.
 //   matvec           m <= 4 (decode): 64 vec4 columns x KSPLIT slices of K per workgroup,
 //                    partial sums combined in workgroup memory.
 
@@ -30,17 +35,42 @@ fn x4(base: u32, k: u32) -> vec4<f32> {
     return vec4<f32>(x[base + k], x[base + k + 1u], x[base + k + 2u], x[base + k + 3u]);
 }
 #endif
+// load_w4: 4 columns from vec4 column c4 of row k (tiled, matvec). load_wc: the WC columns at
+// index i = row * ldwc + column group (matmul_register).
 #ifdef W_F16
+#ifdef W_COLS2
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+fn load_w4(k: u32, c4: u32) -> vec4<f32> {
+    let i = (k * p.ldw4 + c4) * 2u;
+    return vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));
+}
+fn load_wc(i: u32) -> vec2<f32> { return unpack2x16float(w[i]); }
+#else
 @group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;
 fn load_w4(k: u32, c4: u32) -> vec4<f32> {
     let q = w[k * p.ldw4 + c4];
     return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
 }
+fn load_wc(i: u32) -> vec4<f32> {
+    let q = w[i];
+    return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+}
+#endif
+#else
+#ifdef W_COLS2
+@group(0) @binding(2) var<storage, read> w: array<vec2<f32>>;
+fn load_w4(k: u32, c4: u32) -> vec4<f32> {
+    let i = (k * p.ldw4 + c4) * 2u;
+    return vec4<f32>(w[i], w[i + 1u]);
+}
+fn load_wc(i: u32) -> vec2<f32> { return w[i]; }
 #else
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 fn load_w4(k: u32, c4: u32) -> vec4<f32> {
     return w[k * p.ldw4 + c4];
 }
+fn load_wc(i: u32) -> vec4<f32> { return w[i]; }
+#endif
 #endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #ifdef HAS_BIAS
@@ -122,48 +152,149 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 
 // ---------------------------------------------------------------- register
 
-fn mac4(acc: vec4<f32>, a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
-    return acc + a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
+// WV holds the WC columns one invocation owns, in one row.
+#ifdef W_COLS2
+alias WV = vec2<f32>;
+const WC = 2u;
+#else
+alias WV = vec4<f32>;
+const WC = 4u;
+#endif
+
+fn store_wc(row: u32, cg: u32, acc: WV) {
+    if (row >= p.m) { return; }
+    for (var j = 0u; j < WC; j++) {
+        let col = cg * WC + j;
+        if (col < p.n) {
+            let i = row * p.ldo + p.n_off + col;
+#ifdef EPI_ACCUMULATE
+            out[i] = out[i] + finish(acc[j], col);
+#else
+            out[i] = finish(acc[j], col);
+#endif
+        }
+    }
 }
 
+#ifdef SG_X
+// acc + sum over t of x(lane t) * w_t: x holds, in lane t, the activation at k = kb + t.
+fn step8(acc: WV, x: f32, w0: WV, w1: WV, w2: WV, w3: WV, w4: WV, w5: WV, w6: WV, w7: WV) -> WV {
+    return acc + WV(subgroupBroadcast(x, 0u)) * w0 + WV(subgroupBroadcast(x, 1u)) * w1
+               + WV(subgroupBroadcast(x, 2u)) * w2 + WV(subgroupBroadcast(x, 3u)) * w3
+               + WV(subgroupBroadcast(x, 4u)) * w4 + WV(subgroupBroadcast(x, 5u)) * w5
+               + WV(subgroupBroadcast(x, 6u)) * w6 + WV(subgroupBroadcast(x, 7u)) * w7;
+}
+#else
+fn mac4(acc: WV, a: vec4<f32>, w0: WV, w1: WV, w2: WV, w3: WV) -> WV {
+    return acc + WV(a.x) * w0 + WV(a.y) * w1 + WV(a.z) * w2 + WV(a.w) * w3;
+}
+#endif
+
 @compute @workgroup_size(64)
-fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c4 = wid.x * 64u + lid;
-    let cw = min(c4, p.ldw4 - 1u);
+fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32
+#ifdef SG_X
+                   , @builtin(subgroup_invocation_id) sid: u32
+#endif
+                   ) {
+    let ldw = p.ldw4 * (4u / WC);
+    let cg = wid.x * 64u + lid;
+    let cw = min(cg, ldw - 1u);
+#ifdef ROWS8
+    let row = wid.y * 8u;
+#else
     let row = wid.y * 4u;
+#endif
     // Rows past the end re-read the last row; their results are never stored.
     let last = p.m - 1u;
-    let x0 = min(row, last) * p.k;
-    let x1 = min(row + 1u, last) * p.k;
-    let x2 = min(row + 2u, last) * p.k;
-    let x3 = min(row + 3u, last) * p.k;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    let o0 = min(row, last) * p.k;
+    let o1 = min(row + 1u, last) * p.k;
+    let o2 = min(row + 2u, last) * p.k;
+    let o3 = min(row + 3u, last) * p.k;
+    var a0 = WV(0.0);
+    var a1 = WV(0.0);
+    var a2 = WV(0.0);
+    var a3 = WV(0.0);
+#ifdef ROWS8
+    let o4 = min(row + 4u, last) * p.k;
+    let o5 = min(row + 5u, last) * p.k;
+    let o6 = min(row + 6u, last) * p.k;
+    let o7 = min(row + 7u, last) * p.k;
+    var a4 = WV(0.0);
+    var a5 = WV(0.0);
+    var a6 = WV(0.0);
+    var a7 = WV(0.0);
+#endif
+#ifdef SG_X
+    // K in steps of 8; past the end, activations read as 0 and weight rows are clamped.
+    let kl = sid & 7u;
+    let kmax = p.k - 1u;
+    for (var kb = 0u; kb < p.k; kb += 8u) {
+        let kx = kb + kl;
+        let ok = kx < p.k;
+        let kc = min(kx, kmax);
+        let w0 = load_wc(min(kb, kmax) * ldw + cw);
+        let w1 = load_wc(min(kb + 1u, kmax) * ldw + cw);
+        let w2 = load_wc(min(kb + 2u, kmax) * ldw + cw);
+        let w3 = load_wc(min(kb + 3u, kmax) * ldw + cw);
+        let w4 = load_wc(min(kb + 4u, kmax) * ldw + cw);
+        let w5 = load_wc(min(kb + 5u, kmax) * ldw + cw);
+        let w6 = load_wc(min(kb + 6u, kmax) * ldw + cw);
+        let w7 = load_wc(min(kb + 7u, kmax) * ldw + cw);
+        a0 = step8(a0, select(0.0, xs(o0 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        a1 = step8(a1, select(0.0, xs(o1 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        a2 = step8(a2, select(0.0, xs(o2 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        a3 = step8(a3, select(0.0, xs(o3 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+#ifdef ROWS8
+        a4 = step8(a4, select(0.0, xs(o4 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        a5 = step8(a5, select(0.0, xs(o5 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        a6 = step8(a6, select(0.0, xs(o6 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        a7 = step8(a7, select(0.0, xs(o7 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+#endif
+    }
+#else
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        let w0 = load_w4(k, cw);
-        let w1 = load_w4(k + 1u, cw);
-        let w2 = load_w4(k + 2u, cw);
-        let w3 = load_w4(k + 3u, cw);
-        acc0 = mac4(acc0, x4(x0, k), w0, w1, w2, w3);
-        acc1 = mac4(acc1, x4(x1, k), w0, w1, w2, w3);
-        acc2 = mac4(acc2, x4(x2, k), w0, w1, w2, w3);
-        acc3 = mac4(acc3, x4(x3, k), w0, w1, w2, w3);
+        let i = k * ldw + cw;
+        let w0 = load_wc(i);
+        let w1 = load_wc(i + ldw);
+        let w2 = load_wc(i + 2u * ldw);
+        let w3 = load_wc(i + 3u * ldw);
+        a0 = mac4(a0, x4(o0, k), w0, w1, w2, w3);
+        a1 = mac4(a1, x4(o1, k), w0, w1, w2, w3);
+        a2 = mac4(a2, x4(o2, k), w0, w1, w2, w3);
+        a3 = mac4(a3, x4(o3, k), w0, w1, w2, w3);
+#ifdef ROWS8
+        a4 = mac4(a4, x4(o4, k), w0, w1, w2, w3);
+        a5 = mac4(a5, x4(o5, k), w0, w1, w2, w3);
+        a6 = mac4(a6, x4(o6, k), w0, w1, w2, w3);
+        a7 = mac4(a7, x4(o7, k), w0, w1, w2, w3);
+#endif
     }
     for (var k = k4; k < p.k; k++) {
-        let wv = load_w4(k, cw);
-        acc0 += xs(x0 + k) * wv;
-        acc1 += xs(x1 + k) * wv;
-        acc2 += xs(x2 + k) * wv;
-        acc3 += xs(x3 + k) * wv;
+        let wv = load_wc(k * ldw + cw);
+        a0 += xs(o0 + k) * wv;
+        a1 += xs(o1 + k) * wv;
+        a2 += xs(o2 + k) * wv;
+        a3 += xs(o3 + k) * wv;
+#ifdef ROWS8
+        a4 += xs(o4 + k) * wv;
+        a5 += xs(o5 + k) * wv;
+        a6 += xs(o6 + k) * wv;
+        a7 += xs(o7 + k) * wv;
+#endif
     }
-    if (c4 < p.ldw4) {
-        store4(row, c4, acc0);
-        store4(row + 1u, c4, acc1);
-        store4(row + 2u, c4, acc2);
-        store4(row + 3u, c4, acc3);
+#endif
+    if (cg < ldw) {
+        store_wc(row, cg, a0);
+        store_wc(row + 1u, cg, a1);
+        store_wc(row + 2u, cg, a2);
+        store_wc(row + 3u, cg, a3);
+#ifdef ROWS8
+        store_wc(row + 4u, cg, a4);
+        store_wc(row + 5u, cg, a5);
+        store_wc(row + 6u, cg, a6);
+        store_wc(row + 7u, cg, a7);
+#endif
     }
 }
 

@@ -1,7 +1,9 @@
-//! Matmul kernels (tiled, register, mat-vec) x f16/f32 weights x epilogues against a CPU reference.
+//! Matmul kernels (tiled, every register tile, mat-vec) x f16/f32 weights x epilogues against a
+//! CPU reference.
 mod common;
 use common::*;
 use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::ops::matmul::RegisterTile;
 use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 
 fn epi(v: f64, e: Epilogue, old: f64) -> f64 {
@@ -66,19 +68,74 @@ const EPIS: [Epilogue; 4] = [
     Epilogue::Accumulate,
 ];
 
+/// Odd M, K (not a multiple of 4 or 8) and N (not a multiple of 4) exercise every bounds path.
+const SHAPES: [(usize, usize, usize); 5] = [
+    (5, 64, 96),
+    (37, 130, 66),
+    (65, 257, 129),
+    (130, 64, 128),
+    (9, 13, 7),
+];
+
+/// The paths a device runs for matrices: both variants with their defaults, every register tile.
+fn matrix_paths(g: &Gpu) -> Vec<MatmulPath> {
+    let mut paths: Vec<MatmulPath> = MatmulVariant::ALL.map(MatmulPath::Matrix).to_vec();
+    paths.extend(RegisterTile::supported(g).map(MatmulPath::Register));
+    paths
+}
+
 #[test]
 fn matrix_variants_match_cpu() {
     for g in [gpu(), portable_gpu()] {
-        for v in MatmulVariant::ALL {
-            for (m, k, n) in [(5, 64, 96), (37, 130, 66), (65, 257, 129), (130, 64, 128)] {
+        for path in matrix_paths(g) {
+            for (m, k, n) in SHAPES {
                 for dtype in [DType::F32, DType::F16] {
                     for (i, e) in EPIS.into_iter().enumerate() {
-                        check(g, MatmulPath::Matrix(v), m, k, n, dtype, e, i % 2 == 0);
+                        check(g, path, m, k, n, dtype, e, i % 2 == 0);
                     }
                 }
             }
         }
     }
+}
+
+#[test]
+fn register_tiles_cover_the_device() {
+    let g = gpu();
+    let tiles: Vec<RegisterTile> = RegisterTile::supported(g).collect();
+    assert!(tiles.contains(&RegisterTile::default_for(g)));
+    let portable: Vec<RegisterTile> = RegisterTile::supported(portable_gpu()).collect();
+    assert!(portable.iter().all(|t| !t.subgroup), "{portable:?}");
+    assert_eq!(portable.len(), 4);
+    if g.info.device_type == wgpu::DeviceType::Cpu && g.caps.subgroups {
+        // llvmpipe: subgroups of 8, so the subgroup tiles (the default there) must run.
+        assert_eq!(tiles.len(), RegisterTile::ALL.len());
+        assert!(RegisterTile::default_for(g).subgroup);
+    }
+}
+
+#[test]
+fn subgroup_tiles_are_refused_without_subgroups() {
+    let g = portable_gpu();
+    let x = g.upload_f32(&[0.0; 8 * 8], &[8, 8], "x").unwrap();
+    let w = WeightMatrix::from_out_in(g, &[0.0; 8 * 8], 8, 8, DType::F32, "w").unwrap();
+    let out = g.zeros(&[8, 8], DType::F32, "o").unwrap();
+    let tile = RegisterTile {
+        rows: 8,
+        cols: 2,
+        subgroup: true,
+    };
+    let mut b = g.batch();
+    let e = matmul_with(
+        &mut b,
+        MatmulPath::Register(tile),
+        &x,
+        &w,
+        None,
+        Epilogue::None,
+        &out,
+    );
+    assert!(e.unwrap_err().to_string().contains("subgroups"));
 }
 
 #[test]
@@ -104,13 +161,12 @@ fn weights_above_the_binding_limit_are_split() {
     let w = rand_vec(300 * 64, 9, 1.0);
     let tw = WeightMatrix::from_out_in(&g, &w, 300, 64, DType::F32, "w").unwrap();
     assert!(tw.chunks() >= 4, "{} chunks", tw.chunks());
-    for path in [
-        MatmulPath::MatVec,
-        MatmulPath::Matrix(MatmulVariant::Register),
-        MatmulPath::Matrix(MatmulVariant::Tiled),
-    ] {
+    for path in [MatmulPath::MatVec].into_iter().chain(matrix_paths(&g)) {
         for dtype in [DType::F32, DType::F16] {
             check(&g, path, 3, 64, 300, dtype, Epilogue::None, true);
+            if path != MatmulPath::MatVec {
+                check(&g, path, 13, 64, 300, dtype, Epilogue::Accumulate, false);
+            }
         }
     }
 }

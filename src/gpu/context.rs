@@ -60,7 +60,8 @@ fn parse_backend(name: &str) -> Result<wgpu::Backends> {
 pub enum MatmulVariant {
     /// Workgroup-memory tiles of A and B, 4x4 outputs per invocation.
     Tiled,
-    /// No workgroup memory: each invocation owns 4 rows x one vec4 of columns.
+    /// No workgroup memory: each invocation owns a register tile of rows x columns
+    /// (`ops::matmul::RegisterTile`, chosen from the device).
     Register,
 }
 

@@ -99,9 +99,87 @@ pub enum Epilogue {
 /// Which kernel runs: a prefill shape or the decode mat-vec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
+    /// The variant's kernel; for [`MatmulVariant::Register`] with the device's default
+    /// [`RegisterTile`].
     Matrix(MatmulVariant),
+    /// `matmul_register` with an explicit tile (tests, tuning).
+    Register(RegisterTile),
     /// For M <= 4 rows.
     MatVec,
+}
+
+/// Parameters of the `matmul_register` kernel: each of its 64 invocations owns `rows` rows of x
+/// times `cols` contiguous columns of W, accumulated in named registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RegisterTile {
+    /// 4 or 8.
+    pub rows: u32,
+    /// 2 or 4.
+    pub cols: u32,
+    /// Load each activation once per subgroup and share it with `subgroupBroadcast` (needs
+    /// subgroups whose size is a multiple of 8, see [`RegisterTile::subgroups_usable`]).
+    pub subgroup: bool,
+}
+
+impl RegisterTile {
+    /// Every supported tile.
+    pub const ALL: [RegisterTile; 8] = [
+        Self::new(4, 4, false),
+        Self::new(8, 4, false),
+        Self::new(4, 2, false),
+        Self::new(8, 2, false),
+        Self::new(4, 4, true),
+        Self::new(8, 4, true),
+        Self::new(4, 2, true),
+        Self::new(8, 2, true),
+    ];
+
+    const fn new(rows: u32, cols: u32, subgroup: bool) -> Self {
+        Self {
+            rows,
+            cols,
+            subgroup,
+        }
+    }
+
+    /// Whether the subgroup tiles can run on this device: subgroups are available and every
+    /// subgroup size it may pick is a multiple of 8 (llvmpipe: exactly 8, its SIMD width).
+    pub fn subgroups_usable(gpu: &Gpu) -> bool {
+        gpu.caps.subgroups
+            && gpu.info.subgroup_min_size >= 8
+            && gpu.info.subgroup_min_size.is_power_of_two()
+    }
+
+    /// Tiles that can run on this device.
+    pub fn supported(gpu: &Gpu) -> impl Iterator<Item = RegisterTile> {
+        let sg = Self::subgroups_usable(gpu);
+        Self::ALL.into_iter().filter(move |t| sg || !t.subgroup)
+    }
+
+    /// The tile [`MatmulPath::Matrix`]`(Register)` uses. On llvmpipe (Mesa 25, LLVM 15) every
+    /// per-lane storage-buffer load becomes ~13 scalar instructions with two branches, so loads
+    /// per multiply-add decide the speed: 8 rows x 2 columns with subgroup-shared activations
+    /// loads the least per multiply-add among tiles whose accumulators fit the 16 AVX2
+    /// registers; bigger tiles spill and lose (see `register_tile_timings` in
+    /// tests/ops_matmul.rs). About 1.8x the 4 x 4 tile with f16 weights and 2x with f32 on a
+    /// 2-core Zen 3. Without usable subgroups: 4 rows x 4 columns.
+    pub fn default_for(gpu: &Gpu) -> RegisterTile {
+        if Self::subgroups_usable(gpu) {
+            Self::new(8, 2, true)
+        } else {
+            Self::new(4, 4, false)
+        }
+    }
+
+    /// Short name, e.g. `8x2sg`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}x{}{}",
+            self.rows,
+            self.cols,
+            if self.subgroup { "sg" } else { "" }
+        )
+    }
 }
 
 /// Rows up to which the mat-vec kernel is used.
@@ -165,14 +243,35 @@ pub fn matmul_with(
             "mat-vec takes at most {MATVEC_MAX_ROWS} rows, got {m}"
         )));
     }
-    let (entry, size) = match path {
-        MatmulPath::Matrix(MatmulVariant::Tiled) => ("matmul_tiled", [64u32, 64]),
-        MatmulPath::Matrix(MatmulVariant::Register) => ("matmul_register", [256, 4]),
-        MatmulPath::MatVec => ("matvec", [256, MATVEC_MAX_ROWS as u32]),
+    let tile = match path {
+        MatmulPath::Matrix(MatmulVariant::Register) => Some(RegisterTile::default_for(b.gpu())),
+        MatmulPath::Register(t) => Some(t),
+        _ => None,
     };
+    let (entry, size) = if let Some(t) = tile {
+        if !RegisterTile::ALL.contains(&t) {
+            return Err(Error::InvalidArgument(format!("register tile {t:?}")));
+        }
+        if t.subgroup && !RegisterTile::subgroups_usable(b.gpu()) {
+            return Err(Error::Unsupported(format!(
+                "register tile {}: needs subgroups of a multiple of 8 invocations",
+                t.name()
+            )));
+        }
+        // 64 invocations x `cols` columns, `rows` rows.
+        ("matmul_register", [64 * t.cols, t.rows])
+    } else if path == MatmulPath::MatVec {
+        ("matvec", [256, MATVEC_MAX_ROWS as u32])
+    } else {
+        ("matmul_tiled", [64u32, 64])
+    };
+    let sg = tile.is_some_and(|t| t.subgroup);
     let kernel = Kernel::new("matmul", entry)
-        // vec4 activation loads need rows that start on 16 bytes.
-        .flag_if("X_VEC4", k % 4 == 0)
+        // vec4 activation loads need rows that start on 16 bytes; the subgroup tiles load scalars.
+        .flag_if("X_VEC4", k % 4 == 0 && !sg)
+        .flag_if("SG_X", sg)
+        .flag_if("ROWS8", tile.is_some_and(|t| t.rows == 8))
+        .flag_if("W_COLS2", tile.is_some_and(|t| t.cols == 2))
         .define("KSPLIT", format!("{KSPLIT}u"))
         .flag_if("W_F16", w.dtype == DType::F16)
         .flag_if("HAS_BIAS", bias.is_some())
