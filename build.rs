@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 fn main() {
     println!("cargo:rerun-if-changed=shaders");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    // Read at run time: a build script binary may be reused for another checkout of the crate.
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = std::path::Path::new(&root).join("shaders");
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("shaders/ directory")
         .filter_map(|e| e.ok().map(|e| e.path()))

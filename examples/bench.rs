@@ -19,7 +19,7 @@ use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 use ficoco::preprocess::{PixelValues, PromptIds};
 use ficoco::reduce::budget::{Budget, Schedule};
 use ficoco::reduce::flops::Flops;
-use ficoco::reduce::{ReduceSpec, ReductionPlan, ReductionStep, Spans};
+use ficoco::reduce::{ReduceSpec, ReductionPlan, ReductionStep, Spans, METHODS};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -237,7 +237,14 @@ fn run() -> ficoco::Result<()> {
             "--reduce" => {
                 let list = args.next().unwrap_or_default();
                 methods = if list == "all" {
-                    REDUCE_METHODS.iter().map(|m| m.to_string()).collect()
+                    // Every method has a model site; ficoco-vl is the two-site composition.
+                    let mut all: Vec<String> = METHODS
+                        .iter()
+                        .filter(|&&m| m != "none")
+                        .map(|m| m.to_string())
+                        .collect();
+                    all.insert(2, "ficoco-vl".into());
+                    all
                 } else {
                     list.split(',').map(str::to_string).collect()
                 };
@@ -535,23 +542,6 @@ fn run() -> ficoco::Result<()> {
     }
     Ok(())
 }
-
-/// Methods `--reduce all` times (those with a model site).
-const REDUCE_METHODS: &[&str] = &[
-    "ficoco-v",
-    "ficoco-l",
-    "ficoco-vl",
-    "tome",
-    "evit",
-    "fastv",
-    "pdrop",
-    "sparsevlm",
-    "prumerge",
-    "visionzip",
-    "random",
-    "topk-cls",
-    "pool",
-];
 
 /// A prompt of `text` pseudo-random ids with `visual` image tokens after the first five.
 fn synthetic_prompt(cfg: &LlavaConfig, visual: usize, text: usize) -> PromptIds {

@@ -741,14 +741,7 @@ pub fn compress(
     out: &Tensor,
     sizes: &Tensor,
 ) -> Result<()> {
-    let (n, d) = dims2("hidden", hidden)?;
-    if n != split.n {
-        return Err(Error::shape("hidden", format!("{} rows", split.n), n));
-    }
-    let n_out = n + split.new_tokens - split.sources;
-    expect_shape("reduced hidden", out, &[n_out, d])?;
-    expect_shape("token sizes", sizes, &[n_out])?;
-    expect_shape("scores", scores, &[split.cand.len()])?;
+    let (d, n_out) = compress_shapes(hidden, split, scores, out, sizes)?;
     let (ns, w) = match weights {
         Some(w) => {
             expect_shape("merge weights", w, &[split.sources, split.targets])?;
@@ -780,6 +773,25 @@ pub fn compress(
     )
 }
 
+/// Width and output rows of a compress, after checking every tensor against the split.
+fn compress_shapes(
+    hidden: &Tensor,
+    split: &Split,
+    scores: &Tensor,
+    out: &Tensor,
+    sizes: &Tensor,
+) -> Result<(usize, usize)> {
+    let (n, d) = dims2("hidden", hidden)?;
+    if n != split.n {
+        return Err(Error::shape("hidden", format!("{} rows", split.n), n));
+    }
+    let n_out = n + split.new_tokens - split.sources;
+    expect_shape("reduced hidden", out, &[n_out, d])?;
+    expect_shape("token sizes", sizes, &[n_out])?;
+    expect_shape("scores", scores, &[split.cand.len()])?;
+    Ok((d, n_out))
+}
+
 /// Write the split's new tokens: each the weighted sum (mean, with `normalise` and unit
 /// weights) of the sources grouped into it; `sizes` gets the member counts.
 pub fn compress_new(
@@ -791,14 +803,7 @@ pub fn compress_new(
     out: &Tensor,
     sizes: &Tensor,
 ) -> Result<()> {
-    let (n, d) = dims2("hidden", hidden)?;
-    if n != split.n {
-        return Err(Error::shape("hidden", format!("{} rows", split.n), n));
-    }
-    let n_out = n + split.new_tokens - split.sources;
-    expect_shape("reduced hidden", out, &[n_out, d])?;
-    expect_shape("token sizes", sizes, &[n_out])?;
-    expect_shape("scores", scores, &[split.cand.len()])?;
+    let (d, _) = compress_shapes(hidden, split, scores, out, sizes)?;
     if split.new_tokens == 0 {
         return Ok(());
     }
