@@ -563,7 +563,8 @@ pub struct StepOutput {
     pub hidden: Vec<f32>,
     /// Input index of each output row, [`NEW_TOKEN`] for a new token.
     pub kept: Vec<u32>,
-    /// Grid position of each output row (-1 for new tokens).
+    /// Position of each output row (new tokens: -1, or with `Spans::rope_positions` the span's
+    /// last input token's).
     pub positions: Vec<i32>,
     /// Input index of each scored candidate (ToMe: set A only), ascending.
     pub score_index: Vec<u32>,
