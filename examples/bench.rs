@@ -19,7 +19,7 @@ use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 use ficoco::preprocess::{PixelValues, PromptIds};
 use ficoco::reduce::budget::{Budget, Schedule};
 use ficoco::reduce::flops::Flops;
-use ficoco::reduce::{ReduceSpec, ReductionPlan, ReductionStep, Spans, METHODS};
+use ficoco::reduce::{PositionKind, ReduceSpec, ReductionPlan, ReductionStep, Spans, METHODS};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -590,7 +590,7 @@ fn reduction_overhead_ms(
             let spans = Spans {
                 visual: Some(5..5 + visual),
                 text: Some(5 + visual..n),
-                rope_positions: true,
+                positions: PositionKind::Rope,
                 ..Spans::default()
             };
             steps.push((

@@ -30,6 +30,8 @@ const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT |
                          fastv, pdrop, sparsevlm, prumerge, visionzip, random, topk-cls, pool
                          or none; budget B = visual tokens left (64), a fraction (0.11) or
                          LLM-prefill TFLOPs (1.5T); default 64/576 of the visual tokens
+  --renumber-positions   after an LLM-side reduction, renumber RoPE positions contiguously
+                         (default: tokens keep their original positions)
   --show-kept FILE.png   write the preprocessed image with the patches that reached the LLM
                          outlined and the discarded ones dimmed";
 
@@ -47,6 +49,7 @@ struct Args {
     dump_logits: Option<PathBuf>,
     reduce: ReduceSpec,
     show_kept: Option<PathBuf>,
+    renumber_positions: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
             budget: Budget::Fraction(1.0),
         },
         show_kept: None,
+        renumber_positions: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
             "--dump-logits" => a.dump_logits = Some(value()?.into()),
             "--reduce" => a.reduce = value()?.parse().map_err(|e| format!("--reduce: {e}"))?,
             "--show-kept" => a.show_kept = Some(value()?.into()),
+            "--renumber-positions" => a.renumber_positions = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -173,7 +178,11 @@ fn run(args: Args) -> ficoco::Result<()> {
     let flops = Flops::of(model.config(), &planned.schedule)?;
     let full_schedule = ficoco::reduce::budget::Schedule::full(model.config(), text_tokens);
     let flops_full = Flops::of(model.config(), &full_schedule)?;
-    model.set_reduction(planned.plan.clone())?;
+    let plan = ficoco::reduce::ReductionPlan {
+        renumber_positions: args.renumber_positions,
+        ..planned.plan.clone()
+    };
+    model.set_reduction(plan)?;
     if !args.json && !planned.plan.is_empty() {
         eprintln!(
             "reduce {}: {} ({flops} vs {flops_full} unreduced)",

@@ -11,7 +11,7 @@
 //! `positions` (i32) and `scores` (f32, each scored candidate's filter score).
 
 use ficoco::gpu::{Gpu, GpuOptions};
-use ficoco::reduce::{self, run_once, Spans, NEW_TOKEN};
+use ficoco::reduce::{self, run_once, PositionKind, Spans, NEW_TOKEN};
 use ficoco::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ fn parse() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--rope-positions" {
-            spans.rope_positions = true;
+            spans.positions = PositionKind::Rope;
             continue;
         }
         if flag == "-h" || flag == "--help" {

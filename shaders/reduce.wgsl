@@ -6,7 +6,8 @@
 // no [CLS]), indexed c = 0..np in sequence order. Sources S (leave the sequence) and targets T
 // (kept candidates) come from the scores; every other token passes through. New tokens (kept =
 // NONE) are written after the surviving tokens before `span_end` (G3); their position is -1 (no
-// grid cell), or with `rope_positions` that of the span's last input token.
+// grid cell), or with `positions_mode` 1 (RoPE positions) that of the span's last input token;
+// mode 2 (renumbered RoPE positions) gives every output row its row index.
 // The plan buffer (u32, 7n + 6 words) written by split_tokens:
 //   [0, n)   slot[seq]  output row of each input token, NONE if it left the sequence
 //   [n, 2n)  src[a]     sequence index of source a (ascending)
@@ -97,7 +98,7 @@ struct Params {
     weighted: u32, n_new: u32, span_end: u32, n_recycle: u32,
     rows: u32, cols: u32, nr: u32, nc: u32,
     stride: u32, bipartite: u32, count: u32, knn: u32,
-    score_self: u32, score_members: u32, normalise: u32, rope_positions: u32,
+    score_self: u32, score_members: u32, normalise: u32, positions_mode: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -377,7 +378,8 @@ fn split_tokens(@builtin(local_invocation_index) lid: u32) {
                 plan[3u * n + r] = NONE;
                 // RoPE positions: the span's last token's, so order and distances to the text
                 // hold; grid positions: no cell.
-                positions_out[r] = select(-1, positions[p.span_end - 1u], p.rope_positions == 1u);
+                positions_out[r] = select(-1, positions[p.span_end - 1u], p.positions_mode == 1u);
+                if (p.positions_mode == 2u) { positions_out[r] = i32(r); }
                 r++;
             }
         }
@@ -415,7 +417,7 @@ fn split_tokens(@builtin(local_invocation_index) lid: u32) {
             }
             plan[seq] = r;
             plan[3u * n + r] = seq;
-            positions_out[r] = positions[seq];
+            positions_out[r] = select(positions[seq], i32(r), p.positions_mode == 2u);
             r++;
         }
     }

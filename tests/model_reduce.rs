@@ -98,6 +98,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: site("ficoco-v", &[(0, 4), (1, 4)]),
                 llm: None,
+                renumber_positions: false,
             },
         ),
         (
@@ -105,6 +106,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: site("topk-cls", &[(1, 6)]),
                 llm: None,
+                renumber_positions: false,
             },
         ),
         (
@@ -112,6 +114,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: None,
                 llm: site("ficoco-l", &[(0, 6), (1, 4)]),
+                renumber_positions: false,
             },
         ),
         (
@@ -119,6 +122,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: None,
                 llm: site("fastv", &[(1, 8)]),
+                renumber_positions: false,
             },
         ),
         (
@@ -126,6 +130,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: None,
                 llm: site("pdrop", &[(0, 4), (1, 4)]),
+                renumber_positions: false,
             },
         ),
         (
@@ -133,6 +138,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: site("tome", &[(0, 4), (1, 3)]),
                 llm: None,
+                renumber_positions: false,
             },
         ),
         (
@@ -140,6 +146,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: site("evit", &[(1, 6)]),
                 llm: None,
+                renumber_positions: false,
             },
         ),
         (
@@ -147,6 +154,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: site("visionzip", &[(1, 8)]),
                 llm: None,
+                renumber_positions: false,
             },
         ),
         (
@@ -154,6 +162,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: site("pool", &[(1, 12)]),
                 llm: None,
+                renumber_positions: false,
             },
         ),
         (
@@ -161,6 +170,23 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: None,
                 llm: site("sparsevlm", &[(0, 6)]),
+                renumber_positions: false,
+            },
+        ),
+        (
+            "ficoco-l, renumbered positions",
+            ReductionPlan {
+                vision: None,
+                llm: site("ficoco-l", &[(0, 6), (1, 4)]),
+                renumber_positions: true,
+            },
+        ),
+        (
+            "sparsevlm, renumbered positions",
+            ReductionPlan {
+                vision: None,
+                llm: site("sparsevlm", &[(0, 6)]),
+                renumber_positions: true,
             },
         ),
         (
@@ -168,6 +194,7 @@ fn reduced_decoding_matches_reprefill() {
             ReductionPlan {
                 vision: site("ficoco-v", &[(0, 4)]),
                 llm: site("ficoco-l", &[(1, 6)]),
+                renumber_positions: false,
             },
         ),
     ];
@@ -196,6 +223,20 @@ fn reduced_decoding_matches_reprefill() {
         }
     }
     let _ = full_tokens;
+    // Renumbering changes the positions the later layers see.
+    let mut logits_for = |renumber_positions: bool| {
+        f.model
+            .set_reduction(ReductionPlan {
+                vision: None,
+                llm: site("ficoco-l", &[(0, 6)]),
+                renumber_positions,
+            })
+            .unwrap();
+        let prompt = f.prompt();
+        f.generate(&prompt, 1).1
+    };
+    let (kept, renumbered) = (logits_for(false), logits_for(true));
+    assert!(max_abs_diff(&kept, &renumbered) > 1e-5);
 }
 
 #[test]
@@ -204,24 +245,28 @@ fn impossible_plans_are_refused() {
     let too_late = ReductionPlan {
         vision: site("ficoco-v", &[(2, 1)]),
         llm: None,
+        renumber_positions: false,
     };
     let e = f.model.set_reduction(too_late).unwrap_err().to_string();
     assert!(e.contains("only layers 0..2 run"), "{e}");
     let too_many = ReductionPlan {
         vision: site("ficoco-v", &[(0, 10), (1, 6)]),
         llm: None,
+        renumber_positions: false,
     };
     let e = f.model.set_reduction(too_many).unwrap_err().to_string();
     assert!(e.contains("keep at least one"), "{e}");
     let no_layer = ReductionPlan {
         vision: None,
         llm: site("fastv", &[(3, 1)]),
+        renumber_positions: false,
     };
     let e = f.model.set_reduction(no_layer).unwrap_err().to_string();
     assert!(e.contains("3 layers"), "{e}");
     let llm_too_many = ReductionPlan {
         vision: None,
         llm: site("fastv", &[(0, 17)]),
+        renumber_positions: false,
     };
     f.model.set_reduction(llm_too_many).unwrap();
     let prompt = f.prompt();

@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use ficoco::reduce::random::numpy_permutation;
 use ficoco::reduce::{
-    self, run_once, Pool, PruMerge, RandomDrop, Reduction, Spans, NEW_TOKEN, PLANNED_METHODS,
+    self, run_once, Pool, PositionKind, PruMerge, RandomDrop, Reduction, Spans, NEW_TOKEN,
+    PLANNED_METHODS,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -103,10 +104,14 @@ fn steps_match_numpy_reference() {
             text: span(&case["text"]),
             grid: case["grid"].as_u64().map(|g| g as usize),
             // LLM cases (with a question) carry RoPE positions.
-            rope_positions: case["text"].is_array(),
+            positions: if case["text"].is_array() {
+                PositionKind::Rope
+            } else {
+                PositionKind::Grid
+            },
         };
-        let new_position = match (&spans.visual, spans.rope_positions) {
-            (Some(v), true) => positions[v.end - 1],
+        let new_position = match (&spans.visual, spans.positions) {
+            (Some(v), PositionKind::Rope) => positions[v.end - 1],
             _ => -1,
         };
         let out = pollster::block_on(run_once(

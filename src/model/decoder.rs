@@ -9,7 +9,7 @@ use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{
     self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightMatrix,
 };
-use crate::reduce::{SiteReduction, SiteScratch, Spans};
+use crate::reduce::{PositionKind, SiteReduction, SiteScratch, Spans};
 use crate::{Error, Result};
 use std::ops::Range;
 
@@ -42,10 +42,16 @@ struct Workspace {
     ids: Tensor,
     positions: Tensor,
     positions_alt: Tensor,
+    /// Per-layer decode positions of a renumbered cache, one 256-byte slot per layer.
+    layer_positions: Tensor,
     attn: AttentionScratch,
     /// Allocated by [`Decoder::prepare_reduction`].
     reduce: Option<SiteScratch>,
 }
+
+/// u32 words per layer in `layer_positions` (256 bytes: the storage binding offset alignment
+/// WebGPU guarantees).
+const LAYER_POSITION_SLOT: usize = 64;
 
 /// An LLM-site reduction for one prefill: the steps, and where the image and the question are
 /// in the prompt (the text span is the question after the image).
@@ -53,6 +59,8 @@ pub struct PrefillReduction<'a> {
     pub site: &'a SiteReduction,
     pub visual: Range<usize>,
     pub text: Range<usize>,
+    /// Renumber RoPE positions contiguously after each reduction (else keep them).
+    pub renumber: bool,
 }
 
 pub struct Decoder {
@@ -162,6 +170,11 @@ impl Decoder {
             ids: gpu.zeros(&[capacity], DType::U32, "ids")?,
             positions: gpu.zeros(&[capacity], DType::U32, "positions")?,
             positions_alt: gpu.zeros(&[capacity], DType::U32, "reduced positions")?,
+            layer_positions: gpu.zeros(
+                &[layers.len() * LAYER_POSITION_SLOT],
+                DType::U32,
+                "layer positions",
+            )?,
             attn: AttentionScratch::new(gpu, capacity, heads)?,
             reduce: None,
         };
@@ -259,7 +272,11 @@ impl Decoder {
                 Some(Spans {
                     visual: Some(r.visual.clone()),
                     text: Some(r.text.clone()),
-                    rope_positions: true,
+                    positions: if r.renumber {
+                        PositionKind::RopeRenumbered
+                    } else {
+                        PositionKind::Rope
+                    },
                     ..Spans::default()
                 })
             }
@@ -267,6 +284,21 @@ impl Decoder {
         };
         b.gpu()
             .write(&ws.positions, bytemuck::cast_slice(positions))?;
+        // A renumbered cache decodes each layer at its own length.
+        let per_layer = reduce.is_none() && cache.renumbered;
+        if per_layer {
+            if n != 1 {
+                return Err(Error::InvalidArgument(
+                    "a cache with renumbered positions takes one token per step".into(),
+                ));
+            }
+            let mut words = vec![0u32; cache.layers.len() * LAYER_POSITION_SLOT];
+            for (i, lc) in cache.layers.iter().enumerate() {
+                words[i * LAYER_POSITION_SLOT] = lc.len as u32;
+            }
+            b.gpu()
+                .write(&ws.layer_positions, bytemuck::cast_slice(&words))?;
+        }
         let (mut x, mut x_alt) = (&ws.x, &ws.x_alt);
         let (mut pos, mut pos_alt) = (&ws.positions, &ws.positions_alt);
         for (i, (l, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
@@ -278,7 +310,12 @@ impl Decoder {
                 )));
             }
             let drop = reduce.map_or(0, |r| r.site.drop_after(i));
-            let (xt, a, pn) = (x.view(&[n, d]), ws.a.view(&[n, d]), pos.view(&[n]));
+            let pn = if per_layer {
+                ws.layer_positions.slice(i * LAYER_POSITION_SLOT, &[1])
+            } else {
+                pos.view(&[n])
+            };
+            let (xt, a) = (x.view(&[n, d]), ws.a.view(&[n, d]));
             let (q, k, v, ctx) = (
                 ws.q.view(&[n, qd]),
                 ws.k.view(&[n, kvd]),
@@ -344,6 +381,9 @@ impl Decoder {
         }
         // The last prompt token is text, never reduced: its position continues the sequence.
         cache.next_position = positions[positions.len() - 1] + 1;
+        if let Some(r) = reduce {
+            cache.renumbered = r.renumber;
+        }
         b.copy(&x.slice((n - 1) * d, &[1, d]), &ws.last)?;
         self.norm.forward(b, &ws.last, eps, &ws.last_normed)?;
         ops::matmul(

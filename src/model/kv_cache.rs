@@ -17,6 +17,8 @@ pub struct KvCache {
     capacity: usize,
     /// RoPE position the next appended token gets.
     pub next_position: u32,
+    /// A reduced prefill renumbered positions: each layer's next position is its own length.
+    pub renumbered: bool,
 }
 
 impl KvCache {
@@ -34,6 +36,7 @@ impl KvCache {
             layers,
             capacity,
             next_position: 0,
+            renumbered: false,
         })
     }
 
@@ -47,6 +50,7 @@ impl KvCache {
             l.len = 0;
         }
         self.next_position = 0;
+        self.renumbered = false;
     }
 
     pub fn bytes(&self) -> u64 {

@@ -308,6 +308,7 @@ impl Llava {
         let reduce = self.reduction.llm.as_ref().map(|site| PrefillReduction {
             site,
             text: image.end..prompt.text_end,
+            renumber: self.reduction.renumber_positions,
             visual: image,
         });
         let logits = self

@@ -67,7 +67,7 @@ struct Params {
     score_self: u32,
     score_members: u32,
     normalise: u32,
-    rope_positions: u32,
+    positions_mode: u32,
 }
 
 /// The tokens a step may discard: `span` of an `n`-token sequence, without `cls`.
@@ -359,14 +359,27 @@ pub struct Layout {
     pub span_end: usize,
     /// The best-ranked sources listed as recycled (importance filters only).
     pub recycled: usize,
-    /// Positions are RoPE positions: new tokens take the last span token's instead of -1.
-    pub rope_positions: bool,
+    /// What the positions are (grid indices, RoPE positions kept or renumbered).
+    pub positions: PositionKind,
+}
+
+/// What a step's positions are, and so what the output tokens get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PositionKind {
+    /// Patch grid indices (vision): survivors keep theirs, new tokens get -1 (no cell).
+    #[default]
+    Grid = 0,
+    /// RoPE positions kept (LLM): survivors keep theirs, new tokens take the visual span's last
+    /// token's, so order and distances to the text hold.
+    Rope = 1,
+    /// RoPE positions renumbered: every output row gets its row index.
+    RopeRenumbered = 2,
 }
 
 /// Split the candidates into `layout.sources` sources and the remaining targets by score (the
 /// highest discarded, or with `keep_high` the highest kept), and lay out the output sequence:
 /// survivors in input order with the new tokens at `span_end`. Also writes the output tokens'
-/// positions (see [`Layout::rope_positions`] for new tokens).
+/// positions (see [`PositionKind`]).
 #[allow(clippy::too_many_arguments)]
 pub fn split_tokens<'a>(
     b: &mut Batch,
@@ -404,7 +417,7 @@ pub fn split_tokens<'a>(
         n_new: layout.new_tokens as u32,
         span_end: layout.span_end as u32,
         n_recycle: layout.recycled as u32,
-        rope_positions: u32::from(layout.rope_positions),
+        positions_mode: layout.positions as u32,
         ..cand.params()
     };
     b.dispatch(

@@ -20,6 +20,7 @@ pub mod spec;
 pub mod stages;
 pub mod step;
 
+pub use crate::ops::reduce::PositionKind;
 pub use method::{
     by_name, FicocoL, FicocoV, Pool, PruMerge, RandomDrop, SparseVlm, VisionZip, METHODS,
     PLANNED_METHODS,

@@ -33,6 +33,9 @@ impl SiteReduction {
 pub struct ReductionPlan {
     pub vision: Option<SiteReduction>,
     pub llm: Option<SiteReduction>,
+    /// After an LLM reduction, renumber RoPE positions contiguously in each later layer (and
+    /// decode at each layer's own length) instead of keeping the original positions.
+    pub renumber_positions: bool,
 }
 
 impl ReductionPlan {
@@ -67,6 +70,7 @@ impl ReductionPlan {
         ReductionPlan {
             vision: site(vision, vision_drops),
             llm: site(llm, llm_drops),
+            renumber_positions: false,
         }
     }
 

@@ -7,8 +7,8 @@ use super::random::numpy_permutation;
 use super::stages::{Compress, Correlate, Filter, Grouping, Reduction, Rows, Score};
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::reduce::{
-    self as k, Candidates, Correlation, Layout, Measure, ScoreTerm, Similarity, SourceGroups,
-    Split, TokenList, Weighting,
+    self as k, Candidates, Correlation, Layout, Measure, PositionKind, ScoreTerm, Similarity,
+    SourceGroups, Split, TokenList, Weighting,
 };
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -30,9 +30,8 @@ pub struct Spans {
     pub text: Option<Range<usize>>,
     /// Side of the square patch grid the positions index, for the local penalty and pooling.
     pub grid: Option<usize>,
-    /// The positions are RoPE positions (LLM), not grid indices: new tokens take the position of
-    /// the visual span's last token instead of -1.
-    pub rope_positions: bool,
+    /// What the positions are: grid indices (vision), RoPE positions kept or renumbered (LLM).
+    pub positions: PositionKind,
 }
 
 /// Scratch for reduction steps over sequences of up to `max_tokens`.
@@ -178,7 +177,7 @@ impl ReductionStep {
             new_tokens,
             span_end: cand.span.end,
             recycled,
-            rope_positions: spans.rope_positions,
+            positions: spans.positions,
         };
         let split = k::split_tokens(
             b,
@@ -563,8 +562,7 @@ pub struct StepOutput {
     pub hidden: Vec<f32>,
     /// Input index of each output row, [`NEW_TOKEN`] for a new token.
     pub kept: Vec<u32>,
-    /// Position of each output row (new tokens: -1, or with `Spans::rope_positions` the span's
-    /// last input token's).
+    /// Position of each output row (see [`PositionKind`] for new tokens).
     pub positions: Vec<i32>,
     /// Input index of each scored candidate (ToMe: set A only), ascending.
     pub score_index: Vec<u32>,
