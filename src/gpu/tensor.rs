@@ -53,6 +53,8 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
+    // wgpu's buffers are not Send on the web, where everything runs on one thread.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub(crate) fn new(buf: super::TrackedBuffer, shape: Vec<usize>, dtype: DType) -> Self {
         Self {
             buf: Arc::new(buf),
