@@ -3,10 +3,11 @@
 // Causal: the queries are the last q_len entries of the sequence, so query i sees keys
 // j <= kv_len - q_len + i (by cache index). Layouts, row-major: q and out [q_len, heads * hd],
 // k and v [capacity, kv_heads * hd], lse [q_len, heads], probs [q_len, kv_len].
-//   attention  one workgroup of 64 per (query, head), flattened as wid.x + wid.y * nwg.x. Keys
-//              go by in chunks of 64 (one per invocation), with an online softmax (running max and
-//              sum); each invocation owns output dims lid and lid + 64. With WRITE_LSE it also
-//              stores each (query, head)'s log-sum-exp for the probs pass.
+//   attention  one workgroup of 64 per (4 consecutive queries, head), flattened as wid.x + wid.y *
+//              nwg.x: the four queries share every key and value load. Keys go by in chunks of
+//              64 (one per invocation), with an online softmax (running max and sum, a vec4 for
+//              the four queries); each invocation owns output dims lid and lid + 64. With
+//              WRITE_LSE it also stores each (query, head)'s log-sum-exp for the probs pass.
 //              Bindings: 1 q, 2 k, 3 v (read), 4 out (write), 5 lse (write, WRITE_LSE only).
 //   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
 //              strided over keys; masked entries are exactly 0.
@@ -39,11 +40,14 @@ fn kv_head(h: u32) -> u32 {
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 #endif
 
-var<workgroup> qs: array<f32, 128>;
-var<workgroup> ps: array<f32, CHUNK>;
-var<workgroup> red: array<f32, CHUNK>;
+// Four queries share each workgroup, so every key and value load feeds four multiply-adds.
+const QB: u32 = 4u;
 
-fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
+var<workgroup> qs: array<vec4<f32>, 128>;
+var<workgroup> ps: array<vec4<f32>, CHUNK>;
+var<workgroup> red: array<vec4<f32>, CHUNK>;
+
+fn reduce(lid: u32, v: vec4<f32>, is_max: bool) -> vec4<f32> {
     red[lid] = v;
     workgroupBarrier();
     for (var s = CHUNK / 2u; s > 0u; s = s >> 1u) {
@@ -62,31 +66,40 @@ fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let flat = wid.x + wid.y * nwg.x;
-    if (flat >= p.q_len * p.heads) { return; }
-    let i = flat / p.heads;
+    let blocks = (p.q_len + QB - 1u) / QB;
+    if (flat >= blocks * p.heads) { return; }
+    let i0 = (flat / p.heads) * QB;
     let h = flat % p.heads;
     let qd = p.heads * p.hd;
     let kvd = p.kv_heads * p.hd;
     let koff = kv_head(h) * p.hd;
-    for (var d = lid; d < p.hd; d += CHUNK) { qs[d] = q[i * qd + h * p.hd + d]; }
+    // Queries past the end repeat the last one; their results are not stored.
+    let last = p.q_len - 1u;
+    for (var d = lid; d < p.hd; d += CHUNK) {
+        let c = h * p.hd + d;
+        qs[d] = vec4<f32>(q[min(i0, last) * qd + c], q[min(i0 + 1u, last) * qd + c],
+                          q[min(i0 + 2u, last) * qd + c], q[min(i0 + 3u, last) * qd + c]);
+    }
     workgroupBarrier();
-    let n = visible(i);
-    var m = NEG_INF;
-    var l = 0.0;
-    var o0 = 0.0;
-    var o1 = 0.0;
+    let nv = vec4<u32>(visible(min(i0, last)), visible(min(i0 + 1u, last)),
+                       visible(min(i0 + 2u, last)), visible(min(i0 + 3u, last)));
+    let n = max(max(nv.x, nv.y), max(nv.z, nv.w));
+    var m = vec4<f32>(NEG_INF);
+    var l = vec4<f32>(0.0);
+    var o0 = vec4<f32>(0.0);
+    var o1 = vec4<f32>(0.0);
     for (var j0 = 0u; j0 < n; j0 += CHUNK) {
         let j = j0 + lid;
-        var s = NEG_INF;
+        var acc = vec4<f32>(0.0);
         if (j < n) {
-            var acc = 0.0;
             let kb = j * kvd + koff;
             for (var d = 0u; d < p.hd; d++) { acc += qs[d] * k[kb + d]; }
-            s = acc * p.scale;
         }
+        let seen = vec4<u32>(j) < nv;
+        let s = select(vec4<f32>(NEG_INF), acc * p.scale, seen);
         let m_new = max(m, reduce(lid, s, true));
         let alpha = exp(m - m_new);
-        let pj = select(0.0, exp(s - m_new), j < n);
+        let pj = select(vec4<f32>(0.0), exp(s - m_new), seen);
         ps[lid] = pj;
         l = l * alpha + reduce(lid, pj, false);
         m = m_new;
@@ -101,12 +114,16 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
         workgroupBarrier();
     }
-    let ob = i * qd + h * p.hd;
-    if (lid < p.hd) { out[ob + lid] = o0 / l; }
-    if (lid + CHUNK < p.hd) { out[ob + lid + CHUNK] = o1 / l; }
+    for (var r = 0u; r < QB; r++) {
+        let i = i0 + r;
+        if (i >= p.q_len) { break; }
+        let ob = i * qd + h * p.hd;
+        if (lid < p.hd) { out[ob + lid] = o0[r] / l[r]; }
+        if (lid + CHUNK < p.hd) { out[ob + lid + CHUNK] = o1[r] / l[r]; }
 #ifdef WRITE_LSE
-    if (lid == 0u) { lse[i * p.heads + h] = m + log(l); }
+        if (lid == 0u) { lse[i * p.heads + h] = m[r] + log(l[r]); }
 #endif
+    }
 }
 #endif
 

@@ -123,7 +123,8 @@ pub fn attention(
     if probs.is_some() {
         binds.push(Bind::W(&lse));
     }
-    let grid = b.gpu().grid((q_len * s.heads) as u32);
+    // One workgroup per four queries of one head.
+    let grid = b.gpu().grid((q_len.div_ceil(4) * s.heads) as u32);
     b.dispatch(&kernel, &p, &binds, grid)?;
     if let Some(probs) = probs {
         expect_shape("attention probabilities", probs, &[q_len, kv_len])?;
