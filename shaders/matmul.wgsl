@@ -16,7 +16,7 @@
 //                    subgroups whose size is a multiple of 8) each lane loads one activation of a
 //                    K-step of 8 and subgroupBroadcast shares it, instead of every lane loading all
 //                    8: llvmpipe turns each per-lane storage load into ~13 scalar instructions.
-//   matvec           m <= 4 (decode): 64 vec4 columns x KSPLIT slices of K per workgroup,
+//   matvec           m = MV_ROWS <= 4 (decode): 64 vec4 columns x KSPLIT slices of K per workgroup,
 //                    partial sums combined in workgroup memory.
 
 #include "erf"
@@ -300,8 +300,10 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
 // ---------------------------------------------------------------- matvec
 
+#ifdef MV_ROWS
 var<workgroup> partial: array<vec4<f32>, 256>;
 
+// MV_ROWS (1..=4, the rows of x) is a constant, so decoding's single row does no extra work.
 @compute @workgroup_size(64, KSPLIT)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -315,11 +317,11 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     for (var k = l.y; k < p.k; k += KSPLIT) {
         let wv = load_w4(k, cw);
         acc0 += xs(k) * wv;
-        acc1 += xs(min(1u, last) * p.k + k) * wv;
-        acc2 += xs(min(2u, last) * p.k + k) * wv;
-        acc3 += xs(min(3u, last) * p.k + k) * wv;
+        if (MV_ROWS > 1u) { acc1 += xs(min(1u, last) * p.k + k) * wv; }
+        if (MV_ROWS > 2u) { acc2 += xs(min(2u, last) * p.k + k) * wv; }
+        if (MV_ROWS > 3u) { acc3 += xs(min(3u, last) * p.k + k) * wv; }
     }
-    for (var r = 0u; r < 4u; r++) {
+    for (var r = 0u; r < MV_ROWS; r++) {
         var acc = acc0;
         if (r == 1u) { acc = acc1; }
         if (r == 2u) { acc = acc2; }
@@ -334,3 +336,4 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         workgroupBarrier();
     }
 }
+#endif

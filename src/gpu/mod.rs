@@ -81,6 +81,7 @@ pub struct Gpu {
     modules: Mutex<HashMap<String, wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<Vec<bool>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pipeline_ms: Mutex<f64>,
     bind_groups: Mutex<HashMap<BindGroupKey, wgpu::BindGroup>>,
     readback: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Held from a batch's arena write to its submit, so concurrent batches cannot interleave.
@@ -118,6 +119,7 @@ impl Gpu {
             modules: Mutex::default(),
             layouts: Mutex::default(),
             pipelines: Mutex::default(),
+            pipeline_ms: Mutex::default(),
             bind_groups: Mutex::default(),
             readback: Mutex::default(),
             submit_lock: Mutex::default(),
@@ -369,6 +371,7 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
+        let mut clock = crate::clock::Clock::start();
         let module = self.module(kernel)?;
         let layout = self.layout(pattern).1;
         let pipeline = self
@@ -383,12 +386,18 @@ impl Gpu {
             });
         let p = Arc::new(pipeline);
         self.pipelines.lock().unwrap().insert(key, p.clone());
+        *self.pipeline_ms.lock().unwrap() += clock.lap_ms();
         Ok(p)
     }
 
     /// Number of compiled pipelines (cold-start cost is paid once per entry).
     pub fn pipeline_count(&self) -> usize {
         self.pipelines.lock().unwrap().len()
+    }
+
+    /// Milliseconds spent compiling shaders and creating pipelines so far (the cold-start cost).
+    pub fn pipeline_ms(&self) -> f64 {
+        *self.pipeline_ms.lock().unwrap()
     }
 
     fn module(&self, kernel: &Kernel) -> Result<wgpu::ShaderModule> {

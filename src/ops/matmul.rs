@@ -278,6 +278,11 @@ pub fn matmul_with(
         .flag_if("EPI_GELU", epilogue == Epilogue::Gelu)
         .flag_if("EPI_QUICK_GELU", epilogue == Epilogue::QuickGelu)
         .flag_if("EPI_ACCUMULATE", epilogue == Epilogue::Accumulate);
+    let kernel = if path == MatmulPath::MatVec {
+        kernel.define("MV_ROWS", format!("{m}u"))
+    } else {
+        kernel
+    };
     for c in &w.chunks {
         let p = Params {
             m: m as u32,
