@@ -32,8 +32,9 @@ const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT |
                          LLM-prefill TFLOPs (1.5T); default 64/576 of the visual tokens
   --renumber-positions   after an LLM-side reduction, renumber RoPE positions contiguously
                          (default: tokens keep their original positions)
-  --show-kept FILE.png   write the preprocessed image with the patches that reached the LLM
-                         outlined and the discarded ones dimmed";
+  --show-kept FILE.png   write the preprocessed image with the kept and merged patches drawn
+                         over it: each patch tinted by the token that absorbed it, patches
+                         whose own token survived outlined, pruned ones dimmed";
 
 struct Args {
     model: PathBuf,
@@ -183,6 +184,9 @@ fn run(args: Args) -> ficoco::Result<()> {
         ..planned.plan.clone()
     };
     model.set_reduction(plan)?;
+    if args.show_kept.is_some() {
+        model.set_trace_merges(true)?;
+    }
     if !args.json && !planned.plan.is_empty() {
         eprintln!(
             "reduce {}: {} ({flops} vs {flops_full} unreduced)",
@@ -222,10 +226,11 @@ fn run(args: Args) -> ficoco::Result<()> {
     }
     if let Some(path) = &args.show_kept {
         let kept = pollster::block_on(model.kept_patches())?;
+        let owners = pollster::block_on(model.patch_owners())?;
         let crop = processor.resized_planes(&image)?;
         let side = model.config().vision_config.image_size;
         let grid = side / model.config().vision_config.patch_size;
-        write_kept_overlay(path, &crop, side, grid, &kept)?;
+        write_kept_overlay(path, &crop, side, grid, &kept, &owners)?;
     }
     let flops_json = |f: &Flops| {
         serde_json::json!({"vision": f.vision, "projector": f.projector,
@@ -282,14 +287,16 @@ fn write_logits(path: &std::path::Path, logits: &[f32]) -> ficoco::Result<()> {
     std::fs::write(path, bytes).map_err(|e| ficoco::Error::file(path, e))
 }
 
-/// The preprocessed image with each patch that reached the LLM outlined in white and every
-/// other patch dimmed.
+/// The preprocessed image with merge attribution: each patch tinted with the colour of the
+/// visual token that absorbed it (`owners[patch]`, a hashed hue per token), patches whose own
+/// token reached the LLM (`kept`) outlined in white, pruned patches (owner -1) dimmed.
 fn write_kept_overlay(
     path: &std::path::Path,
     planes: &[u8],
     side: usize,
     grid: usize,
     kept: &[i32],
+    owners: &[i32],
 ) -> ficoco::Result<()> {
     let patch = side / grid;
     let mut keep = vec![false; grid * grid];
@@ -304,16 +311,37 @@ fn write_kept_overlay(
         let cell = (y / patch) * grid + x / patch;
         let edge =
             x % patch == 0 || y % patch == 0 || x % patch == patch - 1 || y % patch == patch - 1;
-        *px = if keep[cell] && edge {
-            image::Rgb([255, 255, 255])
-        } else {
-            let dim = |v: u8| if keep[cell] { v } else { v / 4 };
-            image::Rgb([
-                dim(planes[i]),
-                dim(planes[plane + i]),
-                dim(planes[2 * plane + i]),
-            ])
+        let rgb = [planes[i], planes[plane + i], planes[2 * plane + i]];
+        *px = match owners.get(cell).copied().unwrap_or(-1) {
+            _ if keep[cell] && edge => image::Rgb([255, 255, 255]),
+            o if o < 0 => image::Rgb(rgb.map(|v| v / 4)),
+            o => {
+                // Half image, half the owner's colour.
+                let tint = owner_colour(o as u32);
+                image::Rgb(std::array::from_fn(|c| {
+                    ((u16::from(rgb[c]) + u16::from(tint[c])) / 2) as u8
+                }))
+            }
         };
     }
     img.save(path).map_err(|e| ficoco::Error::file(path, e))
+}
+
+/// A saturated colour for owner token `o`: its hue hashed (golden-ratio steps around the wheel
+/// after an integer mix, so neighbouring tokens differ).
+fn owner_colour(o: u32) -> [u8; 3] {
+    let mut h = o.wrapping_mul(0x9e37_79b9);
+    h ^= h >> 16;
+    let hue = (h as f32 / u32::MAX as f32) * 6.0;
+    let f = hue.fract();
+    let (v, q, t) = (255.0, 255.0 * (1.0 - f), 255.0 * f);
+    let [r, g, b] = match hue as u32 {
+        0 => [v, t, 0.0],
+        1 => [q, v, 0.0],
+        2 => [0.0, v, t],
+        3 => [0.0, q, v],
+        4 => [t, 0.0, v],
+        _ => [v, 0.0, q],
+    };
+    [r as u8, g as u8, b as u8]
 }

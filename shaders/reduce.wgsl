@@ -81,6 +81,17 @@
 //                  one workgroup per new token g: out[new0 + g] = sum_{group[a] = g} m_a X_src[a]
 //                  (/ sum m_a with `normalise`), m_a = 1 or the source's score (score_members);
 //                  sizes = number of members
+// Merge attribution (opt-in, after a step; not part of the reduction itself):
+//   route_tokens   E_ROUTE    1 plan (r), 2 weights [ns, nt] (r), 3 route i32 [n] (rw)
+//                  route[seq] for every input token: its own output row (slot[seq]) if it
+//                  survived; else, for source a with src[a] = seq, by `mode`: 0 (pruned) -1;
+//                  1 (merged with weights) the output row slot[tgt[b]] of the target b with the
+//                  largest weights[a, b] (first maximum; -1 if every weight is 0); 2 (grouped)
+//                  new0 + group[a], -1 if group[a] = NONE. ns, nt are read from the plan's counts
+//                  (weights are read only in mode 1)
+//   compose_routes E_COMPOSE  1 route i32 [n] (r), 2 owner i32 [count] (rw)
+//                  owner[q] = route[owner[q]] for q < count, -1 stays -1: each patch's owner
+//                  (the row of the token that absorbed it) followed through one more step
 
 const NONE = 0xffffffffu;
 const LOWEST = -3.40282347e38;
@@ -802,5 +813,66 @@ fn compress_new(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
         out[row * p.d + c] = select(acc, acc / wsum, p.normalise == 1u && wsum != 0.0);
     }
+}
+#endif
+
+// ---------------------------------------------------------------- merge attribution
+
+#ifdef E_ROUTE
+@group(0) @binding(1) var<storage, read> plan: array<u32>;
+@group(0) @binding(2) var<storage, read> weights: array<f32>;
+@group(0) @binding(3) var<storage, read_write> route: array<i32>;
+
+@compute @workgroup_size(64)
+fn route_tokens(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let seq = flat(wid, nwg, lid);
+    let n = p.n;
+    if (seq >= n) { return; }
+    let slot = plan[seq];
+    if (slot != NONE) {
+        route[seq] = i32(slot);
+        return;
+    }
+    let ns = plan[7u * n];
+    let nt = plan[7u * n + 1u];
+    var a = NONE;
+    for (var i = 0u; i < ns; i++) {
+        if (plan[n + i] == seq) {
+            a = i;
+            break;
+        }
+    }
+    var out = -1;
+    if (a != NONE && p.mode == 1u) {
+        var best = 0.0;
+        var found = NONE;
+        for (var b = 0u; b < nt; b++) {
+            let w = weights[a * nt + b];
+            if (w > best) {
+                best = w;
+                found = b;
+            }
+        }
+        if (found != NONE) { out = i32(plan[plan[2u * n + found]]); }
+    } else if (a != NONE && p.mode == 2u) {
+        let g = plan[5u * n + a];
+        if (g != NONE) { out = i32(plan[7u * n + 3u] + g); }
+    }
+    route[seq] = out;
+}
+#endif
+
+#ifdef E_COMPOSE
+@group(0) @binding(1) var<storage, read> route: array<i32>;
+@group(0) @binding(2) var<storage, read_write> owner: array<i32>;
+
+@compute @workgroup_size(64)
+fn compose_routes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let q = flat(wid, nwg, lid);
+    if (q >= p.count) { return; }
+    let o = owner[q];
+    if (o >= 0) { owner[q] = route[u32(o)]; }
 }
 #endif

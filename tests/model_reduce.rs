@@ -332,3 +332,78 @@ fn specs_reach_their_budget() {
         .to_string();
     assert!(e.contains("at least"), "{e}");
 }
+
+/// Merge attribution: every patch is followed to the output token that absorbed it.
+#[test]
+fn patch_owners_follow_merges() {
+    let mut f = fixture();
+    let gpu = f.model.gpu().clone();
+    assert!(pollster::block_on(f.model.patch_owners()).is_err());
+    for (method, drops) in [
+        ("ficoco-v", &[(0, 4), (1, 4)][..]),
+        ("visionzip", &[(1, 8)][..]),
+        ("topk-cls", &[(1, 6)][..]),
+    ] {
+        f.model
+            .set_reduction(ReductionPlan {
+                vision: site(method, drops),
+                llm: None,
+                renumber_positions: false,
+            })
+            .unwrap();
+        f.model.set_trace_merges(false).unwrap();
+        let plain = f.model.encode_image(&f.pixels).unwrap();
+        let plain = pollster::block_on(gpu.read_bytes(&plain)).unwrap();
+        f.model.set_trace_merges(true).unwrap();
+        let traced = f.model.encode_image(&f.pixels).unwrap();
+        let traced = pollster::block_on(gpu.read_bytes(&traced)).unwrap();
+        assert_eq!(plain, traced, "{method}: tracing changed the features");
+        let kept = pollster::block_on(f.model.kept_patches()).unwrap();
+        let owners = pollster::block_on(f.model.patch_owners()).unwrap();
+        let visual = f.model.visual_tokens();
+        assert_eq!(kept.len(), visual, "{method}");
+        assert_eq!(owners.len(), 16, "{method}");
+        let mut survived = [false; 16];
+        for (row, &g) in kept.iter().enumerate() {
+            if g >= 0 {
+                survived[g as usize] = true;
+                assert_eq!(
+                    owners[g as usize], row as i32,
+                    "{method}: patch {g} owns itself"
+                );
+            }
+        }
+        for (p, &o) in owners.iter().enumerate() {
+            assert!(
+                o >= -1 && o < visual as i32,
+                "{method}: patch {p} owner {o}"
+            );
+            if survived[p] {
+                continue;
+            }
+            match method {
+                "topk-cls" => assert_eq!(o, -1, "{method}: pruned patch {p}"),
+                "ficoco-v" => {
+                    assert!(o >= 0, "{method}: merged patch {p} lost");
+                    assert!(kept[o as usize] >= 0, "{method}: merged into a kept token");
+                }
+                _ => {
+                    assert!(o >= 0, "{method}: grouped patch {p} lost");
+                    assert_eq!(kept[o as usize], -1, "{method}: patch {p} into a new token");
+                }
+            }
+        }
+        let mut distinct: Vec<i32> = owners.iter().copied().filter(|&o| o >= 0).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), visual, "{method}: owners {owners:?}");
+        if method == "ficoco-v" {
+            assert!(
+                survived.iter().filter(|&&s| !s).count() == 8,
+                "{method}: {kept:?}"
+            );
+        }
+    }
+    f.model.set_trace_merges(false).unwrap();
+    assert!(pollster::block_on(f.model.patch_owners()).is_err());
+}

@@ -94,6 +94,8 @@ pub struct Llava {
     reduction: ReductionPlan,
     /// Grid index of each selected visual token after the vision tower (-1 for [CLS]).
     kept_grid: Option<Tensor>,
+    /// With merge tracing: the row of the tower's output token owning each patch (-1 pruned).
+    owners: Option<Tensor>,
 }
 
 impl Llava {
@@ -154,6 +156,7 @@ impl Llava {
             token,
             reduction: ReductionPlan::default(),
             kept_grid: None,
+            owners: None,
         })
     }
 
@@ -202,6 +205,35 @@ impl Llava {
         Ok(all[skip..grid.numel()].to_vec())
     }
 
+    /// Trace merges in the vision tower from the next [`Self::encode_image`] on, for
+    /// [`Self::patch_owners`] (off by default: normal inference records nothing extra).
+    pub fn set_trace_merges(&mut self, on: bool) -> Result<()> {
+        self.vision.set_trace_merges(&self.gpu, on)?;
+        if !on {
+            self.owners = None;
+        }
+        Ok(())
+    }
+
+    /// For every patch of the grid (row-major) of the last image encoded with merge tracing
+    /// on, the index among the selected visual tokens (as in [`Self::kept_patches`]) of the
+    /// token that absorbed it: its own token if it survived, the target it merged into
+    /// (largest merge weight) or the new token it was grouped into; -1 if it was pruned.
+    pub async fn patch_owners(&self) -> Result<Vec<i32>> {
+        let owners = self.owners.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "no image has been encoded with merge tracing on (set_trace_merges)".into(),
+            )
+        })?;
+        let bytes = self.gpu.read_bytes(owners).await?;
+        let skip = i32::from(self.config.drops_cls());
+        let all: &[i32] = bytemuck::cast_slice(&bytes);
+        Ok(all[..owners.numel()]
+            .iter()
+            .map(|&o| if o < 0 { -1 } else { o - skip })
+            .collect())
+    }
+
     /// Bytes of all weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         self.vision.weight_bytes() + self.projector.weight_bytes() + self.decoder.weight_bytes()
@@ -242,6 +274,7 @@ impl Llava {
         self.projector.forward(&mut b, &features, &image_features)?;
         b.submit();
         self.kept_grid = Some(out.grid);
+        self.owners = out.owners;
         Ok(image_features)
     }
 

@@ -37,6 +37,18 @@ struct Workspace {
     kept_grid: [Tensor; 2],
     /// Allocated by [`VisionTower::prepare_reduction`].
     reduce: Option<SiteScratch>,
+    /// Merge attribution, allocated by [`VisionTower::set_trace_merges`].
+    trace: Option<MergeTrace>,
+}
+
+/// Buffers of the merge attribution: which output token absorbed each patch.
+struct MergeTrace {
+    /// `p + 1` for patch p (its token index, [CLS] being 0), copied into `owner` per pass.
+    init: Tensor,
+    /// Output row of each input token of the last step, -1 if pruned.
+    route: Tensor,
+    /// Row of the token owning each patch, -1 if pruned.
+    owner: Tensor,
 }
 
 /// The tower's output: `hidden [tokens, D]` with [CLS] first, and each token's grid index.
@@ -44,6 +56,9 @@ pub struct VisionOutput {
     pub hidden: Tensor,
     pub grid: Tensor,
     pub tokens: usize,
+    /// With [`VisionTower::set_trace_merges`]: for every patch (row-major grid order), the row
+    /// of `hidden` holding the token that absorbed it, -1 if it was pruned (i32 `[patches]`).
+    pub owners: Option<Tensor>,
 }
 
 pub struct VisionTower {
@@ -146,6 +161,7 @@ impl VisionTower {
             grid: gpu.upload_i32(&grid, &[tokens], "vision grid index")?,
             kept_grid: [kept(0)?, kept(1)?],
             reduce: None,
+            trace: None,
         };
         Ok(Self {
             cfg: vc,
@@ -224,6 +240,9 @@ impl VisionTower {
         };
         let (mut x, mut x_alt) = (&ws.x, &ws.x_alt);
         let mut grid = ws.grid.clone();
+        if let Some(tr) = &ws.trace {
+            b.copy(&tr.init, &tr.owner)?;
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let drop = reduce.map_or(0, |r| r.drop_after(i));
             let xt = x.view(&[t, d]);
@@ -260,6 +279,10 @@ impl VisionTower {
                     &out,
                     &kept,
                 )?;
+                if let Some(tr) = &ws.trace {
+                    scratch.step.record_routes(b, &tr.route.view(&[t]))?;
+                    ops::reduce::compose_routes(b, &tr.route.view(&[t]), &tr.owner)?;
+                }
                 std::mem::swap(&mut x, &mut x_alt);
                 grid = kept;
                 t -= drop;
@@ -274,7 +297,26 @@ impl VisionTower {
             hidden: x.view(&[t, d]),
             grid: grid.view(&[t]),
             tokens: t,
+            owners: ws.trace.as_ref().map(|tr| tr.owner.clone()),
         })
+    }
+
+    /// Turn merge attribution on or off: with it, every reducing step also routes its input
+    /// tokens to their output rows on the GPU and [`VisionOutput::owners`] follows each patch
+    /// to the token that absorbed it. Off (the default), nothing extra is recorded.
+    pub fn set_trace_merges(&mut self, gpu: &Gpu, on: bool) -> Result<()> {
+        if !on {
+            self.ws.trace = None;
+        } else if self.ws.trace.is_none() {
+            let (t, patches) = (self.tokens(), self.tokens() - 1);
+            let init: Vec<i32> = (1..=patches as i32).collect();
+            self.ws.trace = Some(MergeTrace {
+                init: gpu.upload_i32(&init, &[patches], "merge owner init")?,
+                route: gpu.zeros(&[t], DType::I32, "merge routes")?,
+                owner: gpu.zeros(&[patches], DType::I32, "merge owners")?,
+            });
+        }
+        Ok(())
     }
 
     /// Allocate what reducing needs (the attention map, the step's buffers), once.

@@ -840,3 +840,75 @@ pub fn compress_new(
         g,
     )
 }
+
+/// Where the sources of a step went, for [`route_tokens`].
+#[derive(Clone, Copy, Debug)]
+pub enum SourceFate<'a> {
+    /// Pruned: they leave the sequence.
+    Pruned,
+    /// Merged into targets with these weights `[sources, targets]`.
+    Merged(&'a Tensor),
+    /// Grouped into the split's new tokens (plan region 5).
+    Grouped,
+}
+
+/// `route [n]` (i32) after a step whose plan is `plan` (of an `n`-token input): each input
+/// token's output row (its own if it survived, the new token it was grouped into, or the
+/// target it gave the largest merge weight), -1 if it was pruned. `weights` is any f32 tensor
+/// unless merged.
+pub fn route_tokens(
+    b: &mut Batch,
+    plan: &Tensor,
+    n: usize,
+    fate: SourceFate,
+    any: &Tensor,
+    route: &Tensor,
+) -> Result<()> {
+    expect_shape("token routes", route, &[n])?;
+    if plan.dtype() != DType::U32 || plan.numel() < plan_words(n) || route.dtype() != DType::I32 {
+        return Err(Error::shape(
+            "reduction plan and routes",
+            format!("u32 [{}] and i32 [{n}]", plan_words(n)),
+            format!("{plan:?} and {route:?}"),
+        ));
+    }
+    let (mode, weights) = match fate {
+        SourceFate::Pruned => (0, any),
+        SourceFate::Merged(w) => (1, w),
+        SourceFate::Grouped => (2, any),
+    };
+    let p = Params {
+        n: n as u32,
+        mode,
+        ..Params::default()
+    };
+    let g = b.gpu().grid((n as u32).div_ceil(64));
+    b.dispatch(
+        &kernel("route_tokens", "E_ROUTE"),
+        &p,
+        &[Bind::R(plan), Bind::R(weights), Bind::W(route)],
+        g,
+    )
+}
+
+/// `owner[q] = route[owner[q]]` for every entry of `owner` (i32; -1 stays -1): follow each
+/// patch's owning token through one step routed by [`route_tokens`].
+pub fn compose_routes(b: &mut Batch, route: &Tensor, owner: &Tensor) -> Result<()> {
+    if route.dtype() != DType::I32 || owner.dtype() != DType::I32 {
+        return Err(Error::InvalidArgument(format!(
+            "compose_routes takes i32 tensors, not {route:?} and {owner:?}"
+        )));
+    }
+    let count = owner.numel();
+    let p = Params {
+        count: count as u32,
+        ..Params::default()
+    };
+    let g = b.gpu().grid((count as u32).div_ceil(64).max(1));
+    b.dispatch(
+        &kernel("compose_routes", "E_COMPOSE"),
+        &p,
+        &[Bind::R(route), Bind::W(owner)],
+        g,
+    )
+}

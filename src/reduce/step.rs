@@ -54,6 +54,26 @@ pub struct ReductionStep {
     mean: Mutex<Option<Tensor>>,
     /// Uploaded random permutations by (seed, candidates).
     permutations: Mutex<HashMap<(u32, usize), Tensor>>,
+    /// What the last recorded step did with its sources, for [`Self::record_routes`].
+    last: Mutex<Option<LastStep>>,
+}
+
+/// The last recorded step as [`ReductionStep::record_routes`] needs it.
+#[derive(Clone, Copy, Debug)]
+struct LastStep {
+    n: usize,
+    fate: Fate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Pruned,
+    /// Merged into the targets with the weights scratch viewed as `[ns, nt]`.
+    Merged {
+        ns: usize,
+        nt: usize,
+    },
+    Grouped,
 }
 
 impl ReductionStep {
@@ -74,6 +94,7 @@ impl ReductionStep {
             sizes: gpu.zeros(&[n], DType::F32, "reduce token sizes")?,
             mean: Mutex::new(None),
             permutations: Mutex::new(HashMap::new()),
+            last: Mutex::new(None),
         })
     }
 
@@ -92,6 +113,26 @@ impl ReductionStep {
     /// token, the member count of a new token (ToMe's sizes, starting at 1 in every step).
     pub fn sizes(&self, n_out: usize) -> Tensor {
         self.sizes.view(&[n_out])
+    }
+
+    /// Record, after the last [`Self::record`] in the same batch, `route [n]` (i32, `n` that
+    /// step's input length): each input token's output row (its own if it survived, the
+    /// target it gave its largest merge weight, or the new token it was grouped into), -1 if
+    /// it was pruned. Merge attribution; nothing else reads it.
+    pub fn record_routes(&self, b: &mut Batch, route: &Tensor) -> Result<()> {
+        let last = (*self.last.lock().unwrap()).ok_or_else(|| {
+            Error::InvalidArgument("record_routes needs a recorded reduction step".into())
+        })?;
+        let weights;
+        let fate = match last.fate {
+            Fate::Pruned => k::SourceFate::Pruned,
+            Fate::Grouped => k::SourceFate::Grouped,
+            Fate::Merged { ns, nt } => {
+                weights = self.weights.view(&[ns, nt]);
+                k::SourceFate::Merged(&weights)
+            }
+        };
+        k::route_tokens(b, &self.plan, last.n, fate, &self.weights, route)
     }
 
     /// Record one step: `hidden [n, d]` with attention `attn [n, n]` and `positions [n]` (i32
@@ -200,6 +241,14 @@ impl ReductionStep {
         let merge = |b: &mut Batch, weights: Option<&Tensor>| {
             k::compress(b, hidden, &split, weights, weighting, &scores, out, &sizes)
         };
+        let fate = match &r.correlate {
+            Correlate::Attention { .. } | Correlate::Similarity { .. } if ns > 0 && nt > 0 => {
+                Fate::Merged { ns, nt }
+            }
+            Correlate::Group(_) => Fate::Grouped,
+            _ => Fate::Pruned,
+        };
+        *self.last.lock().unwrap() = Some(LastStep { n, fate });
         match &r.correlate {
             Correlate::Attention {
                 direct,
