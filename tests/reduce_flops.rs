@@ -7,20 +7,8 @@ use ficoco::reduce::flops::{ficoco_l_overhead, ficoco_v_overhead, paper_llm_pref
 use ficoco::Error;
 use std::path::Path;
 
-/// The keys llava-hf/llava-1.5-7b-hf's config.json lists (as in tests/model_loading.rs).
-const LLAVA_15_7B: &str = r#"{
-  "architectures": ["LlavaForConditionalGeneration"],
-  "ignore_index": -100, "image_token_index": 32000, "model_type": "llava", "pad_token_id": 32001,
-  "projector_hidden_act": "gelu",
-  "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
-    "max_position_embeddings": 4096, "model_type": "llama", "rms_norm_eps": 1e-05,
-    "torch_dtype": "float16", "vocab_size": 32064},
-  "tie_word_embeddings": false, "torch_dtype": "float16", "transformers_version": "4.36.0.dev0",
-  "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
-    "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
-    "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
-  "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064
-}"#;
+mod common;
+use common::LLAVA_15_7B;
 
 /// 4 patches of 2x2x3 in a 3-layer tower of width 4 (2 layers run: the projector reads -2), and a
 /// 2-layer decoder of width 4 with 2 query heads sharing 1 KV head (GQA), FFN 6, vocabulary 10.
