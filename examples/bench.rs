@@ -580,6 +580,16 @@ fn reduction_overhead_ms(
             t -= drop;
         }
     }
+    if let Some(p) = &plan.projector {
+        let spans = Spans {
+            cls: Some(0),
+            grid: Some(vc.image_size / vc.patch_size),
+            ..Spans::default()
+        };
+        let d = cfg.text_config.hidden_size;
+        steps.push((p.reduction.clone(), spans, t, d, p.drop));
+        t -= p.drop;
+    }
     let mut visual = t - usize::from(cfg.drops_cls());
     if let Some(l) = &plan.llm {
         for &(_, drop) in &l.drops {

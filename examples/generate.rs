@@ -8,7 +8,7 @@ use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
 use ficoco::preprocess::{self, ImageProcessor, TextStream, Tokenizer};
 use ficoco::reduce::budget::Budget;
 use ficoco::reduce::flops::Flops;
-use ficoco::reduce::ReduceSpec;
+use ficoco::reduce::{KvReduceSpec, ReduceSpec};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +30,10 @@ const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT |
                          fastv, pdrop, sparsevlm, prumerge, visionzip, random, topk-cls, pool
                          or none; budget B = visual tokens left (64), a fraction (0.11) or
                          LLM-prefill TFLOPs (1.5T); default 64/576 of the visual tokens
+  --reduce-kv M[:K][@N]  while decoding, every N generated tokens (default 16) compress each
+                         layer's visual KV entries with method M (ficoco-l, fastv, pdrop,
+                         sparsevlm, tome, random), scored by the attention the generated tokens
+                         paid, halving the excess over K entries (count or fraction; default 0.5)
   --renumber-positions   after an LLM-side reduction, renumber RoPE positions contiguously
                          (default: tokens keep their original positions)
   --show-kept FILE.png   write the preprocessed image with the kept and merged patches drawn
@@ -49,6 +53,7 @@ struct Args {
     json: bool,
     dump_logits: Option<PathBuf>,
     reduce: ReduceSpec,
+    reduce_kv: Option<KvReduceSpec>,
     show_kept: Option<PathBuf>,
     renumber_positions: bool,
 }
@@ -70,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
             method: "none".into(),
             budget: Budget::Fraction(1.0),
         },
+        reduce_kv: None,
         show_kept: None,
         renumber_positions: false,
     };
@@ -109,6 +115,7 @@ fn parse_args() -> Result<Args, String> {
             "--json" => a.json = true,
             "--dump-logits" => a.dump_logits = Some(value()?.into()),
             "--reduce" => a.reduce = value()?.parse().map_err(|e| format!("--reduce: {e}"))?,
+            "--reduce-kv" => a.reduce_kv = Some(value()?.parse().map_err(|e| format!("{e}"))?),
             "--show-kept" => a.show_kept = Some(value()?.into()),
             "--renumber-positions" => a.renumber_positions = true,
             "-h" | "--help" => return Err(String::new()),
@@ -179,8 +186,13 @@ fn run(args: Args) -> ficoco::Result<()> {
     let flops = Flops::of(model.config(), &planned.schedule)?;
     let full_schedule = ficoco::reduce::budget::Schedule::full(model.config(), text_tokens);
     let flops_full = Flops::of(model.config(), &full_schedule)?;
+    let kv = match &args.reduce_kv {
+        Some(spec) => Some(spec.plan(planned.schedule.projector())?),
+        None => None,
+    };
     let plan = ficoco::reduce::ReductionPlan {
         renumber_positions: args.renumber_positions,
+        kv,
         ..planned.plan.clone()
     };
     model.set_reduction(plan)?;
@@ -256,6 +268,7 @@ fn run(args: Args) -> ficoco::Result<()> {
             "schedule": planned.schedule.to_string(),
             "flops": flops_json(&flops),
             "flops_unreduced": flops_json(&flops_full),
+            "kv_visual_entries": model.kv_cache().layers.iter().map(|l| l.visual.len()).collect::<Vec<_>>(),
         });
         println!("{obj}");
     } else {

@@ -6,7 +6,7 @@ use common::*;
 use ficoco::gpu::DType;
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
 use ficoco::preprocess::{self, ImageProcessor, PixelValues, PromptIds, Tokenizer};
-use ficoco::reduce::{self, ReductionPlan, SiteReduction};
+use ficoco::reduce::{self, ProjectorReduction, ReductionPlan, SiteReduction};
 use std::path::Path;
 
 struct Fixture {
@@ -78,6 +78,13 @@ fn site(method: &str, drops: &[(usize, usize)]) -> Option<SiteReduction> {
     })
 }
 
+fn projector_site(method: &str, drop: usize) -> Option<ProjectorReduction> {
+    Some(ProjectorReduction {
+        reduction: reduce::by_name(method).unwrap().unwrap(),
+        drop,
+    })
+}
+
 #[test]
 fn none_changes_nothing() {
     let mut f = fixture();
@@ -97,7 +104,9 @@ fn reduced_decoding_matches_reprefill() {
             "ficoco-v",
             ReductionPlan {
                 vision: site("ficoco-v", &[(0, 4), (1, 4)]),
+                projector: None,
                 llm: None,
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -105,7 +114,9 @@ fn reduced_decoding_matches_reprefill() {
             "topk-cls in the tower",
             ReductionPlan {
                 vision: site("topk-cls", &[(1, 6)]),
+                projector: None,
                 llm: None,
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -113,7 +124,9 @@ fn reduced_decoding_matches_reprefill() {
             "ficoco-l",
             ReductionPlan {
                 vision: None,
+                projector: None,
                 llm: site("ficoco-l", &[(0, 6), (1, 4)]),
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -121,7 +134,9 @@ fn reduced_decoding_matches_reprefill() {
             "fastv",
             ReductionPlan {
                 vision: None,
+                projector: None,
                 llm: site("fastv", &[(1, 8)]),
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -129,7 +144,9 @@ fn reduced_decoding_matches_reprefill() {
             "pdrop",
             ReductionPlan {
                 vision: None,
+                projector: None,
                 llm: site("pdrop", &[(0, 4), (1, 4)]),
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -137,7 +154,9 @@ fn reduced_decoding_matches_reprefill() {
             "tome",
             ReductionPlan {
                 vision: site("tome", &[(0, 4), (1, 3)]),
+                projector: None,
                 llm: None,
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -145,7 +164,9 @@ fn reduced_decoding_matches_reprefill() {
             "evit",
             ReductionPlan {
                 vision: site("evit", &[(1, 6)]),
+                projector: None,
                 llm: None,
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -153,7 +174,9 @@ fn reduced_decoding_matches_reprefill() {
             "visionzip",
             ReductionPlan {
                 vision: site("visionzip", &[(1, 8)]),
+                projector: None,
                 llm: None,
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -161,7 +184,9 @@ fn reduced_decoding_matches_reprefill() {
             "pool",
             ReductionPlan {
                 vision: site("pool", &[(1, 12)]),
+                projector: None,
                 llm: None,
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -169,7 +194,9 @@ fn reduced_decoding_matches_reprefill() {
             "sparsevlm (new tokens inside the LLM)",
             ReductionPlan {
                 vision: None,
+                projector: None,
                 llm: site("sparsevlm", &[(0, 6)]),
+                kv: None,
                 renumber_positions: false,
             },
         ),
@@ -177,7 +204,9 @@ fn reduced_decoding_matches_reprefill() {
             "ficoco-l, renumbered positions",
             ReductionPlan {
                 vision: None,
+                projector: None,
                 llm: site("ficoco-l", &[(0, 6), (1, 4)]),
+                kv: None,
                 renumber_positions: true,
             },
         ),
@@ -185,7 +214,9 @@ fn reduced_decoding_matches_reprefill() {
             "sparsevlm, renumbered positions",
             ReductionPlan {
                 vision: None,
+                projector: None,
                 llm: site("sparsevlm", &[(0, 6)]),
+                kv: None,
                 renumber_positions: true,
             },
         ),
@@ -193,8 +224,17 @@ fn reduced_decoding_matches_reprefill() {
             "ficoco-v + ficoco-l",
             ReductionPlan {
                 vision: site("ficoco-v", &[(0, 4)]),
+                projector: None,
                 llm: site("ficoco-l", &[(1, 6)]),
+                kv: None,
                 renumber_positions: false,
+            },
+        ),
+        (
+            "prumerge at the projector",
+            ReductionPlan {
+                projector: projector_site("prumerge", 9),
+                ..ReductionPlan::default()
             },
         ),
     ];
@@ -202,7 +242,7 @@ fn reduced_decoding_matches_reprefill() {
     let full = f.prompt();
     let (full_tokens, full_logits) = f.generate(&full, 4);
     for (name, plan) in plans {
-        let vision_drop = plan.vision.as_ref().map_or(0, |v| v.total());
+        let vision_drop = plan.before_llm();
         f.model.set_reduction(plan).unwrap();
         assert_eq!(f.model.visual_tokens(), 16 - vision_drop, "{name}");
         let prompt = f.prompt();
@@ -228,7 +268,9 @@ fn reduced_decoding_matches_reprefill() {
         f.model
             .set_reduction(ReductionPlan {
                 vision: None,
+                projector: None,
                 llm: site("ficoco-l", &[(0, 6)]),
+                kv: None,
                 renumber_positions,
             })
             .unwrap();
@@ -244,28 +286,36 @@ fn impossible_plans_are_refused() {
     let mut f = fixture();
     let too_late = ReductionPlan {
         vision: site("ficoco-v", &[(2, 1)]),
+        projector: None,
         llm: None,
+        kv: None,
         renumber_positions: false,
     };
     let e = f.model.set_reduction(too_late).unwrap_err().to_string();
     assert!(e.contains("only layers 0..2 run"), "{e}");
     let too_many = ReductionPlan {
         vision: site("ficoco-v", &[(0, 10), (1, 6)]),
+        projector: None,
         llm: None,
+        kv: None,
         renumber_positions: false,
     };
     let e = f.model.set_reduction(too_many).unwrap_err().to_string();
     assert!(e.contains("keep at least one"), "{e}");
     let no_layer = ReductionPlan {
         vision: None,
+        projector: None,
         llm: site("fastv", &[(3, 1)]),
+        kv: None,
         renumber_positions: false,
     };
     let e = f.model.set_reduction(no_layer).unwrap_err().to_string();
     assert!(e.contains("3 layers"), "{e}");
     let llm_too_many = ReductionPlan {
         vision: None,
+        projector: None,
         llm: site("fastv", &[(0, 17)]),
+        kv: None,
         renumber_positions: false,
     };
     f.model.set_reduction(llm_too_many).unwrap();
@@ -289,12 +339,15 @@ fn specs_reach_their_budget() {
         "fastv",
         "pdrop",
         "topk-cls",
+        "prumerge",
+        "visionzip",
+        "random",
     ] {
         let spec: ReduceSpec = format!("{method}:6").parse().unwrap();
         let planned = spec.plan(f.model.config(), text_tokens).unwrap();
         assert_eq!(planned.schedule.kept(), 6, "{method}: {}", planned.schedule);
-        let dropped = planned.plan.vision.as_ref().map_or(0, |v| v.total())
-            + planned.plan.llm.as_ref().map_or(0, |l| l.total());
+        let dropped =
+            planned.plan.before_llm() + planned.plan.llm.as_ref().map_or(0, |l| l.total());
         assert_eq!(dropped, 10, "{method}: {:?}", planned.plan);
         f.model.set_reduction(planned.plan).unwrap();
         assert_eq!(
@@ -339,18 +392,22 @@ fn patch_owners_follow_merges() {
     let mut f = fixture();
     let gpu = f.model.gpu().clone();
     assert!(pollster::block_on(f.model.patch_owners()).is_err());
-    for (method, drops) in [
-        ("ficoco-v", &[(0, 4), (1, 4)][..]),
-        ("visionzip", &[(1, 8)][..]),
-        ("topk-cls", &[(1, 6)][..]),
+    let in_tower = |method: &str, drops: &[(usize, usize)]| ReductionPlan {
+        vision: site(method, drops),
+        ..ReductionPlan::default()
+    };
+    let at_projector = |method: &str, drop: usize| ReductionPlan {
+        projector: projector_site(method, drop),
+        ..ReductionPlan::default()
+    };
+    for (method, plan) in [
+        ("ficoco-v", in_tower("ficoco-v", &[(0, 4), (1, 4)])),
+        ("visionzip", in_tower("visionzip", &[(1, 8)])),
+        ("topk-cls", in_tower("topk-cls", &[(1, 6)])),
+        ("visionzip", at_projector("visionzip", 8)),
+        ("prumerge", at_projector("prumerge", 9)),
     ] {
-        f.model
-            .set_reduction(ReductionPlan {
-                vision: site(method, drops),
-                llm: None,
-                renumber_positions: false,
-            })
-            .unwrap();
+        f.model.set_reduction(plan).unwrap();
         f.model.set_trace_merges(false).unwrap();
         let plain = f.model.encode_image(&f.pixels).unwrap();
         let plain = pollster::block_on(gpu.read_bytes(&plain)).unwrap();
@@ -383,7 +440,7 @@ fn patch_owners_follow_merges() {
             }
             match method {
                 "topk-cls" => assert_eq!(o, -1, "{method}: pruned patch {p}"),
-                "ficoco-v" => {
+                "ficoco-v" | "prumerge" => {
                     assert!(o >= 0, "{method}: merged patch {p} lost");
                     assert!(kept[o as usize] >= 0, "{method}: merged into a kept token");
                 }
@@ -406,4 +463,279 @@ fn patch_owners_follow_merges() {
     }
     f.model.set_trace_merges(false).unwrap();
     assert!(pollster::block_on(f.model.patch_owners()).is_err());
+}
+
+/// One layer's cache as a generation left it.
+struct LayerState {
+    len: usize,
+    visual: std::ops::Range<usize>,
+    position: u32,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    window: Vec<Vec<f32>>,
+}
+
+fn cache_state(model: &Llava) -> Vec<LayerState> {
+    let gpu = model.gpu();
+    let cache = model.kv_cache();
+    cache
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let kvd = l.k.shape()[1];
+            let rows = |t: &ficoco::gpu::Tensor| gpu.read_f32(&t.slice(0, &[l.len, kvd])).unwrap();
+            LayerState {
+                len: l.len,
+                visual: l.visual.clone(),
+                position: l.position,
+                k: rows(&l.k),
+                v: rows(&l.v),
+                window: pollster::block_on(model.kv_window_attention(i)).unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Compressing the KV cache while decoding: once `every` tokens are decoded, the next step
+/// first compresses each layer's visual entries with the method's stages, scored by those
+/// tokens' attention. The compressed cache must equal one reduction step (the tensor-level
+/// path the numpy reference checks) on the cache and attention captured just before, pruning
+/// must keep exactly the rows the generated tokens attended to most, and earlier tokens must
+/// not change.
+#[test]
+fn kv_compression_reduces_the_captured_window() {
+    use ficoco::reduce::{KvKeep, KvReduceSpec, Spans};
+    let mut f = fixture();
+    let gpu = f.model.gpu().clone();
+    let every = 4;
+    for (method, prefill) in [
+        ("fastv", None),
+        ("ficoco-l", site("ficoco-l", &[(0, 4)])),
+        ("tome", None),
+        ("sparsevlm", None),
+        ("random", None),
+    ] {
+        let visual_llm = 16 - prefill.as_ref().map_or(0, |s| s.total());
+        let spec = KvReduceSpec {
+            method: method.into(),
+            keep: KvKeep::Tokens(5),
+            every,
+        };
+        let kv = spec.plan(visual_llm).unwrap();
+        f.model
+            .set_reduction(ReductionPlan {
+                vision: None,
+                projector: None,
+                llm: prefill,
+                kv: Some(kv.clone()),
+                renumber_positions: false,
+            })
+            .unwrap();
+        let prompt = f.prompt();
+        // `every` decode steps: the window is full, its compression not yet run.
+        let (before_tokens, _) = f.generate(&prompt, every + 1);
+        let before = cache_state(&f.model);
+        let (after_tokens, _) = f.generate(&prompt, every + 2);
+        let after = cache_state(&f.model);
+        assert_eq!(after_tokens[..every + 1], before_tokens[..], "{method}");
+        for (layer, (b, a)) in before.iter().zip(&after).enumerate() {
+            let name = format!("{method} layer {layer}");
+            assert_eq!(b.window.len(), every, "{name}");
+            let drop = kv.drop_for(b.visual.len());
+            assert!(drop > 0, "{name}");
+            assert_eq!(a.len, b.len - drop + 1, "{name}");
+            assert_eq!(a.visual, b.visual.start..b.visual.end - drop, "{name}");
+            assert_eq!(a.window.len(), 1, "{name}: a new window starts");
+            let l = b.len;
+            let mut attn = vec![0f32; l * l];
+            for (j, row) in b.window.iter().enumerate() {
+                let r = l - every + j;
+                assert_eq!(row.len(), r + 1, "{name}");
+                let mass: f32 = row.iter().sum();
+                assert!((mass - 1.0).abs() < 1e-4, "{name}: row {j} sums to {mass}");
+                attn[r * l..r * l + row.len()].copy_from_slice(row);
+            }
+            let spans = Spans {
+                visual: Some(b.visual.clone()),
+                text: Some(l - every..l),
+                positions: ficoco::reduce::PositionKind::Rope,
+                ..Spans::default()
+            };
+            let kvd = b.k.len() / l;
+            let rows: Vec<i32> = (0..l as i32).collect();
+            let step = |hidden: &[f32]| {
+                pollster::block_on(ficoco::reduce::run_once(
+                    &gpu,
+                    &kv.reduction,
+                    &spans,
+                    hidden,
+                    kvd,
+                    Some(&b.k),
+                    &attn,
+                    &rows,
+                    drop,
+                ))
+                .unwrap()
+            };
+            let (k_step, v_step) = (step(&b.k), step(&b.v));
+            let n_out = (l - drop) * kvd;
+            assert!(
+                max_abs_diff(&a.k[..n_out], &k_step.hidden) < 1e-5,
+                "{name}: keys"
+            );
+            assert!(
+                max_abs_diff(&a.v[..n_out], &v_step.hidden) < 1e-5,
+                "{name}: values"
+            );
+            if method == "fastv" {
+                // Independently: keep the visual rows with the most attention from the window.
+                let mut order: Vec<usize> = b.visual.clone().collect();
+                let received = |c: usize| b.window.iter().map(|r| r[c]).sum::<f32>();
+                order.sort_by(|&x, &y| received(y).total_cmp(&received(x)).then(x.cmp(&y)));
+                let mut keep: Vec<usize> = order[..b.visual.len() - drop].to_vec();
+                keep.sort();
+                let kept: Vec<usize> = (0..b.visual.start)
+                    .chain(keep)
+                    .chain(b.visual.end..l)
+                    .collect();
+                for (r, &src) in kept.iter().enumerate() {
+                    assert_eq!(
+                        a.k[r * kvd..(r + 1) * kvd],
+                        b.k[src * kvd..(src + 1) * kvd],
+                        "{name}: row {r}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Repeated compressions halve each layer's excess over `keep`; renumbered positions keep
+/// counting through them; impossible requests are refused with what to do.
+#[test]
+fn kv_compression_repeats_and_refuses_the_impossible() {
+    use ficoco::reduce::KvReduceSpec;
+    let mut f = fixture();
+    let every = 3;
+    let kv = format!("ficoco-l:4@{every}")
+        .parse::<KvReduceSpec>()
+        .unwrap()
+        .plan(16)
+        .unwrap();
+    f.model
+        .set_reduction(ReductionPlan {
+            vision: None,
+            projector: None,
+            llm: site("fastv", &[(0, 2)]),
+            kv: Some(kv.clone()),
+            renumber_positions: true,
+        })
+        .unwrap();
+    let prompt = f.prompt();
+    let new_tokens = 3 * every + 2;
+    let (tokens, _) = f.generate(&prompt, new_tokens);
+    assert_eq!(tokens.len(), new_tokens);
+    let state = cache_state(&f.model);
+    for (layer, s) in state.iter().enumerate() {
+        let mut visual = if layer == 0 { 16 } else { 14 };
+        let mut len = prompt.ids.len() - (16 - visual);
+        for _ in 0..3 {
+            let drop = kv.drop_for(visual);
+            visual -= drop;
+            len -= drop;
+        }
+        assert_eq!(s.visual.len(), visual, "layer {layer}");
+        assert_eq!(s.len, len + new_tokens - 1, "layer {layer}");
+        // Renumbered: each layer's positions continue from its prefill length, untouched by
+        // the compressions.
+        let prefill_len = prompt.ids.len() - if layer == 0 { 0 } else { 2 };
+        assert_eq!(
+            s.position as usize,
+            prefill_len + new_tokens - 1,
+            "layer {layer}"
+        );
+    }
+    let e = "evit:8".parse::<KvReduceSpec>().unwrap_err().to_string();
+    assert!(e.contains("cannot compress the KV cache"), "{e}");
+    let e = "ficoco-l:16"
+        .parse::<KvReduceSpec>()
+        .unwrap()
+        .plan(16)
+        .unwrap_err();
+    assert!(e.to_string().contains("nothing to compress"), "{e}");
+    let e = "fastv:4@0".parse::<KvReduceSpec>().unwrap_err().to_string();
+    assert!(e.contains("EVERY"), "{e}");
+}
+
+/// The projector-site reduction acts on the projector's output: pruning keeps exactly the
+/// unreduced projected rows of the kept patches, pooling averages them per window.
+#[test]
+fn projector_site_reduces_the_projected_tokens() {
+    let mut f = fixture();
+    let gpu = f.model.gpu().clone();
+    let full = f.model.encode_image(&f.pixels).unwrap();
+    let d = full.shape()[1];
+    let full = gpu.read_f32(&full).unwrap();
+    let row = |i: usize| &full[i * d..(i + 1) * d];
+    for (method, drop) in [("topk-cls", 7), ("random", 5)] {
+        f.model
+            .set_reduction(ReductionPlan {
+                projector: projector_site(method, drop),
+                ..ReductionPlan::default()
+            })
+            .unwrap();
+        assert_eq!(f.model.visual_tokens(), 16 - drop, "{method}");
+        let reduced = f.model.encode_image(&f.pixels).unwrap();
+        assert_eq!(reduced.shape(), [16 - drop, d], "{method}");
+        let reduced = gpu.read_f32(&reduced).unwrap();
+        let kept = pollster::block_on(f.model.kept_patches()).unwrap();
+        assert_eq!(kept.len(), 16 - drop, "{method}");
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "{method}: {kept:?}");
+        for (r, &patch) in kept.iter().enumerate() {
+            assert_eq!(
+                &reduced[r * d..(r + 1) * d],
+                row(patch as usize),
+                "{method} row {r}"
+            );
+        }
+    }
+    let pool = ficoco::reduce::Reduction::pool(ficoco::reduce::Pool { k: 2 });
+    f.model
+        .set_reduction(ReductionPlan {
+            projector: Some(ProjectorReduction {
+                reduction: pool,
+                drop: 12,
+            }),
+            ..ReductionPlan::default()
+        })
+        .unwrap();
+    let pooled = gpu
+        .read_f32(&f.model.encode_image(&f.pixels).unwrap())
+        .unwrap();
+    assert_eq!(pooled.len(), 4 * d);
+    for w in 0..4 {
+        let (wy, wx) = (w / 2, w % 2);
+        let members: Vec<usize> = (0..16)
+            .filter(|p| (p / 4) / 2 == wy && (p % 4) / 2 == wx)
+            .collect();
+        let mean: Vec<f32> = (0..d)
+            .map(|c| members.iter().map(|&p| row(p)[c]).sum::<f32>() / 4.0)
+            .collect();
+        assert!(
+            max_abs_diff(&pooled[w * d..(w + 1) * d], &mean) < 1e-5,
+            "pool window {w}"
+        );
+    }
+    // The tower's last layer cannot reduce as well.
+    let e = f
+        .model
+        .set_reduction(ReductionPlan {
+            vision: site("fastv", &[(1, 2)]),
+            projector: projector_site("topk-cls", 2),
+            ..ReductionPlan::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("last layer"), "{e}");
 }

@@ -94,6 +94,14 @@ impl<'g> Batch<'g> {
         Ok(())
     }
 
+    /// Fill `t` with zero bytes.
+    pub fn clear(&mut self, t: &Tensor) -> Result<()> {
+        self.pass = None;
+        let enc = self.encoder();
+        enc.clear_buffer(&t.buf.raw, t.offset, Some(t.bytes()));
+        Ok(())
+    }
+
     /// Dispatches recorded since the batch began.
     pub fn dispatch_count(&self) -> u64 {
         self.dispatches

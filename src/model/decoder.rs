@@ -9,7 +9,7 @@ use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{
     self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightMatrix,
 };
-use crate::reduce::{PositionKind, SiteReduction, SiteScratch, Spans};
+use crate::reduce::{KvReduction, PositionKind, SiteReduction, SiteScratch, Spans};
 use crate::{Error, Result};
 use std::ops::Range;
 
@@ -47,6 +47,25 @@ struct Workspace {
     attn: AttentionScratch,
     /// Allocated by [`Decoder::prepare_reduction`].
     reduce: Option<SiteScratch>,
+    /// Allocated by [`Decoder::prepare_kv_reduction`].
+    kv: Option<KvScratch>,
+}
+
+/// What compressing the cache during decoding needs besides a [`SiteScratch`] as long as the
+/// context: the attention each decoded token paid, per layer, and the compressed rows.
+struct KvScratch {
+    /// `[layers, every, stride]`: row `(layer, j)` holds the head-averaged attention of the
+    /// `j`-th token decoded since the last compression over that layer's cache rows.
+    window: Tensor,
+    every: usize,
+    /// Row stride of `window`: the context rounded up to 64 floats (the 256-byte binding
+    /// offset alignment).
+    stride: usize,
+    k_out: Tensor,
+    v_out: Tensor,
+    /// Cache row indices `0..context` (the step's positions) and the kept ones.
+    rows: Tensor,
+    rows_out: Tensor,
 }
 
 /// u32 words per layer in `layer_positions` (256 bytes: the storage binding offset alignment
@@ -177,6 +196,7 @@ impl Decoder {
             )?,
             attn: AttentionScratch::new(gpu, capacity, heads)?,
             reduce: None,
+            kv: None,
         };
         let shape = AttentionShape {
             heads,
@@ -293,12 +313,18 @@ impl Decoder {
                 ));
             }
             let mut words = vec![0u32; cache.layers.len() * LAYER_POSITION_SLOT];
-            for (i, lc) in cache.layers.iter().enumerate() {
-                words[i * LAYER_POSITION_SLOT] = lc.len as u32;
+            for (i, lc) in cache.layers.iter_mut().enumerate() {
+                words[i * LAYER_POSITION_SLOT] = lc.position;
+                lc.position += 1;
             }
             b.gpu()
                 .write(&ws.layer_positions, bytemuck::cast_slice(&words))?;
         }
+        // While decoding with cache compression, keep each layer's attention for scoring.
+        let capture = ws
+            .kv
+            .as_ref()
+            .filter(|kv| reduce.is_none() && n == 1 && cache.window < kv.every);
         let (mut x, mut x_alt) = (&ws.x, &ws.x_alt);
         let (mut pos, mut pos_alt) = (&ws.positions, &ws.positions_alt);
         for (i, (l, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
@@ -332,7 +358,13 @@ impl Decoder {
             b.copy(&v, &lc.v.slice(lc.len * kvd, &[n, kvd]))?;
             lc.len += n;
             let scratch = ws.reduce.as_ref().filter(|_| drop > 0);
-            let probs = scratch.map(|s| s.probs.view(&[n, n]));
+            let probs = match capture {
+                Some(kv) => {
+                    let row = (i * kv.every + cache.window) * kv.stride;
+                    Some(kv.window.slice(row, &[1, lc.len]))
+                }
+                None => scratch.map(|s| s.probs.view(&[n, n])),
+            };
             ops::attention(
                 b,
                 &q,
@@ -383,6 +415,12 @@ impl Decoder {
         cache.next_position = positions[positions.len() - 1] + 1;
         if let Some(r) = reduce {
             cache.renumbered = r.renumber;
+            for lc in &mut cache.layers {
+                lc.position = lc.len as u32;
+            }
+        }
+        if capture.is_some() {
+            cache.window += 1;
         }
         b.copy(&x.slice((n - 1) * d, &[1, d]), &ws.last)?;
         self.norm.forward(b, &ws.last, eps, &ws.last_normed)?;
@@ -403,6 +441,126 @@ impl Decoder {
             self.ws.reduce = Some(SiteScratch::new(gpu, self.capacity)?);
         }
         Ok(())
+    }
+
+    /// Allocate what compressing the cache while decoding needs, for caches of up to
+    /// `context` rows (replacing an earlier allocation for another `every`).
+    pub fn prepare_kv_reduction(
+        &mut self,
+        gpu: &Gpu,
+        kv: &KvReduction,
+        context: usize,
+    ) -> Result<()> {
+        if kv.every == 0 {
+            return Err(Error::InvalidArgument(
+                "KV-cache compression every 0 tokens: give at least 1".into(),
+            ));
+        }
+        if self
+            .ws
+            .reduce
+            .as_ref()
+            .is_none_or(|s| s.max_tokens() < context)
+        {
+            self.ws.reduce = Some(SiteScratch::new(gpu, context.max(self.capacity))?);
+        }
+        if self
+            .ws
+            .kv
+            .as_ref()
+            .is_some_and(|s| s.every == kv.every && s.k_out.shape()[0] >= context)
+        {
+            return Ok(());
+        }
+        let stride = context.next_multiple_of(64);
+        let kvd = self.shape.kv_heads * self.shape.head_dim;
+        let rows: Vec<u32> = (0..context as u32).collect();
+        self.ws.kv = Some(KvScratch {
+            window: gpu.zeros(
+                &[self.layers.len() * kv.every * stride],
+                DType::F32,
+                "decode attention window",
+            )?,
+            every: kv.every,
+            stride,
+            k_out: gpu.zeros(&[context, kvd], DType::F32, "compressed keys")?,
+            v_out: gpu.zeros(&[context, kvd], DType::F32, "compressed values")?,
+            rows: gpu.upload_u32(&rows, &[context], "cache rows")?,
+            rows_out: gpu.zeros(&[context], DType::U32, "kept cache rows")?,
+        });
+        Ok(())
+    }
+
+    /// Compress every layer's visual cache entries with `kv`, scored by the attention of the
+    /// `cache.window` tokens decoded since the last compression (the last rows of each layer),
+    /// then start a new window. Later tokens keep their RoPE positions.
+    pub fn compress_kv(&self, b: &mut Batch, cache: &mut KvCache, kv: &KvReduction) -> Result<()> {
+        let (Some(scratch), Some(site)) = (self.ws.kv.as_ref(), self.ws.reduce.as_ref()) else {
+            return Err(Error::InvalidArgument(
+                "call prepare_kv_reduction before compressing the cache".into(),
+            ));
+        };
+        let w = cache.window;
+        let kvd = self.shape.kv_heads * self.shape.head_dim;
+        for (i, lc) in cache.layers.iter_mut().enumerate() {
+            let drop = kv.drop_for(lc.visual.len());
+            if drop == 0 || w == 0 {
+                continue;
+            }
+            let l = lc.len;
+            // The step reads a square map: the window's rows, zeros elsewhere.
+            let attn = site.probs.view(&[l, l]);
+            b.clear(&attn)?;
+            for j in 0..w {
+                let row = l - w + j;
+                let captured = scratch
+                    .window
+                    .slice((i * scratch.every + j) * scratch.stride, &[row + 1]);
+                b.copy(&captured, &attn.slice(row * l, &[row + 1]))?;
+            }
+            let spans = Spans {
+                visual: Some(lc.visual.clone()),
+                text: Some(l - w..l),
+                positions: PositionKind::Rope,
+                ..Spans::default()
+            };
+            let (k, v) = (lc.k.slice(0, &[l, kvd]), lc.v.slice(0, &[l, kvd]));
+            let (k_out, v_out) = (
+                scratch.k_out.view(&[l - drop, kvd]),
+                scratch.v_out.view(&[l - drop, kvd]),
+            );
+            site.step.record(
+                b,
+                &kv.reduction,
+                &spans,
+                &k,
+                // Keys (with RoPE) are the similarity metric of the cache.
+                Some(&k),
+                &attn,
+                &scratch.rows.view(&[l]),
+                drop,
+                &k_out,
+                &scratch.rows_out.view(&[l - drop]),
+            )?;
+            site.step.record_again(b, &v, &v_out)?;
+            b.copy(&k_out, &lc.k)?;
+            b.copy(&v_out, &lc.v)?;
+            lc.len -= drop;
+            lc.visual.end -= drop;
+        }
+        cache.window = 0;
+        Ok(())
+    }
+
+    /// Head-averaged attention of the tokens decoded since the last compression over the
+    /// cache rows of `layer` (`[window, stride]`, row `j` valid up to that token's cache row),
+    /// or `None` when no compression is prepared.
+    pub fn kv_window(&self, layer: usize) -> Option<Tensor> {
+        let kv = self.ws.kv.as_ref()?;
+        (layer < self.layers.len()).then(|| {
+            kv.window
+                .slice(layer * kv.every * kv.stride, &[kv.every, kv.stride])
+        })
     }
 
     /// Refuse reductions after layers that do not exist.

@@ -96,6 +96,9 @@ pub struct Llava {
     kept_grid: Option<Tensor>,
     /// With merge tracing: the row of the tower's output token owning each patch (-1 pruned).
     owners: Option<Tensor>,
+    /// A projector-site reduction's input (the tower's tokens projected, [CLS] row first) and
+    /// output, `[tower tokens, D]` each; allocated when a plan uses the site.
+    projected: Option<[Tensor; 2]>,
 }
 
 impl Llava {
@@ -157,6 +160,7 @@ impl Llava {
             reduction: ReductionPlan::default(),
             kept_grid: None,
             owners: None,
+            projected: None,
         })
     }
 
@@ -170,7 +174,7 @@ impl Llava {
 
     /// Visual tokens one image contributes to the prompt (after any vision-side reduction).
     pub fn visual_tokens(&self) -> usize {
-        self.config.visual_tokens() - self.reduction.vision.as_ref().map_or(0, |r| r.total())
+        self.config.visual_tokens() - self.reduction.before_llm()
     }
 
     /// Attach token reductions to the vision tower and the LLM prefill (replacing any earlier
@@ -180,9 +184,37 @@ impl Llava {
             self.vision.check_reduction(v)?;
             self.vision.prepare_reduction(&self.gpu)?;
         }
+        if let Some(p) = &plan.projector {
+            let t = self.vision.tokens();
+            let kept = self.config.visual_tokens() - plan.before_llm();
+            if kept == 0
+                || plan
+                    .vision
+                    .as_ref()
+                    .is_some_and(|v| v.drop_after(self.vision.layers_to_run() - 1) > 0)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "a projector-site reduction dropping {} of {} visual tokens must keep at \
+                     least one, and the tower's last layer must not reduce too",
+                    p.drop,
+                    self.config.visual_tokens()
+                )));
+            }
+            self.vision.prepare_reduction(&self.gpu)?;
+            if self.projected.is_none() {
+                let d = self.config.text_config.hidden_size;
+                let buf = |label| self.gpu.zeros(&[t, d], DType::F32, label);
+                self.projected =
+                    Some([buf("projected tower output")?, buf("reduced tower output")?]);
+            }
+        }
         if let Some(l) = &plan.llm {
             self.decoder.check_reduction(l)?;
             self.decoder.prepare_reduction(&self.gpu)?;
+        }
+        if let Some(kv) = &plan.kv {
+            self.decoder
+                .prepare_kv_reduction(&self.gpu, kv, self.cache.capacity())?;
         }
         self.reduction = plan;
         Ok(())
@@ -243,6 +275,30 @@ impl Llava {
         self.cache.bytes()
     }
 
+    /// The KV cache as the last generation left it (per-layer lengths, visual rows, tensors).
+    pub fn kv_cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// With KV-cache compression planned: the head-averaged attention the tokens decoded since
+    /// the last compression paid to `layer`'s cache rows, `[window][row]` (what the next
+    /// compression scores with).
+    pub async fn kv_window_attention(&self, layer: usize) -> Result<Vec<Vec<f32>>> {
+        let t = self.decoder.kv_window(layer).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no KV-cache compression is planned, or layer {layer} does not exist"
+            ))
+        })?;
+        let stride = t.shape()[1];
+        let bytes = self.gpu.read_bytes(&t).await?;
+        let all: &[f32] = bytemuck::cast_slice(&bytes);
+        let len = self.cache.layers[layer].len;
+        let w = self.cache.window;
+        Ok((0..w)
+            .map(|j| all[j * stride..j * stride + len - w + j + 1].to_vec())
+            .collect())
+    }
+
     /// Run the vision tower and projector; the features stay on the GPU for [`Self::prefill`].
     /// Returns them (`[visual_tokens, D]`) for inspection.
     pub fn encode_image(&mut self, pixels: &PixelValues) -> Result<Tensor> {
@@ -259,28 +315,61 @@ impl Llava {
         self.gpu
             .write(&self.pixels, bytemuck::cast_slice(&pixels.data))?;
         let mut b = self.gpu.batch();
-        let out = self
-            .vision
-            .forward(&mut b, &self.pixels, self.reduction.vision.as_ref())?;
+        let at_projector = self.reduction.projector.as_ref();
+        let out = self.vision.forward(
+            &mut b,
+            &self.pixels,
+            self.reduction.vision.as_ref(),
+            at_projector.is_some(),
+        )?;
         // `default` drops [CLS] (row 0); `full` keeps every row.
         let skip = usize::from(self.config.drops_cls());
-        let (n, dv) = (self.visual_tokens(), vc.hidden_size);
-        debug_assert_eq!(out.tokens - skip, n);
-        let features = self.selected_vision_features();
-        let image_features = self
-            .image_features
-            .view(&[n, self.image_features.shape()[1]]);
-        b.copy(&out.hidden.slice(skip * dv, &[n, dv]), &features)?;
-        self.projector.forward(&mut b, &features, &image_features)?;
+        let (t, dv, d) = (
+            out.tokens,
+            vc.hidden_size,
+            self.config.text_config.hidden_size,
+        );
+        let n = self.visual_tokens();
+        let features = self.features.view(&[t - skip, dv]);
+        b.copy(&out.hidden.slice(skip * dv, &[t - skip, dv]), &features)?;
+        let mut grid = out.grid.clone();
+        match (at_projector, &self.projected) {
+            (Some(p), Some([projected, reduced])) => {
+                // The step sees the tower's rows in the LLM's width, [CLS] first (a zero row when
+                // `default` drops it: never discarded, never a target).
+                let projected = projected.view(&[t, d]);
+                let reduced = reduced.view(&[t - p.drop, d]);
+                let rows = projected.slice(skip * d, &[t - skip, d]);
+                self.projector.forward(
+                    &mut b,
+                    &features,
+                    &self.image_features.view(&[t - skip, d]),
+                )?;
+                b.copy(&self.image_features.view(&[t - skip, d]), &rows)?;
+                grid = self.vision.reduce_output(
+                    &mut b,
+                    &out,
+                    &p.reduction,
+                    p.drop,
+                    &projected,
+                    &reduced,
+                )?;
+                b.copy(&reduced.slice(skip * d, &[n, d]), &self.image_features)?;
+            }
+            _ => self
+                .projector
+                .forward(&mut b, &features, &self.image_features.view(&[n, d]))?,
+        }
         b.submit();
-        self.kept_grid = Some(out.grid);
+        self.kept_grid = Some(grid);
         self.owners = out.owners;
-        Ok(image_features)
+        Ok(self.image_features.view(&[n, d]))
     }
 
     /// The vision features LLaVA selects, before the projector (after [`Self::encode_image`]).
     pub fn selected_vision_features(&self) -> Tensor {
-        let n = self.visual_tokens();
+        let n =
+            self.config.visual_tokens() - self.reduction.vision.as_ref().map_or(0, |v| v.total());
         self.features.view(&[n, self.features.shape()[1]])
     }
 
@@ -342,7 +431,7 @@ impl Llava {
             site,
             text: image.end..prompt.text_end,
             renumber: self.reduction.renumber_positions,
-            visual: image,
+            visual: image.clone(),
         });
         let logits = self
             .decoder
@@ -357,6 +446,11 @@ impl Llava {
         };
         let mut tokens = vec![self.read_token().await?];
         let prefill_ms = clock.lap_ms();
+        let llm = self.reduction.llm.as_ref();
+        for (i, lc) in self.cache.layers.iter_mut().enumerate() {
+            let dropped = llm.map_or(0, |r| r.dropped_before(i));
+            lc.visual = image.start..image.end - dropped;
+        }
 
         let mut stop = StopReason::MaxTokens;
         loop {
@@ -373,6 +467,14 @@ impl Llava {
                 break;
             }
             let mut b = self.gpu.batch();
+            if let Some(kv) = self
+                .reduction
+                .kv
+                .as_ref()
+                .filter(|kv| self.cache.window >= kv.every)
+            {
+                self.decoder.compress_kv(&mut b, &mut self.cache, kv)?;
+            }
             self.decoder.embed_device_token(&mut b, &self.token)?;
             let pos = self.cache.next_position;
             let logits = self

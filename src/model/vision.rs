@@ -6,7 +6,7 @@ use super::linear::{Linear, Norm};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{self, AttentionScratch, AttentionShape, Epilogue, WeightMatrix};
-use crate::reduce::{SiteReduction, SiteScratch, Spans};
+use crate::reduce::{Reduction, SiteReduction, SiteScratch, Spans};
 use crate::{Error, Result};
 
 struct VisionLayer {
@@ -190,13 +190,16 @@ impl VisionTower {
     }
 
     /// Record the tower on `pixels` (`[3, H, W]`). With `reduce`, tokens are dropped or merged
-    /// after the attention of the listed layers ([CLS] never). The output's hidden state is the
-    /// one LLaVA selects (valid once the batch is submitted; reused by the next call).
+    /// after the attention of the listed layers ([CLS] never). With `score_output`, the last
+    /// layer keeps its attention map and keys for [`Self::reduce_output`]. The output's hidden
+    /// state is the one LLaVA selects (valid once the batch is submitted; reused by the next
+    /// call).
     pub fn forward(
         &self,
         b: &mut Batch,
         pixels: &Tensor,
         reduce: Option<&SiteReduction>,
+        score_output: bool,
     ) -> Result<VisionOutput> {
         let vc = &self.cfg;
         let s = vc.image_size;
@@ -207,11 +210,17 @@ impl VisionTower {
         let (d, p) = (vc.hidden_size, vc.patch_size);
         if let Some(r) = reduce {
             self.check_reduction(r)?;
-            if ws.reduce.is_none() {
-                return Err(Error::InvalidArgument(
-                    "call prepare_reduction before reducing in the vision tower".into(),
-                ));
-            }
+        }
+        let last = self.layers_to_run - 1;
+        if (reduce.is_some() || score_output) && ws.reduce.is_none() {
+            return Err(Error::InvalidArgument(
+                "call prepare_reduction before reducing in the vision tower".into(),
+            ));
+        }
+        if score_output && reduce.is_some_and(|r| r.drop_after(last) > 0) {
+            return Err(Error::InvalidArgument(format!(
+                "the tower's output is reduced at the projector: layer {last} cannot also reduce"
+            )));
         }
         let cols = ws.mlp.view(&[t - 1, vc.num_channels * p * p]);
         let patches = ws.q.view(&[t - 1, d]);
@@ -256,12 +265,15 @@ impl VisionTower {
             l.q.forward(b, &a, Epilogue::None, &q)?;
             l.k.forward(b, &a, Epilogue::None, &k)?;
             l.v.forward(b, &a, Epilogue::None, &v)?;
-            let scratch = ws.reduce.as_ref().filter(|_| drop > 0);
+            let scored = drop > 0 || (score_output && i == last);
+            let scratch = ws.reduce.as_ref().filter(|_| scored);
             let probs = scratch.map(|s| s.probs.view(&[t, t]));
             // The attention output reuses `a`.
             ops::attention(b, &q, &k, &v, t, &shape, &ws.attn, &a, probs.as_ref())?;
             l.o.forward(b, &a, Epilogue::Accumulate, &xt)?;
-            if let (Some(r), Some(probs), Some(scratch)) = (reduce, &probs, scratch) {
+            if let (Some(r), Some(probs), Some(scratch)) =
+                (reduce, &probs, scratch.filter(|_| drop > 0))
+            {
                 let out = x_alt.view(&[t - drop, d]);
                 // Alternate the survivors' grid indices between two buffers.
                 let kept_buf = &ws.kept_grid[usize::from(grid.same_buffer(&ws.kept_grid[0]))];
@@ -279,10 +291,7 @@ impl VisionTower {
                     &out,
                     &kept,
                 )?;
-                if let Some(tr) = &ws.trace {
-                    scratch.step.record_routes(b, &tr.route.view(&[t]))?;
-                    ops::reduce::compose_routes(b, &tr.route.view(&[t]), &tr.owner)?;
-                }
+                self.trace_step(b, scratch, t)?;
                 std::mem::swap(&mut x, &mut x_alt);
                 grid = kept;
                 t -= drop;
@@ -299,6 +308,58 @@ impl VisionTower {
             tokens: t,
             owners: ws.trace.as_ref().map(|tr| tr.owner.clone()),
         })
+    }
+
+    /// Reduce the tower's output after projection: `projected [t, D]` (the output tokens in
+    /// the LLM's width, row 0 [CLS]) becomes `reduced [t - drop, D]`, scored by the attention
+    /// and keys of the last layer (a [`Self::forward`] with `score_output` in the same batch).
+    /// Returns the survivors' grid indices.
+    pub fn reduce_output(
+        &self,
+        b: &mut Batch,
+        out: &VisionOutput,
+        r: &Reduction,
+        drop: usize,
+        projected: &Tensor,
+        reduced: &Tensor,
+    ) -> Result<Tensor> {
+        let ws = &self.ws;
+        let scratch = ws.reduce.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "call prepare_reduction before reducing the tower's output".into(),
+            )
+        })?;
+        let (t, d) = (out.tokens, self.cfg.hidden_size);
+        let kept_buf = &ws.kept_grid[usize::from(out.grid.same_buffer(&ws.kept_grid[0]))];
+        let kept = kept_buf.view(&[t - drop]);
+        let spans = Spans {
+            cls: Some(0),
+            grid: Some(self.cfg.image_size / self.cfg.patch_size),
+            ..Spans::default()
+        };
+        scratch.step.record(
+            b,
+            r,
+            &spans,
+            projected,
+            Some(&ws.k.view(&[t, d])),
+            &scratch.probs.view(&[t, t]),
+            &out.grid,
+            drop,
+            reduced,
+            &kept,
+        )?;
+        self.trace_step(b, scratch, t)?;
+        Ok(kept)
+    }
+
+    /// With merge tracing on, follow the step just recorded in the owner map.
+    fn trace_step(&self, b: &mut Batch, scratch: &SiteScratch, t: usize) -> Result<()> {
+        if let Some(tr) = &self.ws.trace {
+            scratch.step.record_routes(b, &tr.route.view(&[t]))?;
+            ops::reduce::compose_routes(b, &tr.route.view(&[t]), &tr.owner)?;
+        }
+        Ok(())
     }
 
     /// Turn merge attribution on or off: with it, every reducing step also routes its input

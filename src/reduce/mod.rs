@@ -25,7 +25,7 @@ pub use method::{
     by_name, FicocoL, FicocoV, Pool, PruMerge, RandomDrop, SparseVlm, VisionZip, METHODS,
     PLANNED_METHODS,
 };
-pub use sites::{ReductionPlan, SiteReduction, SiteScratch};
-pub use spec::{Planned, ReduceSpec};
+pub use sites::{KvReduction, ProjectorReduction, ReductionPlan, SiteReduction, SiteScratch};
+pub use spec::{KvKeep, KvReduceSpec, Planned, ReduceSpec, KV_METHODS};
 pub use stages::{Compress, Correlate, Filter, Grouping, LocalPenalty, Reduction, Rows, Score};
 pub use step::{run_once, ReductionStep, Spans, StepOutput, NEW_TOKEN};

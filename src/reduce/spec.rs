@@ -3,7 +3,7 @@
 
 use super::budget::{plan, Budget, Family, Schedule, Spread, Stages};
 use super::method::{by_name, Pool, METHODS};
-use super::sites::ReductionPlan;
+use super::sites::{KvReduction, ReductionPlan};
 use super::stages::Reduction;
 use crate::model::LlavaConfig;
 use crate::{Error, Result};
@@ -55,9 +55,8 @@ impl ReduceSpec {
     /// Where the method reduces (the papers' layers, scaled to this model's depth):
     /// - in the vision tower: FiCoCo-V from layer 12 of 24 to the layer the projector reads;
     ///   ToMe at every layer; EViT at layers 8, 14 and 20 of 24;
-    /// - once, after the attention of the layer the projector reads (the papers reduce the
-    ///   tower's output, scored by that layer's attention): PruMerge, VisionZip, random,
-    ///   top-k [CLS] attention, pooling;
+    /// - once, on the projector's output, scored by the attention and keys of the vision layer
+    ///   the projector reads: PruMerge, VisionZip, random, top-k [CLS] attention, pooling;
     /// - in the LLM prefill: FiCoCo-L from layer 4 of 32; FastV at layer 2; PDrop at 8/16/24
     ///   (geometric); SparseVLM at 2/6/15 (geometric);
     /// - FiCoCo-VL: FiCoCo-V's layers, then FiCoCo-L's.
@@ -79,9 +78,7 @@ impl ReduceSpec {
                 at.dedup();
                 Family::Vision(Stages::at(&at, Spread::Geometric))
             }
-            "prumerge" | "visionzip" | "random" | "topk-cls" | "pool" => {
-                Family::Vision(Stages::at(&[vision_last], Spread::Even))
-            }
+            "prumerge" | "visionzip" | "random" | "topk-cls" | "pool" => Family::Projector,
             "sparsevlm" => {
                 let mut stages = vec![llm(2), llm(6), llm(15)];
                 stages.dedup();
@@ -116,18 +113,19 @@ impl ReduceSpec {
             });
         };
         let schedule = plan(&family, self.budget, config, text_tokens)?;
-        let (vision, llm) = match self.method.as_str() {
-            "ficoco-vl" => (by_name("ficoco-v")?, by_name("ficoco-l")?),
-            "pool" => (Some(pool_for(config, schedule.projector())?), None),
+        let (vision, projector, llm) = match self.method.as_str() {
+            "ficoco-vl" => (by_name("ficoco-v")?, None, by_name("ficoco-l")?),
+            "pool" => (None, Some(pool_for(config, schedule.projector())?), None),
             m => {
                 let r = by_name(m)?;
                 match family {
-                    Family::Vision(_) | Family::Projector => (r, None),
-                    _ => (None, r),
+                    Family::Vision(_) => (r, None, None),
+                    Family::Projector => (None, r, None),
+                    _ => (None, None, r),
                 }
             }
         };
-        let plan = ReductionPlan::from_schedule(vision, llm, &schedule);
+        let plan = ReductionPlan::from_schedule(vision, projector, llm, &schedule);
         if self.method == "tome" {
             check_bipartite(&plan, config.visual_tokens())?;
         }
@@ -177,4 +175,101 @@ fn pool_for(config: &LlavaConfig, keep: usize) -> Result<Reduction> {
                 options.join(" or ")
             ))
         })
+}
+
+/// Methods that can compress the KV cache while decoding: their stages need neither [CLS] nor
+/// the patch grid, only the attention of the decoded tokens (the step's text rows) and the
+/// cached keys.
+pub const KV_METHODS: &[&str] = &["ficoco-l", "fastv", "pdrop", "sparsevlm", "tome", "random"];
+
+/// `--reduce-kv METHOD[:KEEP][@EVERY]`: compress the cache's visual entries every `EVERY`
+/// decoded tokens (default 16), halving each layer's excess over `KEEP` visual entries (a
+/// count, or a fraction of the visual tokens reaching the LLM; default 0.5).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvReduceSpec {
+    pub method: String,
+    pub keep: KvKeep,
+    pub every: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KvKeep {
+    Tokens(usize),
+    Fraction(f64),
+}
+
+impl FromStr for KvReduceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |what: &str| {
+            Error::InvalidArgument(format!(
+                "--reduce-kv {s:?}: {what}; expected METHOD[:KEEP][@EVERY], e.g. ficoco-l:64@16"
+            ))
+        };
+        let (rest, every) = match s.split_once('@') {
+            Some((r, e)) => (
+                r,
+                e.parse::<usize>()
+                    .ok()
+                    .filter(|&e| e > 0)
+                    .ok_or_else(|| bad("EVERY must be a positive token count"))?,
+            ),
+            None => (s, 16),
+        };
+        let (method, keep) = match rest.split_once(':') {
+            Some((m, k)) if k.contains('.') => (
+                m,
+                KvKeep::Fraction(
+                    k.parse::<f64>()
+                        .ok()
+                        .filter(|f| *f > 0.0 && *f < 1.0)
+                        .ok_or_else(|| bad("a KEEP fraction must lie in (0, 1)"))?,
+                ),
+            ),
+            Some((m, k)) => (
+                m,
+                KvKeep::Tokens(
+                    k.parse()
+                        .map_err(|_| bad("KEEP must be a token count or a fraction"))?,
+                ),
+            ),
+            None => (rest, KvKeep::Fraction(0.5)),
+        };
+        if !KV_METHODS.contains(&method) {
+            by_name(method)?;
+            return Err(bad(&format!(
+                "{method} cannot compress the KV cache (it needs [CLS] or the patch grid); \
+                 methods: {}",
+                KV_METHODS.join(", ")
+            )));
+        }
+        Ok(KvReduceSpec {
+            method: method.to_string(),
+            keep,
+            every,
+        })
+    }
+}
+
+impl KvReduceSpec {
+    /// The compression for a generation whose LLM receives `visual` visual tokens.
+    pub fn plan(&self, visual: usize) -> Result<KvReduction> {
+        let keep = match self.keep {
+            KvKeep::Tokens(k) => k,
+            KvKeep::Fraction(f) => (visual as f64 * f).round() as usize,
+        };
+        if keep >= visual {
+            return Err(Error::InvalidArgument(format!(
+                "--reduce-kv keeps {keep} visual entries but only {visual} reach the LLM: \
+                 nothing to compress (keep fewer)"
+            )));
+        }
+        let reduction = by_name(&self.method)?.expect("KV methods reduce");
+        Ok(KvReduction {
+            reduction,
+            keep,
+            every: self.every,
+        })
+    }
 }

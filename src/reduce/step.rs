@@ -58,11 +58,18 @@ pub struct ReductionStep {
     last: Mutex<Option<LastStep>>,
 }
 
-/// The last recorded step as [`ReductionStep::record_routes`] needs it.
-#[derive(Clone, Copy, Debug)]
+/// The last recorded step as [`ReductionStep::record_routes`] and
+/// [`ReductionStep::record_again`] need it.
+#[derive(Clone, Debug)]
 struct LastStep {
     n: usize,
     fate: Fate,
+    cand: Candidates,
+    sources: usize,
+    targets: usize,
+    new_tokens: usize,
+    recycled: usize,
+    weighting: Weighting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +105,11 @@ impl ReductionStep {
         })
     }
 
+    /// The longest sequence this scratch takes.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
     /// The plan of the last step (layout in `shaders/reduce.wgsl`): `kept` of output row r is
     /// word `3 n + r` ([`NEW_TOKEN`] for a new token).
     pub fn plan(&self) -> &Tensor {
@@ -120,9 +132,7 @@ impl ReductionStep {
     /// target it gave its largest merge weight, or the new token it was grouped into), -1 if
     /// it was pruned. Merge attribution; nothing else reads it.
     pub fn record_routes(&self, b: &mut Batch, route: &Tensor) -> Result<()> {
-        let last = (*self.last.lock().unwrap()).ok_or_else(|| {
-            Error::InvalidArgument("record_routes needs a recorded reduction step".into())
-        })?;
+        let last = self.last_step("record_routes")?;
         let weights;
         let fate = match last.fate {
             Fate::Pruned => k::SourceFate::Pruned,
@@ -133,6 +143,57 @@ impl ReductionStep {
             }
         };
         k::route_tokens(b, &self.plan, last.n, fate, &self.weights, route)
+    }
+
+    /// Record, after the last [`Self::record`] in the same batch, the same compression of
+    /// another tensor aligned with that step's input, `hidden [n, d']` into `out [n_out, d']`:
+    /// the same kept rows, merge weights and new tokens (the values of a key/value cache whose
+    /// keys the step reduced).
+    pub fn record_again(&self, b: &mut Batch, hidden: &Tensor, out: &Tensor) -> Result<()> {
+        let last = self.last_step("record_again")?;
+        if hidden.shape().first() != Some(&last.n) {
+            return Err(Error::shape(
+                "tensor to compress again",
+                format!("[{}, d]", last.n),
+                format!("{:?}", hidden.shape()),
+            ));
+        }
+        let split = Split {
+            plan: &self.plan,
+            cand: last.cand.clone(),
+            n: last.n,
+            sources: last.sources,
+            targets: last.targets,
+            new_tokens: last.new_tokens,
+            recycled: last.recycled,
+        };
+        let n_out = out.shape()[0];
+        let scores = self.scores.view(&[last.cand.len()]);
+        let sizes = self.sizes.view(&[n_out]);
+        let weights = match last.fate {
+            Fate::Merged { ns, nt } => Some(self.weights.view(&[ns, nt])),
+            _ => None,
+        };
+        k::compress(
+            b,
+            hidden,
+            &split,
+            weights.as_ref(),
+            last.weighting,
+            &scores,
+            out,
+            &sizes,
+        )?;
+        if last.fate == Fate::Grouped {
+            k::compress_new(b, hidden, &split, last.weighting, &scores, out, &sizes)?;
+        }
+        Ok(())
+    }
+
+    fn last_step(&self, caller: &str) -> Result<LastStep> {
+        self.last.lock().unwrap().clone().ok_or_else(|| {
+            Error::InvalidArgument(format!("{caller} needs a recorded reduction step"))
+        })
     }
 
     /// Record one step: `hidden [n, d]` with attention `attn [n, n]` and `positions [n]` (i32
@@ -248,7 +309,16 @@ impl ReductionStep {
             Correlate::Group(_) => Fate::Grouped,
             _ => Fate::Pruned,
         };
-        *self.last.lock().unwrap() = Some(LastStep { n, fate });
+        *self.last.lock().unwrap() = Some(LastStep {
+            n,
+            fate,
+            cand: cand.clone(),
+            sources: ns,
+            targets: nt,
+            new_tokens: split.new_tokens,
+            recycled: split.recycled,
+            weighting,
+        });
         match &r.correlate {
             Correlate::Attention {
                 direct,
