@@ -19,7 +19,9 @@ use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 use ficoco::preprocess::{PixelValues, PromptIds};
 use ficoco::reduce::budget::{Budget, Schedule};
 use ficoco::reduce::flops::Flops;
-use ficoco::reduce::{PositionKind, ReduceSpec, ReductionPlan, ReductionStep, Spans, METHODS};
+use ficoco::reduce::{
+    PositionKind, ReduceSpec, ReductionPlan, ReductionStep, Spans, StepInput, METHODS,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -632,9 +634,14 @@ fn reduction_overhead_ms(
         for _ in 0..3 {
             let t0 = Instant::now();
             let mut b = gpu.batch();
-            step.record(
-                &mut b, &r, &spans, &hidden, None, &attn, &positions, drop, &out, &out_pos,
-            )?;
+            let input = StepInput {
+                hidden: &hidden,
+                keys: None,
+                attn: &attn,
+                positions: &positions,
+                sizes: None,
+            };
+            step.record(&mut b, &r, &spans, &input, drop, &out, &out_pos)?;
             b.submit();
             gpu.wait()?;
             best = best.min(t0.elapsed().as_secs_f64() * 1e3);

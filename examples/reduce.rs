@@ -6,7 +6,8 @@
 //!
 //! IN holds `hidden` (f32 [N, D]), `attn` (f32 [N, N], head-averaged softmax probabilities,
 //! row = query), `positions` (i32 [N], grid index, -1 for [CLS]) and optionally `keys` (f32
-//! [N, Dk], the similarity metric; the hidden states otherwise). OUT gets `hidden` (f32
+//! [N, Dk], the similarity metric; the hidden states otherwise) and `sizes` (f32 [N], ToMe's
+//! token sizes from earlier steps; 1 otherwise). OUT gets `hidden` (f32
 //! [N - R, D]), `kept` (i64 [N - R], input index of each output token, -1 for a new one),
 //! `positions` (i32) and `scores` (f32, each scored candidate's filter score).
 
@@ -122,11 +123,21 @@ fn run(a: Args) -> Result<()> {
         Ok(_) => Some(tensor(&st, &a.input, "keys", Dtype::F32, 2)?),
         Err(_) => None,
     };
+    let sizes = match st.tensor("sizes") {
+        Ok(_) => Some(tensor(&st, &a.input, "sizes", Dtype::F32, 1)?),
+        Err(_) => None,
+    };
     let (n, d) = (hs[0], hs[1]);
-    if as_ != [n, n] || ps != [n] || keys.as_ref().is_some_and(|(_, s)| s[0] != n) {
+    if as_ != [n, n]
+        || ps != [n]
+        || keys.as_ref().is_some_and(|(_, s)| s[0] != n)
+        || sizes.as_ref().is_some_and(|(_, s)| s[0] != n)
+    {
         return Err(Error::shape(
             "inputs",
-            format!("attn [{n}, {n}], positions [{n}], keys [{n}, Dk] for hidden [{n}, {d}]"),
+            format!(
+                "attn [{n}, {n}], positions [{n}], keys [{n}, Dk], sizes [{n}] for hidden [{n}, {d}]"
+            ),
             format!("attn {as_:?}, positions {ps:?}"),
         ));
     }
@@ -149,6 +160,7 @@ fn run(a: Args) -> Result<()> {
     };
     let gpu = Gpu::new_blocking(&GpuOptions::from_env()?)?;
     let keys = keys.map(|(k, _)| f32s(&k));
+    let sizes = sizes.map(|(z, _)| f32s(&z));
     let out = pollster::block_on(run_once(
         &gpu,
         &r,
@@ -158,6 +170,7 @@ fn run(a: Args) -> Result<()> {
         keys.as_deref(),
         &f32s(&attn),
         &bytemuck::pod_collect_to_vec(&positions),
+        sizes.as_deref(),
         a.drop,
     ))?;
     write(

@@ -10,4 +10,6 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet -r "$root/scripts/requirements.txt"
 fi
-exec "$venv/bin/python" "$root/scripts/make_fixtures.py" --root "$root" "$@"
+"$venv/bin/python" "$root/scripts/make_fixtures.py" --root "$root" "$@"
+# ToMe across tower layers on the model just written.
+"$venv/bin/python" "$root/scripts/make_tome_fixture.py" --root "$root"

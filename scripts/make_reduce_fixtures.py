@@ -12,7 +12,8 @@ cases.json: {"generator", "versions", "cases": [...]}; each case has
     input_seed (the RandomState seed of the inputs; the random method's own seed is options.seed),
     options (the keyword arguments given to reduce_reference.reduce on top of its DEFAULTS),
     params (all resolved hyperparameters), summary (a few derived facts, e.g. targets per source).
-Inputs: hidden f32 [N, D], attn f32 [N, N], positions i32 [N], keys f32 [N, Dk] (some cases).
+Inputs: hidden f32 [N, D], attn f32 [N, N], positions i32 [N], keys f32 [N, Dk] (some cases),
+    sizes f32 [N] (ToMe's carried token sizes, one case).
 Expected: expected_hidden f32 [N-R, D], expected_kept i64 [N-R] (-1 = new token),
     expected_sources i64 (ascending input indices absent from the output), and where the method
     has them: expected_score_index i64 + expected_scores f32 (the score used to select, per
@@ -304,6 +305,11 @@ def build_cases():
 
     # other methods
     add("tome_6x6_cls_keys", "tome", 8, vision_inputs(301, 6, d=24, dk=16), cls=0, grid=6, input_seed=301)
+    # a later ToMe step: tokens carry the sizes of earlier merges ([CLS] stays 1)
+    sized = vision_inputs(301, 6, d=24, dk=16)
+    sized["sizes"] = np.random.RandomState(312).randint(1, 5, size=37).astype(np.float32)
+    sized["sizes"][0] = 1.0
+    add("tome_6x6_cls_keys_sizes", "tome", 8, sized, cls=0, grid=6, input_seed=301)
     add("evit_6x6_cls", "evit", 10, vision_inputs(302, 6, d=24), cls=0, grid=6, input_seed=302)
     l2, vis, txt = llm_inputs(303)
     add("fastv_causal", "fastv", 18, l2, visual=vis, text=txt, input_seed=303)
@@ -345,7 +351,7 @@ def main():
         case["file"] = file
         case["n"], case["d"] = t["hidden"].shape
         st = rr.reduce(case["method"], t["hidden"], t["attn"], t["positions"], case["drop"],
-                       keys=t.get("keys"), cls=case["cls"], grid=case["grid"],
+                       keys=t.get("keys"), sizes=t.get("sizes"), cls=case["cls"], grid=case["grid"],
                        visual=case["visual"], text=case["text"], **case["options"])
         case["params"] = st.params
         tensors = dict(own)

@@ -66,8 +66,9 @@ F9. Convergent correlation ablation: each target j picks its sources from its co
 Other methods (importance scores: the highest are kept)
 O1. tome: split P by position in P: set A = P[0::2], set B = P[1::2]. For a in A,
     node_max_a = max_b cos(M_a, M_b), node_idx_a = lowest-index b attaining it. S = topk(node_max
-    over A, R), R <= |A|. Each b becomes (X_b + sum of its merged X_a) / (1 + count): sizes start at 1,
-    so this is the size-weighted average; output sizes (1 + count) are returned.
+    over A, R), R <= |A|. Size-weighted average with the token sizes z carried from earlier steps
+    (all 1 when not given): each b becomes (z_b X_b + sum z_a X_a) / (z_b + sum z_a) over its
+    merged a; output sizes are z_b + sum z_a for a receiving b and z otherwise.
 O2. evit: s = A[cls, i]; keep topk(s, |P| - R - 1); the other R + 1 candidates fuse into one new
     token sum_i s_i X_i (EViT's formula, not renormalised). R = 0 is the identity.
 O3. fastv: keep topk(colmean, |P| - R). pdrop: keep topk(A[t, i], |P| - R), t = last token of the
@@ -360,7 +361,7 @@ def _need(value, what, method):
 
 
 def reduce(method, hidden, attn, positions, drop, keys=None, cls=None, grid=None, visual=None,
-           text=None, **options):
+           text=None, sizes=None, **options):
     """One reduction step. Returns a Step (see the module docstring for the definitions)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}")
@@ -403,7 +404,8 @@ def reduce(method, hidden, attn, positions, drop, keys=None, cls=None, grid=None
         if drop > len(a_set):
             raise ValueError("tome merges at most |A| tokens per step")
         out = x.copy()
-        sizes = np.ones(n)
+        sizes = np.ones(n) if sizes is None else np.asarray(sizes, dtype=np.float64).copy()
+        z = sizes.copy()
         edges = np.zeros((0, 2), dtype=np.int64)
         if drop > 0 and len(b_set) > 0:
             sim = cos_matrix(metric[a_set], metric[b_set])
@@ -414,8 +416,9 @@ def reduce(method, hidden, attn, positions, drop, keys=None, cls=None, grid=None
             edges = edges[np.argsort(edges[:, 0], kind="stable")]
             for b in np.unique(edges[:, 1]):
                 members = edges[edges[:, 1] == b, 0]
-                out[b] = (x[b] + x[members].sum(axis=0)) / (1.0 + len(members))
-                sizes[b] = 1.0 + len(members)
+                total = z[b] + z[members].sum()
+                out[b] = (z[b] * x[b] + (z[members, None] * x[members]).sum(axis=0)) / total
+                sizes[b] = total
             r.update(score_index=a_set, scores=node_max)
         elif drop > 0:
             raise ValueError("tome needs at least two candidates")
@@ -618,6 +621,7 @@ def main():
     t = load_file(a.input)
     opts = {k: _value(v) for k, v in (o.split("=", 1) for o in a.opt)}
     st = reduce(a.method, t["hidden"], t["attn"], t["positions"], a.drop, keys=t.get("keys"),
+                sizes=t.get("sizes"),
                 cls=a.cls, grid=a.grid, visual=_span(a.visual), text=_span(a.text), **opts)
     save_file({"hidden": st.hidden, "kept": st.kept}, a.out)
     print(f"{a.method}: {t['hidden'].shape[0]} -> {st.hidden.shape[0]} tokens, wrote {a.out}")

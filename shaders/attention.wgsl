@@ -12,6 +12,9 @@
 //   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
 //              strided over keys; masked entries are exactly 0.
 //              Bindings: 1 q, 2 k (read), 3 probs (write), 4 lse (read).
+// KEY_SIZES (both entries): ToMe's proportional attention, key j's logit gains log(size[j]) (a
+// token standing for size[j] merged patches counts that many times). One more read binding after
+// the others: size [kv_len].
 
 struct Params {
     q_len: u32, kv_len: u32, heads: u32, kv_heads: u32,
@@ -32,6 +35,25 @@ fn visible(i: u32) -> u32 {
 fn kv_head(h: u32) -> u32 {
     return h / (p.heads / p.kv_heads);
 }
+
+#ifdef KEY_SIZES
+#ifdef PROBS
+@group(0) @binding(5) var<storage, read> key_size: array<f32>;
+#else
+#ifdef WRITE_LSE
+@group(0) @binding(6) var<storage, read> key_size: array<f32>;
+#else
+@group(0) @binding(5) var<storage, read> key_size: array<f32>;
+#endif
+#endif
+fn key_bias(j: u32) -> f32 {
+    return log(key_size[j]);
+}
+#else
+fn key_bias(j: u32) -> f32 {
+    return 0.0;
+}
+#endif
 
 #ifdef ATTENTION
 @group(0) @binding(3) var<storage, read> v: array<f32>;
@@ -91,12 +113,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     for (var j0 = 0u; j0 < n; j0 += CHUNK) {
         let j = j0 + lid;
         var acc = vec4<f32>(0.0);
+        var bias = 0.0;
         if (j < n) {
             let kb = j * kvd + koff;
             for (var d = 0u; d < p.hd; d++) { acc += qs[d] * k[kb + d]; }
+            bias = key_bias(j);
         }
         let seen = vec4<u32>(j) < nv;
-        let s = select(vec4<f32>(NEG_INF), acc * p.scale, seen);
+        let s = select(vec4<f32>(NEG_INF), acc * p.scale + bias, seen);
         let m_new = max(m, reduce(lid, s, true));
         let alpha = exp(m - m_new);
         let pj = select(vec4<f32>(0.0), exp(s - m_new), seen);
@@ -147,7 +171,7 @@ fn probs_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                 let kb = j * kvd + kv_head(h) * p.hd;
                 var acc = 0.0;
                 for (var d = 0u; d < p.hd; d++) { acc += q[qb + d] * k[kb + d]; }
-                a += exp(acc * p.scale - lse_in[i * p.heads + h]);
+                a += exp(acc * p.scale + key_bias(j) - lse_in[i * p.heads + h]);
             }
         }
         probs[i * p.kv_len + j] = a / f32(p.heads);

@@ -76,7 +76,9 @@
 //                  (u_j + sum_a m_a) over the sources a with weights[a, b] != 0, m_a = that weight
 //                  (or the source's score when score_members), u_j = 1 (or j's score when
 //                  score_self), no division without `normalise`; a token without sources is
-//                  copied; sizes = 1 + number of sources; new rows are left to compress_new
+//                  copied; sizes = 1 + number of sources; new rows are left to compress_new.
+//                  CARRIED_SIZES (ToMe): 7 carried sizes z [n] (r); u_j and every m_a are
+//                  multiplied by the token's z, and sizes = z_j + sum of the sources' z
 //   compress_new   E_NEW      1 hidden (r), 2 out (rw), 3 plan (r), 4 scores (r), 5 sizes (rw)
 //                  one workgroup per new token g: out[new0 + g] = sum_{group[a] = g} m_a X_src[a]
 //                  (/ sum m_a with `normalise`), m_a = 1 or the source's score (score_members);
@@ -735,9 +737,20 @@ fn dpc_assign(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> sizes: array<f32>;
+#ifdef CARRIED_SIZES
+@group(0) @binding(7) var<storage, read> carried: array<f32>;
+fn size_of(seq: u32) -> f32 {
+    return carried[seq];
+}
+#else
+fn size_of(seq: u32) -> f32 {
+    return 1.0;
+}
+#endif
 
 fn member_weight(a: u32, w: f32) -> f32 {
-    return select(w, scores[cand_of(plan[p.n + a])], p.score_members == 1u);
+    let m = select(w, scores[cand_of(plan[p.n + a])], p.score_members == 1u);
+    return m * size_of(plan[p.n + a]);
 }
 
 @compute @workgroup_size(64)
@@ -755,9 +768,17 @@ fn compress(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             if (weights[a * p.nt + b] != 0.0) { members++; }
         }
     }
-    if (lid == 0u) { sizes[r] = f32(1u + members); }
-    var self_w = 1.0;
-    if (members > 0u && p.score_self == 1u) { self_w = scores[cand_of(seq)]; }
+    if (lid == 0u) {
+        var size = size_of(seq);
+        if (b != NONE) {
+            for (var a = 0u; a < p.ns; a++) {
+                if (weights[a * p.nt + b] != 0.0) { size += size_of(plan[p.n + a]); }
+            }
+        }
+        sizes[r] = size;
+    }
+    var self_w = size_of(seq);
+    if (members > 0u && p.score_self == 1u) { self_w = scores[cand_of(seq)] * size_of(seq); }
     for (var c = lid; c < p.d; c += 64u) {
         let x = hidden[seq * p.d + c];
         if (members == 0u) {

@@ -574,6 +574,7 @@ fn kv_compression_reduces_the_captured_window() {
                     Some(&b.k),
                     &attn,
                     &rows,
+                    None,
                     drop,
                 ))
                 .unwrap()
@@ -738,4 +739,41 @@ fn projector_site_reduces_the_projected_tokens() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("last layer"), "{e}");
+}
+
+/// ToMe over several tower layers against `scripts/make_tome_fixture.py` (the transformers
+/// modules run layer by layer with the numpy reference's ToMe step): token sizes carry from
+/// step to step and weigh each merge, and once tokens have merged every later attention adds
+/// log(size) to its keys.
+#[test]
+fn tome_carries_sizes_into_proportional_attention() {
+    let mut f = fixture();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bytes =
+        std::fs::read(root.join("tests/fixtures/models/gqa_untied/tome.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s =
+        |name: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data()) };
+    let want = f32s("image_features");
+    let want_kept: Vec<i64> =
+        bytemuck::pod_collect_to_vec(st.tensor("kept_patches").unwrap().data());
+    f.model
+        .set_reduction(ReductionPlan {
+            vision: site("tome", &[(0, 5), (1, 3)]),
+            ..ReductionPlan::default()
+        })
+        .unwrap();
+    let got = f.model.encode_image(&f.pixels).unwrap();
+    let got = f.model.gpu().read_f32(&got).unwrap();
+    let kept = pollster::block_on(f.model.kept_patches()).unwrap();
+    assert_eq!(
+        kept.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        want_kept
+    );
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = max_abs_diff(&got, &want);
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "ToMe features differ by {diff}"
+    );
 }

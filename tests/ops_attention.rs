@@ -12,6 +12,7 @@ fn cpu_attention(
     q_len: usize,
     kv_len: usize,
     s: &AttentionShape,
+    sizes: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (h, kvh, hd) = (s.heads, s.kv_heads, s.head_dim);
     let mut out = vec![0f32; q_len * h * hd];
@@ -33,6 +34,7 @@ fn cpu_attention(
                         })
                         .sum::<f64>()
                         * s.scale as f64
+                        + sizes.map_or(0.0, |z| (z[j] as f64).ln())
                 })
                 .collect();
             let m = sc.iter().cloned().fold(f64::MIN, f64::max);
@@ -62,6 +64,19 @@ fn shape(heads: usize, kv_heads: usize, head_dim: usize, causal: bool) -> Attent
 
 /// `cap` rows of K/V exist, the first `kv_len` are attended.
 fn check(g: &Gpu, s: &AttentionShape, q_len: usize, kv_len: usize, cap: usize, with_probs: bool) {
+    check_sized(g, s, q_len, kv_len, cap, with_probs, None)
+}
+
+/// [`check`] with ToMe's key sizes.
+fn check_sized(
+    g: &Gpu,
+    s: &AttentionShape,
+    q_len: usize,
+    kv_len: usize,
+    cap: usize,
+    with_probs: bool,
+    sizes: Option<&[f32]>,
+) {
     let (heads, kv_heads, hd, causal) = (s.heads, s.kv_heads, s.head_dim, s.causal);
     let q = rand_vec(q_len * heads * hd, 11 + q_len as u64, 1.5);
     let k = rand_vec(cap * kv_heads * hd, 12 + hd as u64, 1.5);
@@ -72,6 +87,7 @@ fn check(g: &Gpu, s: &AttentionShape, q_len: usize, kv_len: usize, cap: usize, w
     let out = g.zeros(&[q_len, heads * hd], DType::F32, "out").unwrap();
     let probs = g.zeros(&[q_len, kv_len], DType::F32, "probs").unwrap();
     let scratch = AttentionScratch::new(g, q_len + 3, heads).unwrap();
+    let tsizes = sizes.map(|z| g.upload_f32(z, &[kv_len], "key sizes").unwrap());
     let mut b = g.batch();
     attention(
         &mut b,
@@ -83,11 +99,15 @@ fn check(g: &Gpu, s: &AttentionShape, q_len: usize, kv_len: usize, cap: usize, w
         &scratch,
         &out,
         with_probs.then_some(&probs),
+        tsizes.as_ref(),
     )
     .unwrap();
     b.submit();
-    let (want, want_p) = cpu_attention(&q, &k, &v, q_len, kv_len, s);
-    let what = format!("h{heads}/{kv_heads} hd{hd} q{q_len} kv{kv_len} causal={causal}");
+    let (want, want_p) = cpu_attention(&q, &k, &v, q_len, kv_len, s, sizes);
+    let what = format!(
+        "h{heads}/{kv_heads} hd{hd} q{q_len} kv{kv_len} causal={causal} sized={}",
+        sizes.is_some()
+    );
     assert_close(&what, &g.read_f32(&out).unwrap(), &want, 1e-5, 1e-4);
     if with_probs {
         let got = g.read_f32(&probs).unwrap();
@@ -117,6 +137,18 @@ fn prefill_matches_cpu() {
                 check(g, &shape(h, kvh, hd, causal), 37, 37, 40, true);
                 check(g, &shape(h, kvh, hd, causal), 70, 70, 70, false);
             }
+        }
+    }
+}
+
+/// Proportional attention: keys weighted by the sizes of merged tokens.
+#[test]
+fn key_sizes_match_cpu() {
+    for g in [gpu(), portable_gpu()] {
+        for (n, with_probs) in [(37, true), (70, false), (70, true)] {
+            let sizes: Vec<f32> = (0..n).map(|j| 1.0 + (j * 7 % 5) as f32).collect();
+            let s = shape(4, 4, 16, false);
+            check_sized(g, &s, n, n, n, with_probs, Some(&sizes));
         }
     }
 }

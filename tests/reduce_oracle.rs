@@ -95,6 +95,7 @@ fn steps_match_numpy_reference() {
         let attn: Vec<f32> = tensor(&inputs, "attn");
         let positions: Vec<i32> = tensor(&inputs, "positions");
         let keys: Option<Vec<f32>> = maybe_tensor(&inputs, "keys");
+        let sizes: Option<Vec<f32>> = maybe_tensor(&inputs, "sizes");
         let n = positions.len();
         let d = hidden.len() / n;
         let drop = case["drop"].as_u64().unwrap() as usize;
@@ -123,6 +124,7 @@ fn steps_match_numpy_reference() {
             keys.as_deref(),
             &attn,
             &positions,
+            sizes.as_deref(),
             drop,
         ))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -224,7 +226,7 @@ fn every_method_runs_by_name() {
         };
         for keys in [None, Some(&keys[..])] {
             let out = pollster::block_on(run_once(
-                g, &r, spans, &hidden, d, keys, &attn, &positions, drop,
+                g, &r, spans, &hidden, d, keys, &attn, &positions, None, drop,
             ))
             .unwrap_or_else(|e| panic!("{m}: {e}"));
             assert_eq!(out.kept.len(), n - drop, "{m}");
@@ -242,7 +244,7 @@ fn bad_steps_are_refused() {
     let positions: Vec<i32> = (0..n as i32).collect();
     let run = |r: &Reduction, spans: &Spans, drop: usize| {
         pollster::block_on(run_once(
-            g, r, spans, &hidden, d, None, &attn, &positions, drop,
+            g, r, spans, &hidden, d, None, &attn, &positions, None, drop,
         ))
         .unwrap_err()
         .to_string()

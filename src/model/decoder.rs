@@ -9,7 +9,7 @@ use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{
     self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightMatrix,
 };
-use crate::reduce::{KvReduction, PositionKind, SiteReduction, SiteScratch, Spans};
+use crate::reduce::{KvReduction, PositionKind, SiteReduction, SiteScratch, Spans, StepInput};
 use crate::{Error, Result};
 use std::ops::Range;
 
@@ -375,6 +375,7 @@ impl Decoder {
                 &ws.attn,
                 &ctx,
                 probs.as_ref(),
+                None,
             )?;
             l.o.forward(b, &ctx, Epilogue::Accumulate, &xt)?;
             if let (Some(r), Some(probs), Some(sp), Some(scratch)) =
@@ -382,19 +383,17 @@ impl Decoder {
             {
                 let out = x_alt.view(&[n - drop, d]);
                 let pout = pos_alt.view(&[n - drop]);
-                scratch.step.record(
-                    b,
-                    &r.site.reduction,
-                    sp,
-                    &xt,
+                let input = StepInput {
+                    hidden: &xt,
                     // Keys here carry RoPE; the hidden states are the metric in the LLM.
-                    None,
-                    probs,
-                    &pn,
-                    drop,
-                    &out,
-                    &pout,
-                )?;
+                    keys: None,
+                    attn: probs,
+                    positions: &pn,
+                    sizes: None,
+                };
+                scratch
+                    .step
+                    .record(b, &r.site.reduction, sp, &input, drop, &out, &pout)?;
                 std::mem::swap(&mut x, &mut x_alt);
                 std::mem::swap(&mut pos, &mut pos_alt);
                 n -= drop;
@@ -529,19 +528,17 @@ impl Decoder {
                 scratch.k_out.view(&[l - drop, kvd]),
                 scratch.v_out.view(&[l - drop, kvd]),
             );
-            site.step.record(
-                b,
-                &kv.reduction,
-                &spans,
-                &k,
+            let input = StepInput {
+                hidden: &k,
                 // Keys (with RoPE) are the similarity metric of the cache.
-                Some(&k),
-                &attn,
-                &scratch.rows.view(&[l]),
-                drop,
-                &k_out,
-                &scratch.rows_out.view(&[l - drop]),
-            )?;
+                keys: Some(&k),
+                attn: &attn,
+                positions: &scratch.rows.view(&[l]),
+                sizes: None,
+            };
+            let rows_out = scratch.rows_out.view(&[l - drop]);
+            site.step
+                .record(b, &kv.reduction, &spans, &input, drop, &k_out, &rows_out)?;
             site.step.record_again(b, &v, &v_out)?;
             b.copy(&k_out, &lc.k)?;
             b.copy(&v_out, &lc.v)?;

@@ -6,7 +6,7 @@ use super::linear::{Linear, Norm};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{self, AttentionScratch, AttentionShape, Epilogue, WeightMatrix};
-use crate::reduce::{Reduction, SiteReduction, SiteScratch, Spans};
+use crate::reduce::{Compress, Reduction, SiteReduction, SiteScratch, Spans, StepInput};
 use crate::{Error, Result};
 
 struct VisionLayer {
@@ -37,6 +37,9 @@ struct Workspace {
     kept_grid: [Tensor; 2],
     /// Allocated by [`VisionTower::prepare_reduction`].
     reduce: Option<SiteScratch>,
+    /// Token sizes carried between size-weighted (ToMe) steps, and all ones to start from;
+    /// allocated with `reduce`.
+    sizes: Option<[Tensor; 2]>,
     /// Merge attribution, allocated by [`VisionTower::set_trace_merges`].
     trace: Option<MergeTrace>,
 }
@@ -161,6 +164,7 @@ impl VisionTower {
             grid: gpu.upload_i32(&grid, &[tokens], "vision grid index")?,
             kept_grid: [kept(0)?, kept(1)?],
             reduce: None,
+            sizes: None,
             trace: None,
         };
         Ok(Self {
@@ -252,6 +256,18 @@ impl VisionTower {
         if let Some(tr) = &ws.trace {
             b.copy(&tr.init, &tr.owner)?;
         }
+        // ToMe's size-weighted merges carry token sizes, and once tokens have merged the
+        // attention weighs each key by its size (proportional attention).
+        let sizes = match &ws.sizes {
+            Some([sizes, ones])
+                if reduce.is_some_and(|r| r.reduction.compress == Compress::SizeWeighted) =>
+            {
+                b.copy(ones, sizes)?;
+                Some(sizes)
+            }
+            _ => None,
+        };
+        let mut merged = false;
         for (i, l) in self.layers.iter().enumerate() {
             let drop = reduce.map_or(0, |r| r.drop_after(i));
             let xt = x.view(&[t, d]);
@@ -269,7 +285,19 @@ impl VisionTower {
             let scratch = ws.reduce.as_ref().filter(|_| scored);
             let probs = scratch.map(|s| s.probs.view(&[t, t]));
             // The attention output reuses `a`.
-            ops::attention(b, &q, &k, &v, t, &shape, &ws.attn, &a, probs.as_ref())?;
+            let key_sizes = sizes.filter(|_| merged).map(|z| z.view(&[t]));
+            ops::attention(
+                b,
+                &q,
+                &k,
+                &v,
+                t,
+                &shape,
+                &ws.attn,
+                &a,
+                probs.as_ref(),
+                key_sizes.as_ref(),
+            )?;
             l.o.forward(b, &a, Epilogue::Accumulate, &xt)?;
             if let (Some(r), Some(probs), Some(scratch)) =
                 (reduce, &probs, scratch.filter(|_| drop > 0))
@@ -278,19 +306,21 @@ impl VisionTower {
                 // Alternate the survivors' grid indices between two buffers.
                 let kept_buf = &ws.kept_grid[usize::from(grid.same_buffer(&ws.kept_grid[0]))];
                 let kept = kept_buf.view(&[t - drop]);
-                let grid_in = grid.view(&[t]);
-                scratch.step.record(
-                    b,
-                    &r.reduction,
-                    &spans,
-                    &xt,
-                    Some(&k),
-                    probs,
-                    &grid_in,
-                    drop,
-                    &out,
-                    &kept,
-                )?;
+                let carried = sizes.map(|z| z.view(&[t]));
+                let input = StepInput {
+                    hidden: &xt,
+                    keys: Some(&k),
+                    attn: probs,
+                    positions: &grid.view(&[t]),
+                    sizes: carried.as_ref(),
+                };
+                scratch
+                    .step
+                    .record(b, &r.reduction, &spans, &input, drop, &out, &kept)?;
+                if let Some(z) = sizes {
+                    b.copy(&scratch.step.sizes(t - drop), z)?;
+                    merged = true;
+                }
                 self.trace_step(b, scratch, t)?;
                 std::mem::swap(&mut x, &mut x_alt);
                 grid = kept;
@@ -337,18 +367,16 @@ impl VisionTower {
             grid: Some(self.cfg.image_size / self.cfg.patch_size),
             ..Spans::default()
         };
-        scratch.step.record(
-            b,
-            r,
-            &spans,
-            projected,
-            Some(&ws.k.view(&[t, d])),
-            &scratch.probs.view(&[t, t]),
-            &out.grid,
-            drop,
-            reduced,
-            &kept,
-        )?;
+        let input = StepInput {
+            hidden: projected,
+            keys: Some(&ws.k.view(&[t, d])),
+            attn: &scratch.probs.view(&[t, t]),
+            positions: &out.grid,
+            sizes: None,
+        };
+        scratch
+            .step
+            .record(b, r, &spans, &input, drop, reduced, &kept)?;
         self.trace_step(b, scratch, t)?;
         Ok(kept)
     }
@@ -383,7 +411,12 @@ impl VisionTower {
     /// Allocate what reducing needs (the attention map, the step's buffers), once.
     pub fn prepare_reduction(&mut self, gpu: &Gpu) -> Result<()> {
         if self.ws.reduce.is_none() {
-            self.ws.reduce = Some(SiteScratch::new(gpu, self.tokens())?);
+            let t = self.tokens();
+            self.ws.reduce = Some(SiteScratch::new(gpu, t)?);
+            self.ws.sizes = Some([
+                gpu.zeros(&[t], DType::F32, "vision token sizes")?,
+                gpu.upload_f32(&vec![1.0; t], &[t], "unit token sizes")?,
+            ]);
         }
         Ok(())
     }

@@ -47,8 +47,10 @@ struct Params {
     _pad: u32,
 }
 
-/// `out = softmax(scale * q k^T [+ causal mask]) v` over cache rows `0..kv_len`; with `probs`
-/// (`[q_len, kv_len]`) also the head-averaged probabilities (row = query).
+/// `out = softmax(scale * q k^T [+ log key_sizes] [+ causal mask]) v` over cache rows
+/// `0..kv_len`; with `probs` (`[q_len, kv_len]`) also the head-averaged probabilities (row =
+/// query). `key_sizes [kv_len]` (ToMe's proportional attention) weighs each key by the number
+/// of tokens it stands for.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Batch,
@@ -60,6 +62,7 @@ pub fn attention(
     scratch: &AttentionScratch,
     out: &Tensor,
     probs: Option<&Tensor>,
+    key_sizes: Option<&Tensor>,
 ) -> Result<()> {
     let s = shape;
     if s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
@@ -115,27 +118,31 @@ pub fn attention(
         scale: s.scale,
         _pad: 0,
     };
+    if let Some(sizes) = key_sizes {
+        expect_shape("key sizes", sizes, &[kv_len])?;
+    }
     let lse = scratch.lse.view(&[q_len, s.heads]);
     let kernel = Kernel::new("attention", "attention")
         .flag("ATTENTION")
-        .flag_if("WRITE_LSE", probs.is_some());
+        .flag_if("WRITE_LSE", probs.is_some())
+        .flag_if("KEY_SIZES", key_sizes.is_some());
     let mut binds = vec![Bind::R(q), Bind::R(k), Bind::R(v), Bind::W(out)];
     if probs.is_some() {
         binds.push(Bind::W(&lse));
     }
+    binds.extend(key_sizes.map(Bind::R));
     // One workgroup per four queries of one head.
     let grid = b.gpu().grid((q_len.div_ceil(4) * s.heads) as u32);
     b.dispatch(&kernel, &p, &binds, grid)?;
     if let Some(probs) = probs {
         expect_shape("attention probabilities", probs, &[q_len, kv_len])?;
-        let kernel = Kernel::new("attention", "probs_mean").flag("PROBS");
+        let kernel = Kernel::new("attention", "probs_mean")
+            .flag("PROBS")
+            .flag_if("KEY_SIZES", key_sizes.is_some());
         let grid = b.gpu().grid(q_len as u32);
-        b.dispatch(
-            &kernel,
-            &p,
-            &[Bind::R(q), Bind::R(k), Bind::W(probs), Bind::R(&lse)],
-            grid,
-        )?;
+        let mut binds = vec![Bind::R(q), Bind::R(k), Bind::W(probs), Bind::R(&lse)];
+        binds.extend(key_sizes.map(Bind::R));
+        b.dispatch(&kernel, &p, &binds, grid)?;
     }
     Ok(())
 }

@@ -739,23 +739,35 @@ impl Weighting {
     }
 }
 
+/// How a compress merges: `weights [ns, nt]` (`None` prunes), their [`Weighting`], and the
+/// token sizes `[n]` carried from earlier steps (ToMe: every weight is multiplied by its
+/// token's size and the output sizes add up; 1 each when `None`).
+#[derive(Clone, Copy, Debug)]
+pub struct Merge<'a> {
+    pub weights: Option<&'a Tensor>,
+    pub weighting: Weighting,
+    pub sizes: Option<&'a Tensor>,
+}
+
 /// Write the kept rows of the reduced sequence in plan order, each target updated by its
-/// sources, `(u_j X_j + sum m X_i) / (u_j + sum m)` (see [`Weighting`]); `weights` is `None`
-/// to prune. `scores` are the filter scores (read with score weighting); `sizes [n_out]` gets
-/// `1 +` the number of merged sources. New rows are written by [`compress_new`].
-#[allow(clippy::too_many_arguments)]
+/// sources, `(u_j X_j + sum m X_i) / (u_j + sum m)` (see [`Merge`]). `scores` are the filter
+/// scores (read with score weighting); `sizes [n_out]` gets the tokens each output row stands
+/// for (`1 +` the merged sources without carried sizes). New rows are written by
+/// [`compress_new`].
 pub fn compress(
     b: &mut Batch,
     hidden: &Tensor,
     split: &Split,
-    weights: Option<&Tensor>,
-    weighting: Weighting,
+    merge: &Merge,
     scores: &Tensor,
     out: &Tensor,
     sizes: &Tensor,
 ) -> Result<()> {
     let (d, n_out) = compress_shapes(hidden, split, scores, out, sizes)?;
-    let (ns, w) = match weights {
+    if let Some(z) = merge.sizes {
+        expect_shape("carried token sizes", z, &[split.n])?;
+    }
+    let (ns, w) = match merge.weights {
         Some(w) => {
             expect_shape("merge weights", w, &[split.sources, split.targets])?;
             (split.sources, w)
@@ -769,21 +781,19 @@ pub fn compress(
         nt: split.targets as u32,
         ..split.cand.params()
     };
-    weighting.apply(&mut p);
+    merge.weighting.apply(&mut p);
     let g = b.gpu().grid(n_out as u32);
-    b.dispatch(
-        &kernel("compress", "E_COMPRESS"),
-        &p,
-        &[
-            Bind::R(hidden),
-            Bind::W(out),
-            Bind::R(split.plan),
-            Bind::R(w),
-            Bind::R(scores),
-            Bind::W(sizes),
-        ],
-        g,
-    )
+    let mut binds = vec![
+        Bind::R(hidden),
+        Bind::W(out),
+        Bind::R(split.plan),
+        Bind::R(w),
+        Bind::R(scores),
+        Bind::W(sizes),
+    ];
+    binds.extend(merge.sizes.map(Bind::R));
+    let k = kernel("compress", "E_COMPRESS").flag_if("CARRIED_SIZES", merge.sizes.is_some());
+    b.dispatch(&k, &p, &binds, g)
 }
 
 /// Width and output rows of a compress, after checking every tensor against the split.

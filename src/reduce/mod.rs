@@ -28,4 +28,4 @@ pub use method::{
 pub use sites::{KvReduction, ProjectorReduction, ReductionPlan, SiteReduction, SiteScratch};
 pub use spec::{KvKeep, KvReduceSpec, Planned, ReduceSpec, KV_METHODS};
 pub use stages::{Compress, Correlate, Filter, Grouping, LocalPenalty, Reduction, Rows, Score};
-pub use step::{run_once, ReductionStep, Spans, StepOutput, NEW_TOKEN};
+pub use step::{run_once, ReductionStep, Spans, StepInput, StepOutput, NEW_TOKEN};

@@ -34,6 +34,23 @@ pub struct Spans {
     pub positions: PositionKind,
 }
 
+/// What one step reads, row `i` of each tensor belonging to token `i` of `n`.
+#[derive(Clone, Copy)]
+pub struct StepInput<'a> {
+    /// `[n, d]`: the sequence to reduce.
+    pub hidden: &'a Tensor,
+    /// `[n, dk]`: the similarity metric of ToMe, PruMerge, VisionZip, SparseVLM's clusters and
+    /// FiCoCo-V without [CLS] (the hidden states when `None`).
+    pub keys: Option<&'a Tensor>,
+    /// `[n, n]`: head-averaged attention probabilities, row = query.
+    pub attn: &'a Tensor,
+    /// `[n]` i32: grid indices (-1 for [CLS]) or RoPE positions.
+    pub positions: &'a Tensor,
+    /// `[n]`: how many original tokens each token stands for (ToMe's sizes, carried across
+    /// steps); all 1 when `None`. Only a size-weighted compress reads them.
+    pub sizes: Option<&'a Tensor>,
+}
+
 /// Scratch for reduction steps over sequences of up to `max_tokens`.
 pub struct ReductionStep {
     max_tokens: usize,
@@ -70,6 +87,7 @@ struct LastStep {
     new_tokens: usize,
     recycled: usize,
     weighting: Weighting,
+    sizes: Option<Tensor>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,16 +192,12 @@ impl ReductionStep {
             Fate::Merged { ns, nt } => Some(self.weights.view(&[ns, nt])),
             _ => None,
         };
-        k::compress(
-            b,
-            hidden,
-            &split,
-            weights.as_ref(),
-            last.weighting,
-            &scores,
-            out,
-            &sizes,
-        )?;
+        let merge = k::Merge {
+            weights: weights.as_ref(),
+            weighting: last.weighting,
+            sizes: last.sizes.as_ref(),
+        };
+        k::compress(b, hidden, &split, &merge, &scores, out, &sizes)?;
         if last.fate == Fate::Grouped {
             k::compress_new(b, hidden, &split, last.weighting, &scores, out, &sizes)?;
         }
@@ -196,25 +210,36 @@ impl ReductionStep {
         })
     }
 
-    /// Record one step: `hidden [n, d]` with attention `attn [n, n]` and `positions [n]` (i32
-    /// grid indices, or RoPE positions) becomes `out [n - drop, d]` and `positions_out
-    /// [n - drop]`. `keys [n, dk]` are the similarity metric of ToMe, PruMerge, VisionZip,
-    /// SparseVLM's clusters and FiCoCo-V without [CLS] (the hidden states when `None`).
+    /// Record one step: `input` (n tokens) becomes `out [n - drop, d]` and `positions_out
+    /// [n - drop]`.
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         b: &mut Batch,
         r: &Reduction,
         spans: &Spans,
-        hidden: &Tensor,
-        keys: Option<&Tensor>,
-        attn: &Tensor,
-        positions: &Tensor,
+        input: &StepInput,
         drop: usize,
         out: &Tensor,
         positions_out: &Tensor,
     ) -> Result<()> {
+        let StepInput {
+            hidden,
+            keys,
+            attn,
+            positions,
+            sizes: sizes_in,
+        } = *input;
         let n = hidden.shape()[0];
+        if let Some(z) = sizes_in {
+            if z.shape() != [n] {
+                return Err(Error::shape(
+                    "token sizes",
+                    format!("[{n}]"),
+                    format!("{:?}", z.shape()),
+                ));
+            }
+        }
         if n > self.max_tokens {
             return Err(Error::InvalidArgument(format!(
                 "{n} tokens exceed the reduction scratch of {}",
@@ -299,8 +324,15 @@ impl ReductionStep {
         let weighting = weighting(r.compress);
         let average = r.compress != Compress::SelfPreserving;
         let norms = self.norms.view(&[n]);
+        // Only ToMe's size-weighted average reads the sizes carried from earlier steps.
+        let sizes_in = sizes_in.filter(|_| r.compress == Compress::SizeWeighted);
         let merge = |b: &mut Batch, weights: Option<&Tensor>| {
-            k::compress(b, hidden, &split, weights, weighting, &scores, out, &sizes)
+            let w = k::Merge {
+                weights,
+                weighting,
+                sizes: sizes_in,
+            };
+            k::compress(b, hidden, &split, &w, &scores, out, &sizes)
         };
         let fate = match &r.correlate {
             Correlate::Attention { .. } | Correlate::Similarity { .. } if ns > 0 && nt > 0 => {
@@ -318,6 +350,7 @@ impl ReductionStep {
             new_tokens: split.new_tokens,
             recycled: split.recycled,
             weighting,
+            sizes: sizes_in.cloned(),
         });
         match &r.correlate {
             Correlate::Attention {
@@ -694,7 +727,7 @@ pub struct StepOutput {
 /// Upload one sequence, run one step and read the result back: the tensor-level runner
 /// (`examples/reduce.rs`) and the oracle tests use this; the model records
 /// [`ReductionStep::record`] into its own batches. `keys` is `[n, dk]` row-major (its width
-/// follows from its length), the similarity metric when given.
+/// follows from its length), the similarity metric when given; `sizes [n]` ToMe's token sizes.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_once(
     gpu: &Gpu,
@@ -705,6 +738,7 @@ pub async fn run_once(
     keys: Option<&[f32]>,
     attn: &[f32],
     positions: &[i32],
+    sizes: Option<&[f32]>,
     drop: usize,
 ) -> Result<StepOutput> {
     let n = positions.len();
@@ -737,22 +771,23 @@ pub async fn run_once(
     };
     let ta = gpu.upload_f32(attn, &[n, n], "attn")?;
     let tp = gpu.upload_i32(positions, &[n], "positions")?;
+    let tz = match sizes {
+        Some(z) if z.len() == n => Some(gpu.upload_f32(z, &[n], "token sizes")?),
+        Some(z) => return Err(Error::shape("token sizes", format!("[{n}]"), z.len())),
+        None => None,
+    };
     let n_out = n - drop;
     let out = gpu.zeros(&[n_out, d], DType::F32, "reduced hidden")?;
     let out_pos = gpu.zeros(&[n_out], DType::I32, "reduced positions")?;
     let mut b = gpu.batch();
-    step.record(
-        &mut b,
-        r,
-        spans,
-        &th,
-        tk.as_ref(),
-        &ta,
-        &tp,
-        drop,
-        &out,
-        &out_pos,
-    )?;
+    let input = StepInput {
+        hidden: &th,
+        keys: tk.as_ref(),
+        attn: &ta,
+        positions: &tp,
+        sizes: tz.as_ref(),
+    };
+    step.record(&mut b, r, spans, &input, drop, &out, &out_pos)?;
     b.submit();
     let span = spans.visual.clone().unwrap_or(0..n);
     let candidates: Vec<u32> = span
