@@ -325,6 +325,7 @@ def build_cases():
     add("topk_cls_6x6_cls", "topk-cls", 12, vision_inputs(309, 6, d=24), cls=0, grid=6, input_seed=309)
     add("pool2_6x6_cls", "pool", 27, vision_inputs(310, 6, d=24), cls=0, grid=6, input_seed=310, pool_k=2)
     add("pool4_8x8_cls", "pool", 60, vision_inputs(311, 8, d=16), cls=0, grid=8, input_seed=311, pool_k=4)
+    add("pool3_6x6_cls", "pool", 32, vision_inputs(313, 6, d=24), cls=0, grid=6, input_seed=313, pool_k=3)
     return cases
 
 

@@ -371,7 +371,7 @@ fn specs_reach_their_budget() {
         .plan(f.model.config(), text_tokens)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("4 (2x2) or 1 (4x4)"), "{e}");
+    assert!(e.contains("4 (2x2), 1 (4x4)"), "{e}");
     let e = "ficoco-v:abc"
         .parse::<ReduceSpec>()
         .unwrap_err()

@@ -100,7 +100,7 @@ impl Default for SparseVlm {
 /// Spatial pooling (reference O8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool {
-    /// Window side: 2 (576 -> 144) or 4 (576 -> 36).
+    /// Window side, a divisor of the grid side: 2 (576 -> 144), 3 (-> 64), 4 (-> 36), ...
     pub k: usize,
 }
 

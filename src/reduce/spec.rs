@@ -157,22 +157,23 @@ fn check_bipartite(plan: &ReductionPlan, visual: usize) -> Result<()> {
     )))
 }
 
-/// Spatial pooling keeps a fixed count: the window side follows from the budget.
+/// Spatial pooling keeps a fixed count: the window side (any divisor of the grid side) follows
+/// from the budget.
 fn pool_for(config: &LlavaConfig, keep: usize) -> Result<Reduction> {
     let grid = config.vision_config.image_size / config.vision_config.patch_size;
-    [2, 4]
-        .into_iter()
-        .find(|k| grid % k == 0 && (grid / k) * (grid / k) == keep)
-        .map(|k| Reduction::pool(Pool { k }))
+    let sides: Vec<usize> = (2..=grid).filter(|k| grid % k == 0).collect();
+    sides
+        .iter()
+        .find(|&&k| (grid / k) * (grid / k) == keep)
+        .map(|&k| Reduction::pool(Pool { k }))
         .ok_or_else(|| {
-            let options: Vec<String> = [2, 4]
+            let options: Vec<String> = sides
                 .iter()
-                .filter(|&&k| grid % k == 0)
                 .map(|k| format!("{} ({k}x{k})", (grid / k) * (grid / k)))
                 .collect();
             Error::InvalidArgument(format!(
-                "pool keeps {} visual tokens on this {grid}x{grid} grid, not {keep}",
-                options.join(" or ")
+                "pool keeps one of {} visual tokens on this {grid}x{grid} grid, not {keep}",
+                options.join(", ")
             ))
         })
 }

@@ -1,0 +1,471 @@
+//! Accuracy of a LLaVA model on a visual-QA set (the JSONL `make_vqa` writes), unreduced or
+//! with a reduction, or a sweep of every reduction method over visual-token budgets.
+//!
+//! cargo run --release --example eval -- --model DIR --set assets/vqa-test/questions.jsonl \
+//!     [--reduce SPEC] [--limit N] [--json]
+//! cargo run --release --example eval -- --model DIR --set FILE --sweep [--out DIR]
+
+mod plot;
+
+use ficoco::gpu::{Gpu, GpuOptions};
+use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::preprocess::{self, ImageProcessor, PixelValues, Tokenizer};
+use ficoco::reduce::budget::{Budget, Schedule};
+use ficoco::reduce::flops::Flops;
+use ficoco::reduce::{ReduceSpec, METHODS};
+use ficoco::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const USAGE: &str = "usage: eval --model DIR --set FILE [--reduce SPEC] [--limit N] [--json]
+       eval --model DIR --set FILE --sweep [--budgets LIST] [--methods LIST] [--limit N] [--out DIR]
+  --model DIR        model directory (default assets/llava-vqa)
+  --set FILE         questions JSONL ({\"image\",\"question\",\"answer\",\"type\"}; image paths
+                     relative to the file)
+  --reduce SPEC      METHOD[:BUDGET] as in generate (default none)
+  --limit N          evaluate the first N questions only
+  --json             print one JSON object (accuracy in 0..1, per type, visual tokens, FLOPs,
+                     prefill time)
+  --sweep            every method at every budget; writes DIR/sweep.md and DIR/sweep.png
+  --budgets LIST     sweep budgets in visual tokens (default 192,128,64,32; the unreduced
+                     model is always the first row)
+  --methods LIST     sweep methods (default all)
+  --out DIR          where the sweep writes (default .)";
+
+struct Args {
+    model: PathBuf,
+    set: PathBuf,
+    reduce: ReduceSpec,
+    limit: Option<usize>,
+    json: bool,
+    sweep: bool,
+    budgets: Vec<usize>,
+    methods: Vec<String>,
+    out: PathBuf,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut a = Args {
+        model: PathBuf::from("assets/llava-vqa"),
+        set: PathBuf::new(),
+        reduce: none(),
+        limit: None,
+        json: false,
+        sweep: false,
+        budgets: vec![192, 128, 64, 32],
+        methods: METHODS
+            .iter()
+            .filter(|m| **m != "none")
+            .map(|m| m.to_string())
+            .chain(["ficoco-vl".to_string()])
+            .collect(),
+        out: PathBuf::from("."),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = value()?.into(),
+            "--set" => a.set = value()?.into(),
+            "--reduce" => a.reduce = value()?.parse().map_err(|e| format!("--reduce: {e}"))?,
+            "--limit" => {
+                let v = value()?;
+                a.limit = Some(
+                    v.parse()
+                        .map_err(|_| format!("--limit {v:?}: not a count"))?,
+                );
+            }
+            "--json" => a.json = true,
+            "--sweep" => a.sweep = true,
+            "--budgets" => {
+                a.budgets = value()?
+                    .split(',')
+                    .map(|b| {
+                        b.trim()
+                            .parse()
+                            .map_err(|_| format!("--budgets: bad count {b:?}"))
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+            }
+            "--methods" => {
+                a.methods = value()?.split(',').map(|m| m.trim().to_string()).collect();
+                for m in &a.methods {
+                    m.parse::<ReduceSpec>()
+                        .map_err(|e| format!("--methods: {e}"))?;
+                }
+            }
+            "--out" => a.out = value()?.into(),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if a.set.as_os_str().is_empty() {
+        return Err("--set is required".into());
+    }
+    if a.limit == Some(0) {
+        return Err("--limit must be at least 1".into());
+    }
+    Ok(a)
+}
+
+fn none() -> ReduceSpec {
+    ReduceSpec {
+        method: "none".into(),
+        budget: Budget::Fraction(1.0),
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// One question of the set.
+struct Item {
+    image: PathBuf,
+    question: String,
+    answer: String,
+    kind: String,
+}
+
+fn read_set(path: &Path, limit: Option<usize>) -> Result<Vec<Item>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut items = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |what: &str| Error::file(path, format!("line {}: {what}", i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad(&format!("missing string field {k:?}")))
+        };
+        items.push(Item {
+            image: dir.join(field("image")?),
+            question: field("question")?,
+            answer: field("answer")?,
+            kind: field("type")?,
+        });
+        if limit.is_some_and(|n| items.len() >= n) {
+            break;
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::file(path, "no questions"));
+    }
+    Ok(items)
+}
+
+/// The evaluation of one reduction over the set.
+struct Score {
+    correct: usize,
+    total: usize,
+    per_type: BTreeMap<String, (usize, usize)>,
+    visual_tokens_llm: usize,
+    /// Visual tokens left after the last reduction (LLM-side methods reduce inside the LLM).
+    visual_tokens_kept: usize,
+    /// Mean over the questions (text lengths differ).
+    flops: Flops,
+    flops_unreduced: Flops,
+    /// Mean vision + LLM prefill time per question.
+    prefill_ms: f64,
+}
+
+impl Score {
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+
+    fn json(&self, reduce: &ReduceSpec) -> serde_json::Value {
+        let flops = |f: &Flops| {
+            serde_json::json!({"vision": f.vision, "projector": f.projector,
+                "llm_prefill": f.llm_prefill, "overhead": f.overhead})
+        };
+        let per_type: serde_json::Map<String, serde_json::Value> = self
+            .per_type
+            .iter()
+            .map(|(k, &(c, n))| {
+                let acc = c as f64 / n as f64;
+                (
+                    k.clone(),
+                    serde_json::json!({"accuracy": acc, "correct": c, "count": n}),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "reduce": reduce.method,
+            "accuracy": self.accuracy(),
+            "correct": self.correct,
+            "count": self.total,
+            "per_type": per_type,
+            "visual_tokens_llm": self.visual_tokens_llm,
+            "visual_tokens_kept": self.visual_tokens_kept,
+            "flops": flops(&self.flops),
+            "flops_unreduced": flops(&self.flops_unreduced),
+            "prefill_ms": self.prefill_ms,
+        })
+    }
+}
+
+/// Add one of `n` terms of a mean.
+fn add_mean(acc: &mut Flops, f: &Flops, n: usize) {
+    let w = 1.0 / n as f64;
+    acc.vision += f.vision * w;
+    acc.projector += f.projector * w;
+    acc.llm_prefill += f.llm_prefill * w;
+    acc.overhead += f.overhead * w;
+}
+
+/// Lower case, without surrounding whitespace and trailing punctuation.
+fn normalise(s: &str) -> String {
+    s.trim()
+        .trim_end_matches(['.', '!', '?', ','])
+        .trim()
+        .to_lowercase()
+}
+
+struct Evaluator {
+    model: Llava,
+    tokenizer: Tokenizer,
+    /// Preprocessed images, loaded once for every reduction of a sweep.
+    pixels: Vec<PixelValues>,
+    items: Vec<Item>,
+}
+
+impl Evaluator {
+    /// Loads the model and every image; one unmeasured answer compiles the pipelines.
+    fn new(args: &Args) -> Result<Self> {
+        let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
+        let tokenizer = Tokenizer::from_dir(&args.model)?;
+        let processor = ImageProcessor::from_dir(&args.model)?;
+        let model = Llava::load(gpu.clone(), &args.model, &LoadOptions::default())?;
+        let items = read_set(&args.set, args.limit)?;
+        eprintln!(
+            "{} questions; model {}; adapter {}",
+            items.len(),
+            args.model.display(),
+            gpu.describe()
+        );
+        let pixels = items
+            .iter()
+            .map(|it| Ok(processor.preprocess(&preprocess::load_image(&it.image)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let mut ev = Self {
+            model,
+            tokenizer,
+            pixels,
+            items,
+        };
+        let first = ev.items.drain(1..).collect::<Vec<_>>();
+        ev.score(&none(), "warm-up")?;
+        ev.items.extend(first);
+        Ok(ev)
+    }
+
+    /// Answer every question under `spec`, showing progress on stderr.
+    fn score(&mut self, spec: &ReduceSpec, label: &str) -> Result<Score> {
+        let cfg = self.model.config().clone();
+        let image_token = cfg.image_token_index;
+        let full = cfg.visual_tokens();
+        let opts = GenerateOptions {
+            max_new_tokens: 8,
+            sampling: Sampling::Greedy,
+            stop_tokens: self.tokenizer.eos_id().into_iter().collect(),
+            keep_prefill_logits: false,
+        };
+        let mut s = Score {
+            correct: 0,
+            total: 0,
+            per_type: BTreeMap::new(),
+            visual_tokens_llm: 0,
+            visual_tokens_kept: 0,
+            flops: Flops::default(),
+            flops_unreduced: Flops::default(),
+            prefill_ms: 0.0,
+        };
+        let n = self.items.len();
+        for (i, (item, pixels)) in self.items.iter().zip(&self.pixels).enumerate() {
+            let text = preprocess::chat_prompt(&item.question);
+            let unreduced =
+                preprocess::build_prompt_ids(&self.tokenizer, &text, image_token, full)?;
+            let text_tokens = unreduced.ids.len() - full;
+            let planned = spec.plan(&cfg, text_tokens)?;
+            let flops = Flops::of(&cfg, &planned.schedule)?;
+            let flops_full = Flops::of(&cfg, &Schedule::full(&cfg, text_tokens))?;
+            self.model.set_reduction(planned.plan)?;
+            let visual = self.model.visual_tokens();
+            let prompt = preprocess::build_prompt_ids(&self.tokenizer, &text, image_token, visual)?;
+            let out = pollster::block_on(self.model.generate(pixels, &prompt, &opts, |_| true))?;
+            let said = self.tokenizer.decode(&out.tokens, true)?;
+            let right = normalise(&said) == normalise(&item.answer);
+            s.correct += usize::from(right);
+            s.total += 1;
+            let t = s.per_type.entry(item.kind.clone()).or_default();
+            t.0 += usize::from(right);
+            t.1 += 1;
+            s.visual_tokens_llm = planned.schedule.projector();
+            s.visual_tokens_kept = planned.schedule.kept();
+            add_mean(&mut s.flops, &flops, n);
+            add_mean(&mut s.flops_unreduced, &flops_full, n);
+            s.prefill_ms += (out.timings.vision_ms + out.timings.prefill_ms) / n as f64;
+            if (i + 1) % 10 == 0 || i + 1 == n {
+                eprint!(
+                    "\r{label}: {}/{n} answered, {:.1}% right   ",
+                    i + 1,
+                    100.0 * s.accuracy()
+                );
+            }
+        }
+        eprintln!();
+        Ok(s)
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let mut ev = Evaluator::new(&args)?;
+    if args.sweep {
+        return sweep(&mut ev, &args);
+    }
+    let label = args.reduce.method.clone();
+    let s = ev.score(&args.reduce, &label)?;
+    if args.json {
+        println!("{}", s.json(&args.reduce));
+        return Ok(());
+    }
+    println!(
+        "{}: accuracy {:.1}% ({}/{}), {} visual tokens in the LLM, {:.3} GFLOPs LLM prefill \
+         ({:.3} unreduced), prefill {:.0} ms",
+        args.reduce.method,
+        100.0 * s.accuracy(),
+        s.correct,
+        s.total,
+        s.visual_tokens_llm,
+        s.flops.llm_prefill / 1e9,
+        s.flops_unreduced.llm_prefill / 1e9,
+        s.prefill_ms
+    );
+    for (kind, (c, n)) in &s.per_type {
+        println!(
+            "  {kind:8} {:5.1}% ({c}/{n})",
+            100.0 * *c as f64 / *n as f64
+        );
+    }
+    Ok(())
+}
+
+/// One row of the sweep: a method at a budget, or why the budget cannot be met.
+struct Row {
+    method: String,
+    budget: usize,
+    result: std::result::Result<Score, String>,
+}
+
+fn sweep(ev: &mut Evaluator, args: &Args) -> Result<()> {
+    let full = ev.model.config().visual_tokens();
+    let base = ev.score(&none(), "none")?;
+    let mut rows = Vec::new();
+    for method in &args.methods {
+        for &budget in &args.budgets {
+            let spec = ReduceSpec {
+                method: method.clone(),
+                budget: Budget::Tokens(budget),
+            };
+            let label = format!("{method}:{budget}");
+            let result = match ev.score(&spec, &label) {
+                Ok(s) => Ok(s),
+                // A budget the method cannot meet is a row of the table, not a failure.
+                Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_))) => Err(e.to_string()),
+                Err(e) => return Err(e),
+            };
+            rows.push(Row {
+                method: method.clone(),
+                budget,
+                result,
+            });
+        }
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::file(&args.out, e))?;
+    let md = args.out.join("sweep.md");
+    let table = markdown(&base, &rows, full);
+    std::fs::write(&md, &table).map_err(|e| Error::file(&md, e))?;
+    let png = args.out.join("sweep.png");
+    let lines = plot_lines(&base, &rows, full);
+    plot::accuracy_vs_tokens(&png, &lines, full).map_err(|e| Error::file(&png, e))?;
+    println!("{table}");
+    eprintln!("wrote {} and {}", md.display(), png.display());
+    Ok(())
+}
+
+fn markdown(base: &Score, rows: &[Row], full: usize) -> String {
+    let tflops = |s: &Score| s.flops.llm_prefill / 1e12;
+    let mut t = String::from(
+        "| method | visual tokens | accuracy % | % of unreduced | LLM-prefill TFLOPs | prefill speedup |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    t += &format!(
+        "| none | {full} | {:.1} | 100.0 | {:.6} | 1.00 |\n",
+        100.0 * base.accuracy(),
+        tflops(base)
+    );
+    for r in rows {
+        match &r.result {
+            Ok(s) => {
+                t += &format!(
+                    "| {} | {} | {:.1} | {:.1} | {:.6} | {:.2} |\n",
+                    r.method,
+                    s.visual_tokens_kept,
+                    100.0 * s.accuracy(),
+                    100.0 * s.accuracy() / base.accuracy().max(1e-9),
+                    tflops(s),
+                    base.prefill_ms / s.prefill_ms
+                );
+            }
+            Err(why) => {
+                t += &format!(
+                    "| {} | {} | not reachable: {why} | | | |\n",
+                    r.method, r.budget
+                )
+            }
+        }
+    }
+    t
+}
+
+/// Accuracy against visual tokens per method, each line starting from the unreduced point.
+fn plot_lines(base: &Score, rows: &[Row], full: usize) -> Vec<plot::Line> {
+    let mut lines: Vec<plot::Line> = Vec::new();
+    for r in rows {
+        let Ok(s) = &r.result else { continue };
+        let at = match lines.iter().position(|l| l.name == r.method) {
+            Some(i) => i,
+            None => {
+                lines.push(plot::Line {
+                    name: r.method.clone(),
+                    points: vec![(full as f64, base.accuracy())],
+                });
+                lines.len() - 1
+            }
+        };
+        lines[at]
+            .points
+            .push((s.visual_tokens_llm as f64, s.accuracy()));
+    }
+    lines
+}
