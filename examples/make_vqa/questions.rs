@@ -199,7 +199,7 @@ impl Query {
                     (Which::Only, 1) => &labels[0],
                     (Which::Left | Which::Right, 2) => {
                         let (l, r) = (&labels[0], &labels[1]);
-                        if !crate::questions::Relation::LeftOf.holds(&l.bbox(), &r.bbox()) {
+                        if !Relation::LeftOf.holds(&l.bbox(), &r.bbox()) {
                             return None;
                         }
                         if which == Which::Left {
