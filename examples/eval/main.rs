@@ -26,7 +26,7 @@ const USAGE: &str = "usage: eval --model DIR --set FILE [--reduce SPEC] [--limit
   --reduce SPEC      METHOD[:BUDGET] as in generate (default none)
   --limit N          evaluate the first N questions only
   --json             print one JSON object (accuracy in 0..1, per type, visual tokens, FLOPs,
-                     prefill time)
+                     prefill time, every answer)
   --sweep            every method at every budget; writes DIR/sweep.md and DIR/sweep.png
   --budgets LIST     sweep budgets in visual tokens (default 192,128,64,32; the unreduced
                      model is always the first row)
@@ -186,6 +186,8 @@ struct Score {
     flops_unreduced: Flops,
     /// Mean vision + LLM prefill time per question.
     prefill_ms: f64,
+    /// What the model said to each question (normalised).
+    answers: Vec<String>,
 }
 
 impl Score {
@@ -220,6 +222,7 @@ impl Score {
             "flops": flops(&self.flops),
             "flops_unreduced": flops(&self.flops_unreduced),
             "prefill_ms": self.prefill_ms,
+            "answers": self.answers,
         })
     }
 }
@@ -299,6 +302,7 @@ impl Evaluator {
             flops: Flops::default(),
             flops_unreduced: Flops::default(),
             prefill_ms: 0.0,
+            answers: Vec::new(),
         };
         let n = self.items.len();
         for (i, (item, pixels)) in self.items.iter().zip(&self.pixels).enumerate() {
@@ -314,7 +318,9 @@ impl Evaluator {
             let prompt = preprocess::build_prompt_ids(&self.tokenizer, &text, image_token, visual)?;
             let out = pollster::block_on(self.model.generate(pixels, &prompt, &opts, |_| true))?;
             let said = self.tokenizer.decode(&out.tokens, true)?;
-            let right = normalise(&said) == normalise(&item.answer);
+            let said = normalise(&said);
+            let right = said == normalise(&item.answer);
+            s.answers.push(said);
             s.correct += usize::from(right);
             s.total += 1;
             let t = s.per_type.entry(item.kind.clone()).or_default();
