@@ -21,9 +21,12 @@ mod web {
     /// A loaded model, ready to answer questions. One question runs at a time.
     #[wasm_bindgen]
     pub struct Demo {
-        state: RefCell<State>,
+        /// Taken out while a call awaits (one question runs at a time).
+        state: RefCell<Option<State>>,
         adapter: String,
         load_ms: f64,
+        full_visual_tokens: usize,
+        image_size: usize,
     }
 
     struct State {
@@ -32,6 +35,7 @@ mod web {
         processor: ImageProcessor,
         /// The last image asked about, for [`Demo::overlay`].
         image: Option<image::DynamicImage>,
+        load_ms: f64,
     }
 
     /// Device options from the page: `max_binding_mib` caps storage bindings (0: the adapter's
@@ -82,6 +86,8 @@ mod web {
                 },
                 ..GpuOptions::default()
             };
+            // The model shares the device through an Arc; on the web it never leaves the thread.
+            #[allow(clippy::arc_with_non_send_sync)]
             let gpu = Arc::new(Gpu::new(&opts).await.map_err(js_err)?);
             let processor =
                 match (&preprocessor_config, &processor_config) {
@@ -102,15 +108,20 @@ mod web {
             let model =
                 Llava::load_from_bytes(gpu.clone(), &config_json, weights, &LoadOptions::default())
                     .map_err(js_err)?;
+            let load_ms = clock.lap_ms();
+            let config = model.config();
             Ok(Demo {
                 adapter: gpu.describe(),
-                state: RefCell::new(State {
+                load_ms,
+                full_visual_tokens: config.visual_tokens(),
+                image_size: config.vision_config.image_size,
+                state: RefCell::new(Some(State {
                     model,
                     tokenizer,
                     processor,
                     image: None,
-                }),
-                load_ms: clock.lap_ms(),
+                    load_ms,
+                })),
             })
         }
 
@@ -126,12 +137,12 @@ mod web {
 
         /// Visual tokens one image gives without reduction.
         pub fn full_visual_tokens(&self) -> usize {
-            self.state.borrow().model.config().visual_tokens()
+            self.full_visual_tokens
         }
 
         /// Side in pixels of the image the vision tower sees (the overlay's size).
         pub fn image_size(&self) -> usize {
-            self.state.borrow().model.config().vision_config.image_size
+            self.image_size
         }
 
         /// The reduction methods `run` accepts.
@@ -154,70 +165,83 @@ mod web {
             max_new_tokens: usize,
             on_text: js_sys::Function,
         ) -> Result<String, JsError> {
-            let mut guard = self
-                .state
-                .try_borrow_mut()
-                .map_err(|_| JsError::new("a question is already running"))?;
-            let state = &mut *guard;
-            let image = preprocess::decode_image(&image, "image").map_err(js_err)?;
-            let pixels = state.processor.preprocess(&image).map_err(js_err)?;
+            let mut state = self.take_state("a question is already running")?;
+            let result = state
+                .answer(&image, &question, &reduce, max_new_tokens, &on_text)
+                .await
+                .map(|report| report.to_string());
+            self.state.replace(Some(state));
+            result
+        }
+
+        /// The last image as the vision tower saw it, with the kept and merged patches drawn
+        /// over it ([`pipeline::kept_overlay`]), as RGBA bytes of `image_size()` squared pixels.
+        pub async fn overlay(&self) -> Result<Vec<u8>, JsError> {
+            let state = self.take_state("a question is still running")?;
+            let result = match &state.image {
+                Some(image) => pipeline::kept_overlay(&state.model, &state.processor, image)
+                    .await
+                    .map(|rgb| image::DynamicImage::ImageRgb8(rgb).into_rgba8().into_raw())
+                    .map_err(js_err),
+                None => Err(JsError::new("no question has been asked yet")),
+            };
+            self.state.replace(Some(state));
+            result
+        }
+
+        /// The state, out of its cell while a call awaits (so no borrow is held across awaits);
+        /// `busy` is the error when another call has it.
+        fn take_state(&self, busy: &str) -> Result<State, JsError> {
+            self.state.take().ok_or_else(|| JsError::new(busy))
+        }
+    }
+
+    impl State {
+        /// [`Demo::run`]'s work: the CLI's `--json` report of the answer.
+        async fn answer(
+            &mut self,
+            image: &[u8],
+            question: &str,
+            reduce: &str,
+            max_new_tokens: usize,
+            on_text: &js_sys::Function,
+        ) -> Result<serde_json::Value, JsError> {
+            let image = preprocess::decode_image(image, "image").map_err(js_err)?;
+            let pixels = self.processor.preprocess(&image).map_err(js_err)?;
             let spec: ReduceSpec = reduce.parse().map_err(js_err)?;
-            let text = preprocess::chat_prompt(&question);
-            let prepared: Prepared = pipeline::prepare(
-                &mut state.model,
-                &state.tokenizer,
-                &text,
-                &spec,
-                false,
-                true,
-            )
-            .map_err(js_err)?;
+            let text = preprocess::chat_prompt(question);
+            let prepared: Prepared =
+                pipeline::prepare(&mut self.model, &self.tokenizer, &text, &spec, false, true)
+                    .map_err(js_err)?;
             let opts = GenerateOptions {
                 max_new_tokens,
                 sampling: Sampling::Greedy,
-                stop_tokens: state.tokenizer.eos_id().into_iter().collect(),
+                stop_tokens: self.tokenizer.eos_id().into_iter().collect(),
                 keep_prefill_logits: false,
             };
-            let mut stream = TextStream::new(&state.tokenizer);
-            let out = state
+            let emit = |piece: String| {
+                if !piece.is_empty() {
+                    // A failing page callback must not stop the answer.
+                    let _ = on_text.call1(&JsValue::NULL, &piece.into());
+                }
+            };
+            let mut stream = TextStream::new(&self.tokenizer);
+            let out = self
                 .model
                 .generate(&pixels, &prepared.prompt, &opts, |t| {
                     if let Ok(piece) = stream.push(t) {
-                        if !piece.is_empty() {
-                            let _ = on_text.call1(&JsValue::NULL, &piece.into());
-                        }
+                        emit(piece);
                     }
                     true
                 })
                 .await
                 .map_err(js_err)?;
             if let Ok(rest) = stream.finish() {
-                if !rest.is_empty() {
-                    let _ = on_text.call1(&JsValue::NULL, &rest.into());
-                }
+                emit(rest);
             }
-            let answer = state.tokenizer.decode(&out.tokens, true).map_err(js_err)?;
-            state.image = Some(image);
-            Ok(prepared
-                .report(&state.model, &out, &answer, self.load_ms)
-                .to_string())
-        }
-
-        /// The last image as the vision tower saw it, with the kept and merged patches drawn
-        /// over it ([`pipeline::kept_overlay`]), as RGBA bytes of `image_size()` squared pixels.
-        pub async fn overlay(&self) -> Result<Vec<u8>, JsError> {
-            let state = self
-                .state
-                .try_borrow()
-                .map_err(|_| JsError::new("a question is still running"))?;
-            let image = state
-                .image
-                .as_ref()
-                .ok_or_else(|| JsError::new("no question has been asked yet"))?;
-            let rgb = pipeline::kept_overlay(&state.model, &state.processor, image)
-                .await
-                .map_err(js_err)?;
-            Ok(image::DynamicImage::ImageRgb8(rgb).into_rgba8().into_raw())
+            let answer = self.tokenizer.decode(&out.tokens, true).map_err(js_err)?;
+            self.image = Some(image);
+            Ok(prepared.report(&self.model, &out, &answer, self.load_ms))
         }
     }
 
