@@ -1,7 +1,8 @@
 // Drives the built browser demo in headless Chromium (playwright-core, Debian's chromium) for
 // examples/web/test.sh: serves the site on 127.0.0.1, asks each expected case's question through
 // the page's controls, compares the answers with the native CLI's, checks that a reload takes
-// the model from the browser cache, and saves a screenshot.
+// the model from the browser cache and that the page explains a missing WebGPU, and saves a
+// screenshot.
 //
 //   node drive.mjs --site DIR --expect FILE.json --screenshot FILE.png [--chromium PATH]
 //
@@ -131,12 +132,37 @@ try {
     if (!cached) failures += 1;
     console.log(`${cached ? 'ok  ' : 'FAIL'} reload: ${status}`);
   }
+
+  // Without WebGPU the page must say so: a browser lacking navigator.gpu, and one whose WebGPU
+  // offers no adapter (Chromium without --enable-unsafe-webgpu).
+  const noGpu = await browser.newPage();
+  await noGpu.addInitScript(() => { delete Navigator.prototype.gpu; });
+  failures += await expectGpuError(noGpu, 'not available in this browser');
+  const plain = await chromium.launch({ executablePath: opt.chromium, headless: true,
+    args: ['--headless=new', '--no-sandbox', '--disable-background-networking', '--no-first-run'] });
+  try {
+    failures += await expectGpuError(await plain.newPage(), 'offers no GPU adapter');
+  } finally {
+    await plain.close();
+  }
 } catch (e) {
   console.log(`FAIL: ${e.message}`);
   failures += 1;
 } finally {
   await browser.close();
   server.close();
+}
+
+/** 0 if the page ends in its error state naming `phrase` in the WebGPU status, else 1. */
+async function expectGpuError(page, phrase) {
+  await page.goto(url);
+  await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.state),
+    null, { timeout: 60000, polling: 200 });
+  const status = await page.textContent('#gpu-status');
+  const ok = (await page.evaluate(() => document.body.dataset.state)) === 'error' &&
+    status.includes(phrase);
+  console.log(`${ok ? 'ok  ' : 'FAIL'} no WebGPU: ${status}`);
+  return ok ? 0 : 1;
 }
 if (opt.report) await writeFile(opt.report, JSON.stringify(results, null, 1));
 console.log(`screenshot: ${opt.screenshot}`);
