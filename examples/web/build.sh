@@ -34,9 +34,11 @@ version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print }
 [ -n "$version" ] || { echo "build.sh: no wasm-bindgen in Cargo.lock" >&2; exit 1; }
 if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $version"; then
   echo "build.sh: installing wasm-bindgen-cli $version" >&2
-  cargo install wasm-bindgen-cli --version "=$version" --locked ||
+  # Only the wasm-bindgen binary, without TLS (for the test runner's downloads): builds faster.
+  lean="--no-default-features --bin wasm-bindgen"
+  cargo install wasm-bindgen-cli --version "=$version" $lean --locked ||
     # The CLI's own lock file can name versions a registry mirror lacks: resolve afresh.
-    cargo install wasm-bindgen-cli --version "=$version"
+    cargo install wasm-bindgen-cli --version "=$version" $lean
 fi
 rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown ||
   rustup target add wasm32-unknown-unknown
