@@ -1,7 +1,8 @@
 // The browser demo's page logic: checks for WebGPU, downloads the model once (kept in the Cache
 // API, with a progress bar), wires the controls and streams answers from the wasm module
 // (examples/web/main.rs). State for tests: <body data-state> (starting, loading, ready,
-// running, done, error) and window.ficoco {report, error}.
+// running, done, error), <body data-image> (the image's file name, `default` for the
+// preselected one) and window.ficoco {report, error}.
 
 import init, { Demo, DeviceSettings } from './pkg/web.js';
 
@@ -100,8 +101,9 @@ async function fetchModel(progress, status) {
 
 const text = (bytes) => (bytes ? new TextDecoder().decode(bytes) : undefined);
 
-async function showImage(bytes) {
+async function showImage(bytes, name) {
   imageBytes = bytes;
+  document.body.dataset.image = name;
   const bitmap = await createImageBitmap(new Blob([bytes]));
   const canvas = $('image-view');
   const ctx = canvas.getContext('2d');
@@ -114,7 +116,7 @@ async function showImage(bytes) {
 async function pickFile(file) {
   if (!file) return;
   try {
-    await showImage(new Uint8Array(await file.arrayBuffer()));
+    await showImage(new Uint8Array(await file.arrayBuffer()), file.name);
   } catch (e) {
     $('run-status').textContent = `${file.name}: not an image this page can read (${e.message})`;
   }
@@ -229,7 +231,8 @@ async function main() {
     const [model] = await Promise.all([
       fetchModel($('model-progress'), modelStatus),
       init(),
-      fetch('demo.png').then((r) => r.arrayBuffer()).then((b) => showImage(new Uint8Array(b))),
+      fetch('demo.png').then((r) => r.arrayBuffer())
+        .then((b) => showImage(new Uint8Array(b), 'default')),
     ]);
     const f = model.files;
     modelStatus.textContent = `Model ${model.manifest.name}: ${model.where}; compiling…`;

@@ -80,6 +80,10 @@ try {
   console.log(`page ready in ${((Date.now() - start) / 1000).toFixed(1)} s`);
   console.log(await page.textContent('#gpu-status'));
 
+  // The image goes in through the page's file picker (the same image as the preselected one).
+  await page.setInputFiles('#file', join(opt.site, 'demo.png'));
+  await page.waitForFunction(() => document.body.dataset.image === 'demo.png', null,
+    { timeout: 60000 });
   for (const c of expect.cases) {
     const [method, budget] = c.reduce.split(':');
     await page.fill('#question', expect.question);
