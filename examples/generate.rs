@@ -5,9 +5,9 @@
 
 use ficoco::gpu::{DType, Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::pipeline;
 use ficoco::preprocess::{self, ImageProcessor, TextStream, Tokenizer};
 use ficoco::reduce::budget::Budget;
-use ficoco::reduce::flops::Flops;
 use ficoco::reduce::{KvReduceSpec, ReduceSpec};
 use std::io::Write;
 use std::path::PathBuf;
@@ -178,35 +178,21 @@ fn run(args: Args) -> ficoco::Result<()> {
         (_, Some(raw)) => raw.clone(),
         _ => unreachable!("checked in parse_args"),
     };
-    let image_token = model.config().image_token_index;
-    let full_visual = model.visual_tokens();
-    let prompt = preprocess::build_prompt_ids(&tokenizer, &text, image_token, full_visual)?;
-    let text_tokens = prompt.ids.len() - full_visual;
-    let planned = args.reduce.plan(model.config(), text_tokens)?;
-    let flops = Flops::of(model.config(), &planned.schedule)?;
-    let full_schedule = ficoco::reduce::budget::Schedule::full(model.config(), text_tokens);
-    let flops_full = Flops::of(model.config(), &full_schedule)?;
-    let kv = match &args.reduce_kv {
-        Some(spec) => Some(spec.plan(planned.schedule.projector())?),
-        None => None,
-    };
-    let plan = ficoco::reduce::ReductionPlan {
-        renumber_positions: args.renumber_positions,
-        kv,
-        ..planned.plan.clone()
-    };
-    model.set_reduction(plan)?;
-    if args.show_kept.is_some() {
-        model.set_trace_merges(true)?;
-    }
-    if !args.json && !planned.plan.is_empty() {
+    let prepared = pipeline::prepare(
+        &mut model,
+        &tokenizer,
+        &text,
+        &args.reduce,
+        args.reduce_kv.as_ref(),
+        args.renumber_positions,
+        args.show_kept.is_some(),
+    )?;
+    if !args.json && args.reduce.method != "none" {
         eprintln!(
-            "reduce {}: {} ({flops} vs {flops_full} unreduced)",
-            args.reduce.method, planned.schedule
+            "reduce {}: {} ({} vs {} unreduced)",
+            args.reduce.method, prepared.schedule, prepared.flops, prepared.flops_unreduced
         );
     }
-    let prompt =
-        preprocess::build_prompt_ids(&tokenizer, &text, image_token, model.visual_tokens())?;
     let sampling = match args.temperature {
         None => Sampling::Greedy,
         Some(temperature) => Sampling::TopP {
@@ -223,7 +209,7 @@ fn run(args: Args) -> ficoco::Result<()> {
     };
     let mut stream = TextStream::new(&tokenizer);
     let json = args.json;
-    let out = pollster::block_on(model.generate(&pixels, &prompt, &gen_opts, |t| {
+    let out = pollster::block_on(model.generate(&pixels, &prepared.prompt, &gen_opts, |t| {
         if !json {
             if let Ok(piece) = stream.push(t) {
                 print!("{piece}");
@@ -237,40 +223,13 @@ fn run(args: Args) -> ficoco::Result<()> {
         write_logits(path, logits)?;
     }
     if let Some(path) = &args.show_kept {
-        let kept = pollster::block_on(model.kept_patches())?;
-        let owners = pollster::block_on(model.patch_owners())?;
-        let crop = processor.resized_planes(&image)?;
-        let side = model.config().vision_config.image_size;
-        let grid = side / model.config().vision_config.patch_size;
-        write_kept_overlay(path, &crop, side, grid, &kept, &owners)?;
+        let overlay = pollster::block_on(pipeline::kept_overlay(&model, &processor, &image))?;
+        overlay
+            .save(path)
+            .map_err(|e| ficoco::Error::file(path, e))?;
     }
-    let flops_json = |f: &Flops| {
-        serde_json::json!({"vision": f.vision, "projector": f.projector,
-            "llm_prefill": f.llm_prefill, "overhead": f.overhead})
-    };
     if json {
-        let t = out.timings;
-        let obj = serde_json::json!({
-            "tokens": out.tokens,
-            "text": text,
-            "prompt_tokens": out.prompt_tokens,
-            "visual_tokens": out.visual_tokens,
-            "timings_ms": {
-                "load": load_ms,
-                "vision": t.vision_ms,
-                "prefill": t.prefill_ms,
-                "decode": t.decode_ms,
-            },
-            "adapter": gpu.describe(),
-            "reduce": args.reduce.method,
-            "visual_tokens_llm": model.visual_tokens(),
-            "visual_tokens_kept": planned.schedule.kept(),
-            "schedule": planned.schedule.to_string(),
-            "flops": flops_json(&flops),
-            "flops_unreduced": flops_json(&flops_full),
-            "kv_visual_entries": model.kv_cache().layers.iter().map(|l| l.visual.len()).collect::<Vec<_>>(),
-        });
-        println!("{obj}");
+        println!("{}", prepared.report(&model, &out, &text, load_ms));
     } else {
         println!();
         let t = out.timings;
@@ -298,63 +257,4 @@ fn write_logits(path: &std::path::Path, logits: &[f32]) -> ficoco::Result<()> {
     let bytes = safetensors::serialize([("logits", view)], None)
         .map_err(|e| ficoco::Error::file(path, e))?;
     std::fs::write(path, bytes).map_err(|e| ficoco::Error::file(path, e))
-}
-
-/// The preprocessed image with merge attribution: each patch tinted with the colour of the
-/// visual token that absorbed it (`owners[patch]`, a hashed hue per token), patches whose own
-/// token reached the LLM (`kept`) outlined in white, pruned patches (owner -1) dimmed.
-fn write_kept_overlay(
-    path: &std::path::Path,
-    planes: &[u8],
-    side: usize,
-    grid: usize,
-    kept: &[i32],
-    owners: &[i32],
-) -> ficoco::Result<()> {
-    let patch = side / grid;
-    let mut keep = vec![false; grid * grid];
-    for &k in kept.iter().filter(|&&k| k >= 0) {
-        keep[k as usize] = true;
-    }
-    let plane = side * side;
-    let mut img = image::RgbImage::new(side as u32, side as u32);
-    for (x, y, px) in img.enumerate_pixels_mut() {
-        let (x, y) = (x as usize, y as usize);
-        let i = y * side + x;
-        let cell = (y / patch) * grid + x / patch;
-        let edge =
-            x % patch == 0 || y % patch == 0 || x % patch == patch - 1 || y % patch == patch - 1;
-        let rgb = [planes[i], planes[plane + i], planes[2 * plane + i]];
-        *px = match owners.get(cell).copied().unwrap_or(-1) {
-            _ if keep[cell] && edge => image::Rgb([255, 255, 255]),
-            o if o < 0 => image::Rgb(rgb.map(|v| v / 4)),
-            o => {
-                // Half image, half the owner's colour.
-                let tint = owner_colour(o as u32);
-                image::Rgb(std::array::from_fn(|c| {
-                    ((u16::from(rgb[c]) + u16::from(tint[c])) / 2) as u8
-                }))
-            }
-        };
-    }
-    img.save(path).map_err(|e| ficoco::Error::file(path, e))
-}
-
-/// A saturated colour for owner token `o`: its hue hashed (golden-ratio steps around the wheel
-/// after an integer mix, so neighbouring tokens differ).
-fn owner_colour(o: u32) -> [u8; 3] {
-    let mut h = o.wrapping_mul(0x9e37_79b9);
-    h ^= h >> 16;
-    let hue = (h as f32 / u32::MAX as f32) * 6.0;
-    let f = hue.fract();
-    let (v, q, t) = (255.0, 255.0 * (1.0 - f), 255.0 * f);
-    let [r, g, b] = match hue as u32 {
-        0 => [v, t, 0.0],
-        1 => [q, v, 0.0],
-        2 => [0.0, v, t],
-        3 => [0.0, q, v],
-        4 => [t, 0.0, v],
-        _ => [v, 0.0, q],
-    };
-    [r as u8, g as u8, b as u8]
 }

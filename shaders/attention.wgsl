@@ -22,7 +22,8 @@ struct Params {
 }
 
 const CHUNK: u32 = 64u;
-const NEG_INF: f32 = -3.4028235e38;
+// The lowest f32, written exactly: WGSL refuses a literal beyond the f32 range (browsers check).
+const NEG_INF: f32 = -3.4028234663852886e38;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;

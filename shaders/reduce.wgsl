@@ -96,7 +96,8 @@
 //                  (the row of the token that absorbed it) followed through one more step
 
 const NONE = 0xffffffffu;
-const LOWEST = -3.40282347e38;
+// The lowest f32, written exactly: WGSL refuses a literal beyond the f32 range (browsers check).
+const LOWEST = -3.4028234663852886e38;
 const NORM_FLOOR = 1e-12;
 
 struct Params {

@@ -56,7 +56,7 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 
 fn local_argmax(lid: u32) -> vec2<u32> {
     let r = slice_range(lid);
-    var best = -3.4028235e38;
+    var best = -3.4028234663852886e38; // the lowest f32, written exactly
     var bi = 0xffffffffu;
     for (var i = r.x; i < r.y; i++) {
         let v = logits[i];

@@ -15,13 +15,22 @@ fn root() -> &'static Path {
 /// `target/<profile>/examples/eval`, next to this test's `deps/` directory.
 fn eval_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples/eval")
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/eval")
 }
 
 fn eval(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(eval_bin())
         .current_dir(root())
-        .args(["--model", "assets/llava-vqa", "--set", "assets/vqa-test/questions.jsonl"])
+        .args([
+            "--model",
+            "assets/llava-vqa",
+            "--set",
+            "assets/vqa-test/questions.jsonl",
+        ])
         .args(["--limit", &SLICE.to_string(), "--json"])
         .args(extra)
         .env(
@@ -47,12 +56,21 @@ fn unreduced_answers_are_right_and_match_transformers() {
     .unwrap();
     assert_eq!(ours["count"], SLICE);
     let accuracy = ours["accuracy"].as_f64().unwrap();
-    assert!(accuracy >= 0.85, "unreduced accuracy {accuracy} on the first {SLICE} questions");
-    let (a, b) = (ours["answers"].as_array().unwrap(), theirs["answers"].as_array().unwrap());
+    assert!(
+        accuracy >= 0.85,
+        "unreduced accuracy {accuracy} on the first {SLICE} questions"
+    );
+    let (a, b) = (
+        ours["answers"].as_array().unwrap(),
+        theirs["answers"].as_array().unwrap(),
+    );
     let differ: Vec<usize> = (0..SLICE).filter(|&i| a[i] != b[i]).collect();
     // f16 weights in both; f32 activations with different summation orders may flip a close
     // call, not more.
-    assert!(differ.len() <= 1, "answers differ from transformers at {differ:?}");
+    assert!(
+        differ.len() <= 1,
+        "answers differ from transformers at {differ:?}"
+    );
     assert_eq!(ours["visual_tokens_llm"], 576);
 }
 
@@ -64,6 +82,9 @@ fn a_reduced_run_reports_its_reduction() {
     let (f, full) = (&r["flops"], &r["flops_unreduced"]);
     assert!(f["llm_prefill"].as_f64().unwrap() < full["llm_prefill"].as_f64().unwrap() / 3.0);
     let per_type = r["per_type"].as_object().unwrap();
-    let counted: u64 = per_type.values().map(|t| t["count"].as_u64().unwrap()).sum();
+    let counted: u64 = per_type
+        .values()
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(counted, SLICE as u64);
 }

@@ -9,8 +9,9 @@ mod plot;
 
 use ficoco::gpu::{Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::pipeline;
 use ficoco::preprocess::{self, ImageProcessor, PixelValues, Tokenizer};
-use ficoco::reduce::budget::{Budget, Schedule};
+use ficoco::reduce::budget::Budget;
 use ficoco::reduce::flops::Flops;
 use ficoco::reduce::{ReduceSpec, METHODS};
 use ficoco::{Error, Result};
@@ -284,9 +285,6 @@ impl Evaluator {
 
     /// Answer every question under `spec`, showing progress on stderr.
     fn score(&mut self, spec: &ReduceSpec, label: &str) -> Result<Score> {
-        let cfg = self.model.config().clone();
-        let image_token = cfg.image_token_index;
-        let full = cfg.visual_tokens();
         let opts = GenerateOptions {
             max_new_tokens: 8,
             sampling: Sampling::Greedy,
@@ -307,16 +305,16 @@ impl Evaluator {
         let n = self.items.len();
         for (i, (item, pixels)) in self.items.iter().zip(&self.pixels).enumerate() {
             let text = preprocess::chat_prompt(&item.question);
-            let unreduced =
-                preprocess::build_prompt_ids(&self.tokenizer, &text, image_token, full)?;
-            let text_tokens = unreduced.ids.len() - full;
-            let planned = spec.plan(&cfg, text_tokens)?;
-            let flops = Flops::of(&cfg, &planned.schedule)?;
-            let flops_full = Flops::of(&cfg, &Schedule::full(&cfg, text_tokens))?;
-            self.model.set_reduction(planned.plan)?;
-            let visual = self.model.visual_tokens();
-            let prompt = preprocess::build_prompt_ids(&self.tokenizer, &text, image_token, visual)?;
-            let out = pollster::block_on(self.model.generate(pixels, &prompt, &opts, |_| true))?;
+            let p = pipeline::prepare(
+                &mut self.model,
+                &self.tokenizer,
+                &text,
+                spec,
+                None,
+                false,
+                false,
+            )?;
+            let out = pollster::block_on(self.model.generate(pixels, &p.prompt, &opts, |_| true))?;
             let said = self.tokenizer.decode(&out.tokens, true)?;
             let said = normalise(&said);
             let right = said == normalise(&item.answer);
@@ -326,10 +324,10 @@ impl Evaluator {
             let t = s.per_type.entry(item.kind.clone()).or_default();
             t.0 += usize::from(right);
             t.1 += 1;
-            s.visual_tokens_llm = planned.schedule.projector();
-            s.visual_tokens_kept = planned.schedule.kept();
-            add_mean(&mut s.flops, &flops, n);
-            add_mean(&mut s.flops_unreduced, &flops_full, n);
+            s.visual_tokens_llm = p.schedule.projector();
+            s.visual_tokens_kept = p.schedule.kept();
+            add_mean(&mut s.flops, &p.flops, n);
+            add_mean(&mut s.flops_unreduced, &p.flops_unreduced, n);
             s.prefill_ms += (out.timings.vision_ms + out.timings.prefill_ms) / n as f64;
             if (i + 1) % 10 == 0 || i + 1 == n {
                 eprint!(

@@ -108,6 +108,19 @@ impl Llava {
         Self::from_weights(gpu, config, &wf, opts)
     }
 
+    /// [`Self::load`] from files already in memory (the browser fetches them): `config.json`'s
+    /// text and one safetensors file's bytes.
+    pub fn load_from_bytes(
+        gpu: Arc<Gpu>,
+        config_json: &str,
+        safetensors: Vec<u8>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let config = LlavaConfig::from_json_str(config_json, Path::new("config.json"))?;
+        let wf = WeightFile::from_safetensors_bytes("model.safetensors", safetensors)?;
+        Self::from_weights(gpu, config, &wf, opts)
+    }
+
     pub fn from_weights(
         gpu: Arc<Gpu>,
         config: LlavaConfig,

@@ -79,11 +79,27 @@ impl WeightFile {
                 "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
             ));
         };
+        let shards = files
+            .into_iter()
+            .map(|path| {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::file(&path, format!("{e} (shard listed in the index)")))?;
+                Ok((path, bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_shards(shards)
+    }
+
+    /// One safetensors file already in memory (the browser fetches it); `name` labels errors.
+    pub fn from_safetensors_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        Self::from_shards(vec![(name.into(), bytes)])
+    }
+
+    /// Index the tensors of safetensors files given as (name, bytes).
+    fn from_shards(files: Vec<(PathBuf, Vec<u8>)>) -> Result<Self> {
         let mut shards = Vec::new();
         let mut keys = HashMap::new();
-        for path in files {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| Error::file(&path, format!("{e} (shard listed in the index)")))?;
+        for (path, bytes) in files {
             let st = safetensors::SafeTensors::deserialize(&bytes)
                 .map_err(|e| Error::file(&path, format!("not a safetensors file: {e}")))?;
             for name in st.names() {

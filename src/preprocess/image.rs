@@ -16,8 +16,13 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage, PreprocessErro
         path: path.to_path_buf(),
         message: format!("cannot read the image: {e}"),
     })?;
-    image::load_from_memory(&bytes).map_err(|e| PreprocessError::Image {
-        path: path.to_path_buf(),
+    decode_image(&bytes, path)
+}
+
+/// Decode a PNG or JPEG image already in memory; `name` labels errors.
+pub fn decode_image(bytes: &[u8], name: impl AsRef<Path>) -> Result<DynamicImage, PreprocessError> {
+    image::load_from_memory(bytes).map_err(|e| PreprocessError::Image {
+        path: name.as_ref().to_path_buf(),
         message: e.to_string(),
     })
 }
@@ -292,9 +297,7 @@ impl ImageProcessor {
         let dir = dir.as_ref();
         let path: PathBuf = dir.join("preprocessor_config.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
-            return Ok(Self::new(ImageProcessorConfig::from_json_str(
-                &text, &path,
-            )?));
+            return Self::from_json_str(&text, &path);
         }
         let combined = dir.join("processor_config.json");
         let text = std::fs::read_to_string(&combined).map_err(|_| PreprocessError::File {
@@ -303,22 +306,32 @@ impl ImageProcessor {
                       either); copy it from the checkpoint"
                 .into(),
         })?;
+        Self::from_processor_json_str(&text, &combined)
+    }
+
+    /// The settings from the text of `preprocessor_config.json`; `source` labels errors.
+    pub fn from_json_str(text: &str, source: &Path) -> Result<Self, PreprocessError> {
+        Ok(Self::new(ImageProcessorConfig::from_json_str(
+            text, source,
+        )?))
+    }
+
+    /// The settings from the text of a `processor_config.json`, which holds them under
+    /// `image_processor`; `source` labels errors.
+    pub fn from_processor_json_str(text: &str, source: &Path) -> Result<Self, PreprocessError> {
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| PreprocessError::File {
-                path: combined.clone(),
+            serde_json::from_str(text).map_err(|e| PreprocessError::File {
+                path: source.to_path_buf(),
                 message: e.to_string(),
             })?;
         let inner = value
             .get("image_processor")
             .ok_or_else(|| PreprocessError::Config {
-                path: combined.clone(),
+                path: source.to_path_buf(),
                 field: "image_processor".into(),
                 message: "missing".into(),
             })?;
-        Ok(Self::new(ImageProcessorConfig::from_json_str(
-            &inner.to_string(),
-            &combined,
-        )?))
+        Self::from_json_str(&inner.to_string(), source)
     }
 
     /// The 8-bit image after RGB conversion, resize and crop, as `[3, H, W]` planes.

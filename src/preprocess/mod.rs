@@ -7,7 +7,7 @@ mod image;
 mod prompt;
 mod tokenizer;
 
-pub use image::{load_image, ImageProcessor, ImageProcessorConfig};
+pub use image::{decode_image, load_image, ImageProcessor, ImageProcessorConfig};
 pub use prompt::{build_prompt_ids, chat_prompt, PromptIds, IMAGE_PLACEHOLDER};
 pub use tokenizer::{TextStream, Tokenizer};
 

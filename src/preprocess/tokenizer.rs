@@ -36,17 +36,46 @@ impl Tokenizer {
                     .into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| PreprocessError::File {
+        let json = std::fs::read(&path).map_err(|e| PreprocessError::File {
             path: path.clone(),
-            message: format!("cannot parse the tokenizer: {e}"),
+            message: format!("cannot read the tokenizer: {e}"),
         })?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| PreprocessError::File {
-                path: cfg_path.clone(),
+        let cfg = std::fs::read_to_string(&cfg_path).ok();
+        Self::from_parts(&json, cfg.as_deref(), &path, &cfg_path)
+    }
+
+    /// [`Self::from_dir`] from files already in memory (the browser fetches them):
+    /// `tokenizer.json`'s bytes and, when the model has one, `tokenizer_config.json`'s text.
+    pub fn from_bytes(
+        tokenizer_json: &[u8],
+        tokenizer_config: Option<&str>,
+    ) -> Result<Self, PreprocessError> {
+        Self::from_parts(
+            tokenizer_json,
+            tokenizer_config,
+            Path::new("tokenizer.json"),
+            Path::new("tokenizer_config.json"),
+        )
+    }
+
+    /// `json_path` and `cfg_path` name the sources in errors.
+    fn from_parts(
+        json: &[u8],
+        config: Option<&str>,
+        json_path: &Path,
+        cfg_path: &Path,
+    ) -> Result<Self, PreprocessError> {
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| PreprocessError::File {
+            path: json_path.to_path_buf(),
+            message: format!("cannot parse the tokenizer: {e}"),
+        })?;
+        let cfg: serde_json::Value = match config {
+            Some(text) => serde_json::from_str(text).map_err(|e| PreprocessError::File {
+                path: cfg_path.to_path_buf(),
                 message: e.to_string(),
             })?,
-            Err(_) => serde_json::Value::Null,
+            None => serde_json::Value::Null,
         };
         let lookup = |key: &str, fallback: &str| {
             let name = special_token(&cfg, key).unwrap_or_else(|| fallback.to_owned());
