@@ -3,6 +3,9 @@
 //! cargo run --release --example generate -- --model assets/llava-tiny-random \
 //!     --image assets/images/demo.png --prompt "What is in the picture?"
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use ficoco::gpu::{DType, Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
 use ficoco::pipeline;
@@ -140,20 +143,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = run(args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::main_with(USAGE, parse_args, run);
 }
 
 fn run(args: Args) -> ficoco::Result<()> {

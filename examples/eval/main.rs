@@ -5,6 +5,9 @@
 //!     [--reduce SPEC] [--limit N] [--json]
 //! cargo run --release --example eval -- --model DIR --set FILE --sweep [--out DIR]
 
+#[path = "../common/cli.rs"]
+mod cli;
+
 mod plot;
 
 use ficoco::gpu::{Gpu, GpuOptions};
@@ -118,20 +121,7 @@ fn none() -> ReduceSpec {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = run(args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::main_with(USAGE, parse_args, run);
 }
 
 /// One question of the set.

@@ -9,6 +9,9 @@
 //! patch cells). The same seed gives byte-identical files; the splits use seed 1 (train),
 //! 2 (validation) and 3 (test).
 
+#[path = "../common/cli.rs"]
+mod cli;
+
 mod draw;
 mod font;
 mod questions;
@@ -95,20 +98,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = run(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::main_with(USAGE, parse_args, |a| run(&a));
 }
 
 #[derive(Serialize)]
