@@ -325,18 +325,25 @@ def embed_batch(model, feats, seqs, enc):
     return emb, mask, labels
 
 
-def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None):
+def curriculum_pools(objects, stages):
+    """Image indices per curriculum stage: stage k holds the images with at most stages[k]
+    objects (finding one object among few is learnt far sooner than among eight)."""
+    return [[i for i, n in enumerate(objects) if n <= k] for k in stages]
+
+
+def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=None):
     _, projector, lm, head = parts(model)
     params = list(projector.parameters()) + list(lm.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=a.llm_lr, weight_decay=0.01)
-    n, bs = len(feats), a.llm_batch
-    start, step, seen = time.time(), 0, 0
-    order = torch.randperm(n)
+    bs = a.llm_batch
+    stages = [int(k) for k in a.curriculum.split(",")] if a.curriculum else [10**9]
+    pools = curriculum_pools(objects or [0] * len(feats), stages)
+    start, step = time.time(), 0
     while True:
-        if seen + bs > n:
-            order, seen = torch.randperm(n), 0
-        idx = order[seen:seen + bs].tolist()
-        seen += bs
+        # Equal shares of the time per stage, the last one over every image.
+        progress = (time.time() - start) / (minutes * 60)
+        pool = pools[min(int(progress * len(pools)), len(pools) - 1)]
+        idx = random.sample(pool, bs) if len(pool) >= bs else random.choices(pool, k=bs)
         seqs = []
         for i in idx:
             qas = list(qas_by_image[i])
@@ -358,7 +365,6 @@ def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None):
                     looks.append(-torch.log(mass + 1e-4))
         loss_look = torch.stack(looks).mean() if looks else torch.zeros(())
         loss = loss_answer + a.look_weight * loss_look
-        progress = (time.time() - start) / (minutes * 60)
         cosine_lr(opt, step, progress, a.llm_lr, 30)
         opt.zero_grad()
         loss.backward()
@@ -426,7 +432,9 @@ def main():
     ap.add_argument("--resume", default=None, help="a model directory this script saved")
     ap.add_argument("--reuse-stage1", action="store_true",
                     help="take the vision tower from the work directory's stage-1 checkpoint")
-    ap.add_argument("--look-weight", type=float, default=0.3,
+    ap.add_argument("--curriculum", default="1,2,4,8",
+                    help="decoder stages by the most objects per image (equal time shares; '' for none)")
+    ap.add_argument("--look-weight", type=float, default=0.0,
                     help="weight of the grounding loss on the last layer's attention")
     a = ap.parse_args()
     t0 = time.time()
@@ -481,7 +489,8 @@ def main():
         i = by_image[q["image"]]
         qas[i].append((q["question"], q["answer"], relevant_cells(q["question"], scenes[i])))
     val_feats = vision_features(model, load_pixels([val_dir / q["image"] for q in val_q]))
-    llm_log = train_llm(model, feats, qas, enc, a.minutes_llm, a, (val_feats, val_q))
+    objects = [len(sc["objects"]) for sc in scenes]
+    llm_log = train_llm(model, feats, qas, enc, a.minutes_llm, a, (val_feats, val_q), objects)
     del feats
 
     acc, per_type = evaluate(model, val_feats, val_q, enc, len(val_q))
