@@ -1,7 +1,7 @@
 //! Answer a question about an image with a LLaVA model.
 //!
-//! cargo run --release --example generate -- --model assets/llava-tiny-random \
-//!     --image assets/images/demo.png --prompt "What is in the picture?"
+//! cargo run --release --example generate -- --model assets/llava-vqa \
+//!     --image assets/vqa-test/images/000004.png --prompt "What character is on the label?"
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT | --raw-prompt TEXT)
-  --model DIR            model directory (default assets/llava-tiny-random)
+  --model DIR            model directory (default assets/llava-vqa, the trained demo model)
   --image PATH           input image (PNG or JPEG)
   --prompt TEXT          question, wrapped in the llava-1.5 chat template
   --raw-prompt TEXT      full prompt used as given; must contain <image> once
@@ -63,7 +63,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        model: PathBuf::from("assets/llava-tiny-random"),
+        model: PathBuf::from("assets/llava-vqa"),
         image: PathBuf::new(),
         prompt: None,
         raw_prompt: None,

@@ -152,21 +152,17 @@ pub fn render(scene: &mut Scene, rng: &mut Rng) -> RgbImage {
             }
         }
         let glyph = font::glyph(l.ch).expect("label characters come from the charset");
-        let scale = 2;
         let (gx, gy) = (
-            x0 + (LABEL_W - font::WIDTH as i32 * scale) / 2,
-            y0 + (LABEL_H - font::HEIGHT as i32 * scale) / 2,
+            x0 + (LABEL_W - font::WIDTH as i32) / 2,
+            y0 + (LABEL_H - font::HEIGHT as i32) / 2,
         );
         for (row, bits) in glyph.iter().enumerate() {
             for (col, &ink) in bits.iter().enumerate() {
-                if !ink {
-                    continue;
-                }
-                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                if ink {
                     put(
                         &mut img,
-                        gx + col as i32 * scale + dx,
-                        gy + row as i32 * scale + dy,
+                        gx + col as i32,
+                        gy + row as i32,
                         Rgb([25, 25, 25]),
                     );
                 }

@@ -16,9 +16,11 @@ const GAP: i32 = 6;
 const BORDER: i32 = 4;
 /// Pixels between two boxes for a spatial relation to count as clear (one patch).
 pub const CLEAR: i32 = PATCH;
-/// A label: a character drawn at 2x on a 16 x 20 px card.
-pub const LABEL_W: i32 = 16;
-pub const LABEL_H: i32 = 20;
+/// A label: a 5 x 7 px character on a card that is exactly one patch, on the patch grid: the
+/// finest detail there is (one visual token of 576), and one a small tower learns to read in
+/// minutes (a glyph split over patches at random offsets takes it hours).
+pub const LABEL_W: i32 = PATCH;
+pub const LABEL_H: i32 = PATCH;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Shape {
@@ -402,17 +404,28 @@ fn apart(a: &[i32; 4], b: &[i32; 4]) -> bool {
     a[2] + GAP <= b[0] || b[2] + GAP <= a[0] || a[3] + GAP <= b[1] || b[3] + GAP <= a[1]
 }
 
-/// A free spot for a `w` x `h` box, or `None` after enough tries.
+/// A free spot for a `w` x `h` box (its corner on the patch grid if `grid`), or `None` after
+/// enough tries.
 fn spot(
     placed: &[[i32; 4]],
     w: i32,
     h: i32,
+    grid: bool,
     rng: &mut Rng,
     ok: impl Fn(&[i32; 4]) -> bool,
 ) -> Option<[i32; 4]> {
     for _ in 0..200 {
-        let x = rng.range(BORDER, IMAGE - BORDER - w);
-        let y = rng.range(BORDER, IMAGE - BORDER - h);
+        let (mut x, mut y) = (
+            rng.range(BORDER, IMAGE - BORDER - w),
+            rng.range(BORDER, IMAGE - BORDER - h),
+        );
+        if grid {
+            let up = |v: i32| (v + PATCH - 1) / PATCH * PATCH;
+            (x, y) = (up(x), up(y));
+            if x + w > IMAGE - BORDER || y + h > IMAGE - BORDER {
+                continue;
+            }
+        }
         let b = [x, y, x + w, y + h];
         if ok(&b) && placed.iter().all(|p| apart(p, &b)) {
             return Some(b);
@@ -440,8 +453,8 @@ pub fn place(spec: &Spec, rng: &mut Rng) -> Option<Scene> {
         for &i in &order {
             let s = sides[i];
             let b = match (i, spec.relation) {
-                (1, Some(rel)) => spot(&placed, s, s, rng, |b| rel.holds(&boxes[0], b)),
-                _ => spot(&placed, s, s, rng, |_| true),
+                (1, Some(rel)) => spot(&placed, s, s, false, rng, |b| rel.holds(&boxes[0], b)),
+                _ => spot(&placed, s, s, false, rng, |_| true),
             };
             let Some(b) = b else { continue 'attempt };
             boxes[i] = b;
@@ -450,7 +463,7 @@ pub fn place(spec: &Spec, rng: &mut Rng) -> Option<Scene> {
         let mut label_boxes: Vec<[i32; 4]> = Vec::new();
         for _ in &spec.labels {
             let left = label_boxes.last().copied();
-            let b = spot(&placed, LABEL_W, LABEL_H, rng, |b| {
+            let b = spot(&placed, LABEL_W, LABEL_H, true, rng, |b| {
                 left.is_none_or(|l| Relation::LeftOf.holds(&l, b))
             });
             let Some(b) = b else { continue 'attempt };

@@ -5,15 +5,15 @@
 #
 #   bash examples/web/build.sh [--model DIR] [--image FILE] [--out DIR]
 #
-# Defaults: --model assets/llava-tiny-random, --image assets/images/demo.png,
+# Defaults: --model assets/llava-vqa, --image assets/vqa-test/images/000003.png,
 # --out examples/web/dist. Serve with e.g. `python3 -m http.server -d examples/web/dist 8000
 # --bind 127.0.0.1` and open http://127.0.0.1:8000/ in a browser with WebGPU.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
-model=assets/llava-tiny-random
-image=assets/images/demo.png
+model=assets/llava-vqa
+image=assets/vqa-test/images/000003.png
 out=examples/web/dist
 while [ $# -gt 0 ]; do
   case "$1" in

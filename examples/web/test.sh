@@ -13,8 +13,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
-model=assets/llava-tiny-random
-image=assets/images/demo.png
+model=assets/llava-vqa
+image=assets/vqa-test/images/000003.png
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model="$2"; shift 2 ;;
@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-question="What colour is the square?"
+question="What character is on the label?"
 max_new_tokens=32
 # The screenshot shows the last case: a vision-side reduction, so the overlay shows merges.
 cases=(none ficoco-l:64 ficoco-v:64)
