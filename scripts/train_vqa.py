@@ -253,6 +253,11 @@ class Encoder:
         self.tok, self.visual = tok, visual
         self.eos = tok.token_to_id("</s>")
         self.image = tok.token_to_id("<image>")
+        # The words that say what a question is about (what the answer position must gather
+        # before it can look for it).
+        content = SHAPES + list(PLURALS.values()) + COLORS + SIZES + [
+            "left", "right", "above", "below", "label", "character", "objects", "many", "color"]
+        self.content = {tok.token_to_id(w) for w in content} - {None}
 
     def words(self, text):
         ids = self.tok.encode(text, add_special_tokens=False).ids
@@ -264,16 +269,17 @@ class Encoder:
         return self.tok.encode(text).ids
 
     def conversation(self, qas):
-        """(ids, labels, looks): `looks` pairs the position that predicts each answer with the
-        sequence positions of the patches its question is about."""
+        """(ids, labels, looks): `looks` gives, for the position that predicts each answer, the
+        sequence positions of the patches its question is about and of its content words."""
         ids, labels, looks = [], [], []
         for i, (q, a, cells) in enumerate(qas):
             turn = self.single(q) if i == 0 else self.words(f"USER: {q} ASSISTANT:")
             ans = self.words(a) + [self.eos]
+            start = len(ids)
             ids += turn
-            if cells:
-                image0 = ids.index(self.image)
-                looks.append((len(ids) - 1, [image0 + c for c in cells]))
+            image0 = ids.index(self.image)
+            asked = [start + k for k, t in enumerate(turn) if t in self.content]
+            looks.append((len(ids) - 1, [image0 + c for c in cells], asked))
             ids += ans
             labels += [-100] * len(turn) + ans
         return ids, labels, looks
@@ -472,7 +478,7 @@ def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=Non
     stages = [int(k) for k in a.curriculum.split(",")] if a.curriculum else [10**9]
     pools = curriculum_pools(objects or [0] * len(feats), stages)
     look_layers = [int(i) for i in a.look_layers.split(",")]
-    rows = AttentionRows(lm, look_layers) if a.look_weight > 0 else None
+    rows = AttentionRows(lm, sorted(set(look_layers) | {0})) if a.look_weight + a.ask_weight > 0 else None
     start, step = time.time(), 0
     while True:
         # Equal shares of the time per stage, the last one over every image.
@@ -492,27 +498,32 @@ def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=Non
         # put their attention on the patches the question is about. From uniform attention over
         # 576 patches the answer's gradient reaches a one-patch label at 1/576 of its strength;
         # this term reaches it directly.
-        looks = []
-        if a.look_weight > 0:
-            for b, (_, _, seq_looks) in enumerate(seqs):
-                for pos, cols in seq_looks:
+        looks, asks = [], []
+        for b, (_, _, seq_looks) in enumerate(seqs):
+            for pos, cols, asked in seq_looks:
+                if a.look_weight > 0 and cols:
                     for i in look_layers:
                         mass = rows.rows(i, b, pos, 2)[:, cols].sum(-1).mean()
                         looks.append(-torch.log(mass + 1e-4))
+                # The same two heads of layer 0 on the question's content words.
+                if a.ask_weight > 0 and asked:
+                    mass = rows.rows(0, b, pos, 2)[:, asked].sum(-1).mean()
+                    asks.append(-torch.log(mass + 1e-4))
         loss_look = torch.stack(looks).mean() if looks else torch.zeros(())
-        loss = loss_answer + a.look_weight * loss_look
+        loss_ask = torch.stack(asks).mean() if asks else torch.zeros(())
+        loss = loss_answer + a.look_weight * loss_look + a.ask_weight * loss_ask
         update(opt, params, loss, cosine_lr(step, progress, a.llm_lr, 30))
         step += 1
         if step % 25 == 0:
             log(f"llm step {step} ({100 * progress:.0f}% of the time): answer loss "
-                f"{loss_answer.item():.4f}, look loss {loss_look.item():.4f}")
+                f"{loss_answer.item():.4f}, look loss {loss_look.item():.4f}, ask loss {loss_ask.item():.4f}")
         if val is not None and step % 150 == 0:
             acc, per_type = evaluate(model, val[0], val[1], enc, 100)
             log(f"llm step {step}: validation accuracy (100 questions) {acc:.3f} {per_type}")
         if progress >= 1.0:
             break
     return {"steps": step, "conversations_seen": step * bs, "loss": loss_answer.item(),
-            "look_loss": loss_look.item(),
+            "look_loss": loss_look.item(), "ask_loss": loss_ask.item(),
             "seconds": time.time() - start}
 
 
@@ -571,6 +582,9 @@ def main():
     ap.add_argument("--look-weight", type=float, default=1.0,
                     help="weight of the grounding loss on the answer positions' attention")
     ap.add_argument("--look-layers", default="1,2", help="decoder layers the grounding loss is on")
+    ap.add_argument("--ask-weight", type=float, default=0.0,
+                    help="weight of a loss pulling layer 0's attention at the answer positions to "
+                         "the question's content words")
     a = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(a.seed)
