@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers.models.llama.modeling_llama import rotate_half
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402  (processor config, 4.x key layout, saving)
@@ -304,7 +305,7 @@ def make_config(vocab, image_id, pad_id, a):
                        tie_word_embeddings=False, pad_token_id=pad_id)
 
 
-def init_positions(tower, scale=1.0):
+def init_positions(tower):
     """2-D sinusoidal start for the tower's learned position embeddings (row and column halves,
     [CLS] at zero): combining a patch with its neighbours, which reading a label split over
     several patches needs, is then learnt far sooner than from random positions."""
@@ -317,7 +318,7 @@ def init_positions(tower, scale=1.0):
     cols = axis[None, :].expand(GRID, GRID, 2 * d)
     with torch.no_grad():
         emb.zero_()
-        emb[1:] = scale * torch.cat([rows, cols], -1).reshape(GRID * GRID, 4 * d)
+        emb[1:] = torch.cat([rows, cols], -1).reshape(GRID * GRID, 4 * d)
 
 
 def parts(model):
@@ -387,8 +388,8 @@ def train_vision(model, pixels, scenes, minutes, a):
         progress = (time.time() - start) / (minutes * 60)
         update(opt, params, loss, cosine_lr(step, progress, a.vision_lr, 20))
         step += 1
+        count_acc = (counts.argmax(-1) == count_t[idx].reshape(-1)).float().mean().item()
         if step % 25 == 0:
-            count_acc = (counts.argmax(-1) == count_t[idx].reshape(-1)).float().mean().item()
             fields = " ".join(f"{name} {r:.2f}" for (name, _), r in zip(PATCH_FIELDS, right))
             log(f"vision step {step} ({100 * progress:.0f}% of the time): cls {loss_cls.item():.3f} "
                 f"patch {loss_patch.item():.3f} count {loss_count.item():.3f}; accuracy on "
@@ -450,7 +451,6 @@ class AttentionRows:
 
     def rows(self, i, b, pos, heads):
         """(heads, pos + 1): row `pos` of sequence `b` in layer `i`, for the first `heads`."""
-        from transformers.models.llama.modeling_llama import rotate_half
         attn = self.attn[i]
         h, (cos, sin) = self.inputs[i]
         cos, sin = cos[min(b, len(cos) - 1)], sin[min(b, len(sin) - 1)]
@@ -478,7 +478,8 @@ def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=Non
     stages = [int(k) for k in a.curriculum.split(",")] if a.curriculum else [10**9]
     pools = curriculum_pools(objects or [0] * len(feats), stages)
     look_layers = [int(i) for i in a.look_layers.split(",")]
-    rows = AttentionRows(lm, sorted(set(look_layers) | {0})) if a.look_weight + a.ask_weight > 0 else None
+    hooked = (look_layers if a.look_weight > 0 else []) + ([0] if a.ask_weight > 0 else [])
+    rows = AttentionRows(lm, sorted(set(hooked))) if hooked else None
     start, step = time.time(), 0
     while True:
         # Equal shares of the time per stage, the last one over every image.
