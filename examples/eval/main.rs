@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 const USAGE: &str = "usage: eval --model DIR --set FILE [--reduce SPEC] [--limit N] [--json]
        eval --model DIR --set FILE --sweep [--budgets LIST] [--methods LIST] [--limit N] [--out DIR]
+       eval --replot DIR
   --model DIR        model directory (default assets/llava-vqa)
   --set FILE         questions JSONL ({\"image\",\"question\",\"answer\",\"type\"}; image paths
                      relative to the file)
@@ -35,7 +36,8 @@ const USAGE: &str = "usage: eval --model DIR --set FILE [--reduce SPEC] [--limit
   --budgets LIST     sweep budgets in visual tokens (default 192,128,64,32; the unreduced
                      model is always the first row)
   --methods LIST     sweep methods (default all)
-  --out DIR          where the sweep writes (default .)";
+  --out DIR          where the sweep writes (default .)
+  --replot DIR       redraw DIR/sweep.png from DIR/sweep.md (no model run)";
 
 struct Args {
     model: PathBuf,
@@ -47,6 +49,7 @@ struct Args {
     budgets: Vec<usize>,
     methods: Vec<String>,
     out: PathBuf,
+    replot: Option<PathBuf>,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -65,6 +68,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             .chain(["ficoco-vl".to_string()])
             .collect(),
         out: PathBuf::from("."),
+        replot: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -100,11 +104,12 @@ fn parse_args() -> std::result::Result<Args, String> {
                 }
             }
             "--out" => a.out = value()?.into(),
+            "--replot" => a.replot = Some(value()?.into()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
     }
-    if a.set.as_os_str().is_empty() {
+    if a.set.as_os_str().is_empty() && a.replot.is_none() {
         return Err("--set is required".into());
     }
     if a.limit == Some(0) {
@@ -333,6 +338,9 @@ impl Evaluator {
 }
 
 fn run(args: Args) -> Result<()> {
+    if let Some(dir) = &args.replot {
+        return replot(dir);
+    }
     let mut ev = Evaluator::new(&args)?;
     if args.sweep {
         return sweep(&mut ev, &args);
@@ -400,7 +408,11 @@ fn sweep(ev: &mut Evaluator, args: &Args) -> Result<()> {
     let table = markdown(&base, &rows, full);
     std::fs::write(&md, &table).map_err(|e| Error::file(&md, e))?;
     let png = args.out.join("sweep.png");
-    let lines = plot_lines(&base, &rows, full);
+    let points = rows.iter().filter_map(|r| {
+        let s = r.result.as_ref().ok()?;
+        Some((r.method.clone(), s.visual_tokens_kept, s.accuracy()))
+    });
+    let lines = plot_lines(base.accuracy(), points, full);
     plot::accuracy_vs_tokens(&png, &lines, full).map_err(|e| Error::file(&png, e))?;
     println!("{table}");
     eprintln!("wrote {} and {}", md.display(), png.display());
@@ -442,24 +454,54 @@ fn markdown(base: &Score, rows: &[Row], full: usize) -> String {
     t
 }
 
-/// Accuracy against visual tokens per method, each line starting from the unreduced point.
-fn plot_lines(base: &Score, rows: &[Row], full: usize) -> Vec<plot::Line> {
+/// Accuracy against the visual tokens kept per method, each line starting from the unreduced
+/// point; `points` are (method, visual tokens kept, accuracy in 0..1).
+fn plot_lines(
+    base: f64,
+    points: impl Iterator<Item = (String, usize, f64)>,
+    full: usize,
+) -> Vec<plot::Line> {
     let mut lines: Vec<plot::Line> = Vec::new();
-    for r in rows {
-        let Ok(s) = &r.result else { continue };
-        let at = match lines.iter().position(|l| l.name == r.method) {
+    for (method, kept, accuracy) in points {
+        let at = match lines.iter().position(|l| l.name == method) {
             Some(i) => i,
             None => {
                 lines.push(plot::Line {
-                    name: r.method.clone(),
-                    points: vec![(full as f64, base.accuracy())],
+                    name: method,
+                    points: vec![(full as f64, base)],
                 });
                 lines.len() - 1
             }
         };
-        lines[at]
-            .points
-            .push((s.visual_tokens_llm as f64, s.accuracy()));
+        lines[at].points.push((kept as f64, accuracy));
     }
     lines
+}
+
+/// Redraws a sweep's plot from its table: the first row is the unreduced model; rows without
+/// an accuracy (budgets a method cannot meet) are skipped.
+fn replot(dir: &Path) -> Result<()> {
+    let md = dir.join("sweep.md");
+    let table = std::fs::read_to_string(&md).map_err(|e| Error::file(&md, e))?;
+    let rows: Vec<(String, usize, f64)> = table
+        .lines()
+        .skip(2)
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let tokens = cells.get(2)?.parse().ok()?;
+            let accuracy: f64 = cells.get(3)?.parse().ok()?;
+            Some((cells[1].to_string(), tokens, accuracy / 100.0))
+        })
+        .collect();
+    let Some((_, full, base)) = rows.first().cloned() else {
+        return Err(Error::InvalidArgument(format!(
+            "{}: no sweep rows (method | visual tokens | accuracy % ...)",
+            md.display()
+        )));
+    };
+    let png = dir.join("sweep.png");
+    let lines = plot_lines(base, rows.into_iter().skip(1), full);
+    plot::accuracy_vs_tokens(&png, &lines, full).map_err(|e| Error::file(&png, e))?;
+    eprintln!("wrote {}", png.display());
+    Ok(())
 }

@@ -73,13 +73,7 @@ pub fn accuracy_vs_tokens(path: &Path, lines: &[Line], full: usize) -> Result<()
     }
     hline(&mut img, l, r, b, ink);
     vline(&mut img, l, t, b, ink);
-    text(
-        &mut img,
-        l,
-        12,
-        "accuracy % vs visual tokens in the llm",
-        ink,
-    );
+    text(&mut img, l, 12, "accuracy % vs visual tokens kept", ink);
     text(
         &mut img,
         (l + r) / 2 - text_width("visual tokens") / 2,
