@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Where the demo model's grounded heads look, per question type: for each validation question,
+the attention mass that heads 0 and 1 of decoder layers 1 and 2 put, at the position that
+predicts the answer, on the places train_vqa.py's grounding term asks for (relevant_cells: the
+object or label named, each object of a relation, the counted centres and <s>, <s> when nothing
+matches), and the answers given to the yes/no questions.
+
+    python scripts/grounding_report.py [--model assets/llava-vqa] [--work target/vqa-train]
+
+Reads the validation split that train_vqa.py generates in its work directory (images and
+scenes.jsonl); float32 transformers on the CPU, about 15 s.
+"""
+
+import argparse
+import collections
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import LlavaForConditionalGeneration
+
+import train_vqa as T
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(T.ROOT / "assets" / "llava-vqa"))
+    ap.add_argument("--work", default=str(T.ROOT / "target" / "vqa-train"))
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    model_dir, val_dir = Path(a.model), Path(a.work) / "val-seed2"
+    if not (val_dir / "scenes.jsonl").exists():
+        raise SystemExit(f"{val_dir} has no validation split: run scripts/train_vqa.py first "
+                         "(it generates the splits in its work directory)")
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    enc = T.Encoder(tok, 576)
+    questions = T.read_jsonl(val_dir / "questions.jsonl")
+    scenes = {s["image"]: s for s in T.read_jsonl(val_dir / "scenes.jsonl")}
+    feats = T.vision_features(model, T.load_pixels([val_dir / q["image"] for q in questions]))
+    _, _, lm, head = T.parts(model)
+    rows = T.AttentionRows(lm, [1, 2])
+    mass = collections.defaultdict(list)
+    answers = collections.defaultdict(collections.Counter)
+    with torch.no_grad():
+        for f, q in zip(feats, questions):
+            ids = enc.single(q["question"])
+            targets, _ = T.relevant_cells(q["question"], scenes[q["image"]])
+            image0 = ids.index(enc.image)
+            emb, mask, _ = T.embed_batch(model, f[None], [(ids, ids, [])], enc)
+            out = lm(inputs_embeds=emb, attention_mask=mask)
+            said = tok.decode([head(out.last_hidden_state[0, -1]).argmax().item()])
+            answers[q["type"]][f"{q['answer']} -> {said}"] += 1
+            where = "<s>" if targets[0] == [T.SINK] else "named"
+            for layer in (1, 2):
+                probs = rows.rows(layer, 0, [len(ids) - 1], 2)[:, 0]
+                for h, cells in enumerate(targets):
+                    at = [0 if c == T.SINK else image0 + c for c in cells]
+                    mass[(q["type"], where, layer, h)].append(probs[h, at].sum().item())
+    print("| type | target | questions | layer 1 head 0 | layer 1 head 1 | layer 2 head 0 | layer 2 head 1 |")
+    print("|---|---|---|---|---|---|---|")
+    for t, where in sorted({k[:2] for k in mass}):
+        cells = [mass[(t, where, layer, h)] for layer in (1, 2) for h in (0, 1)]
+        print(f"| {t} | {where} | {len(cells[0])} | "
+              + " | ".join(f"{sum(c) / len(c):.2f}" for c in cells) + " |")
+    for t in ("exist", "spatial"):
+        print(f"{t}: " + ", ".join(f"{k}: {v}" for k, v in sorted(answers[t].items())))
+
+
+if __name__ == "__main__":
+    main()
