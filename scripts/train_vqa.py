@@ -683,7 +683,12 @@ def main():
     log(f"pixels loaded ({time.time() - t0:.0f} s)")
     stage1 = work / "stage1.pt"
     if a.reuse_stage1 and stage1.exists():
-        model.load_state_dict(torch.load(stage1))
+        # The tower only, so that stage 2 may try another decoder geometry on the same tower.
+        tower = {k: v for k, v in torch.load(stage1).items() if ".vision_tower." in f".{k}"}
+        missing = [k for k in model.state_dict() if ".vision_tower." in f".{k}" and k not in tower]
+        if missing:
+            raise SystemExit(f"{stage1} lacks {missing[0]}: it was saved for another tower geometry")
+        model.load_state_dict(tower, strict=False)
         vision_log = json.loads((work / "stage1.json").read_text())
         log(f"vision tower from {stage1}")
     elif a.minutes_vision > 0:
