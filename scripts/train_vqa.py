@@ -316,8 +316,8 @@ class Encoder:
             ids += turn
             image0 = ids.index(self.image)
             asked = [start + k for k, t in enumerate(turn) if t in self.content]
-            if heads[0] != heads[1]:
-                rel = start + next(k for k, t in enumerate(turn) if t in self.relations)
+            rel = next((start + k for k, t in enumerate(turn) if t in self.relations), None)
+            if heads[0] != heads[1] and rel is not None:
                 asked = [[k for k in asked if k <= rel], [k for k in asked if k >= rel]]
             else:
                 asked = [asked, asked]
