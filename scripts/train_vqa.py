@@ -338,7 +338,7 @@ def make_config(vocab, image_id, pad_id, a):
                           hidden_act="quick_gelu", layer_norm_eps=1e-5)
     tc = LlamaConfig(vocab_size=vocab, hidden_size=a.text_hidden, intermediate_size=a.text_inter,
                      num_hidden_layers=a.text_layers, num_attention_heads=a.text_heads,
-                     num_key_value_heads=a.text_heads, rms_norm_eps=1e-5, rope_theta=10000.0,
+                     num_key_value_heads=a.text_heads, rms_norm_eps=1e-5, rope_theta=a.rope_theta,
                      max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=1,
                      eos_token_id=2, pad_token_id=pad_id, hidden_act="silu")
     return LlavaConfig(vision_config=vc, text_config=tc, image_token_id=image_id,
@@ -634,6 +634,9 @@ def main():
     ap.add_argument("--text-layers", type=int, default=3)
     ap.add_argument("--text-heads", type=int, default=4)
     ap.add_argument("--text-inter", type=int, default=256)
+    ap.add_argument("--rope-theta", type=float, default=10000.0,
+                    help="the decoder's RoPE base (a larger one leaves more of each head's "
+                         "dimensions free to match content across the 576 image positions)")
     ap.add_argument("--llm-batch", type=int, default=8)
     ap.add_argument("--llm-lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
