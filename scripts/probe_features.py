@@ -27,9 +27,6 @@ from transformers import LlavaForConditionalGeneration
 
 import train_vqa as T
 
-RELATIONS = ["left", "right", "above", "below"]
-
-
 class Probe(torch.nn.Module):
     def __init__(self, vocab, feature, width=64, heads=4, head_dim=32):
         super().__init__()
@@ -70,23 +67,21 @@ def main():
                          "first (it generates both in its work directory)")
     tok = Tokenizer.from_file(str(Path(a.model) / "tokenizer.json"))
     model = LlavaForConditionalGeneration.from_pretrained(a.model, dtype=torch.float32).eval()
-    relations = {tok.token_to_id(w) for w in RELATIONS}
-    split_dir = {"train": train_dir, "val": val_dir}
+    relations = T.Encoder(tok, 576).relations
     types = set(a.types.split(",")) if a.types else None
 
-    def split(name, images=None):
-        scenes = T.read_jsonl(split_dir[name] / "scenes.jsonl")[:images]
+    def split(folder, images=None):
+        scenes = T.read_jsonl(folder / "scenes.jsonl")[:images]
         index = {s["image"]: i for i, s in enumerate(scenes)}
-        items = [q for q in T.read_jsonl(split_dir[name] / "questions.jsonl")
+        items = [q for q in T.read_jsonl(folder / "questions.jsonl")
                  if q["image"] in index and (types is None or q["type"] in types)]
-        pixels = T.load_pixels([split_dir[name] / s["image"] for s in scenes])
-        feats = T.vision_features(model, pixels)
+        feats = T.vision_features(model, T.load_pixels([folder / s["image"] for s in scenes]))
         return feats, [(index[q["image"]], q, T.relevant_cells(q["question"], scenes[index[q["image"]]])[0])
                        for q in items]
 
     t0 = time.time()
-    train_feats, train = split("train", a.images)
-    val_feats, val = split("val")
+    train_feats, train = split(train_dir, a.images)
+    val_feats, val = split(val_dir)
     T.log(f"features of {len(train_feats)} + {len(val_feats)} images ({time.time() - t0:.0f} s)")
 
     probe = Probe(tok.get_vocab_size(), train_feats.shape[-1])
