@@ -29,8 +29,8 @@ visual-QA world of `examples/make_vqa`, on the CPU.
    of decoder layer 0 are pulled to the question's content words (the first hop), and the same
    two heads of layers 1 and 2 to where the answer is (from the scene file: the object or label
    named, each of two objects for a relation, evenly over the counted objects' centres and <s>
-   for a count, <s> when nothing matches; see relevant_cells). From uniform attention over 576 patches the answer alone
-   reaches a one-patch label at 1/576 of its strength.
+   for a count, <s> when nothing matches; see relevant_cells). From uniform attention over 576
+   patches the answer alone reaches a one-patch label at 1/576 of its strength.
 5. Saved in the published llava-hf layout (f16) with config.json, tokenizer files and
    preprocessor_config.json; validation accuracy (greedy, single question, transformers) is
    printed and written to train_log.json with the settings and timings.
