@@ -1,6 +1,6 @@
 //! Benchmark with random weights for named shape presets: vision, prefill and decode times,
-//! matmul GFLOP/s next to numpy (OpenBLAS) sgemm, memory against weights + KV cache, and the
-//! cold-start (pipeline creation) cost.
+//! matmul GFLOP/s next to numpy (OpenBLAS) sgemm and the adapter's multiply-add roof, memory
+//! against weights + KV cache, and the cold-start (pipeline creation) cost.
 //!
 //! With `--reduce METHODS` (comma-separated, or `all`) it also times each reduction method at
 //! the visual-token budgets of `--budgets` (default 192,128,64 of 576, scaled to the preset):
@@ -15,7 +15,7 @@ use ficoco::model::{
     GenerateOptions, HostTensor, Llava, LlavaConfig, LoadOptions, Sampling, WeightFile,
 };
 use ficoco::ops::matmul::RegisterTile;
-use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
+use ficoco::ops::{self, matmul_with, Epilogue, MatmulPath, WeightMatrix};
 use ficoco::preprocess::{PixelValues, PromptIds};
 use ficoco::reduce::budget::{Budget, Schedule};
 use ficoco::reduce::flops::Flops;
@@ -193,6 +193,24 @@ fn matmul_gflops(
         .into_iter()
         .map(|s| 2.0 * (m * k * n) as f64 / s / 1e9)
         .collect())
+}
+
+/// Best GFLOP/s of the adapter's multiply-add roof (`ops::alu_peak`: register arithmetic only),
+/// over interleaved rounds like `matmul_gflops`.
+fn alu_peak_gflops(gpu: &Gpu) -> ficoco::Result<f64> {
+    let out = gpu.zeros(&[64 * 1024], DType::F32, "roof")?;
+    let mut best = 0f64;
+    for round in 0..5 {
+        let t = Instant::now();
+        let mut b = gpu.batch();
+        let flops = ops::alu_peak(&mut b, &out, 2048)?;
+        b.submit();
+        gpu.wait()?;
+        if round > 0 {
+            best = best.max(flops as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    Ok(best)
 }
 
 /// numpy (OpenBLAS) sgemm on the same machine, if python3 with numpy is available: best call
@@ -388,6 +406,8 @@ fn run() -> ficoco::Result<()> {
         );
     }
     let dv = matmul_gflops(&gpu, 1, th, ti, dtype, &[MatmulPath::MatVec])?[0];
+    log("multiply-add roof...");
+    let roof = alu_peak_gflops(&gpu)?;
     let mut reduce_rows = Vec::new();
     let mut base_prefill_ms = tm.vision_ms + tm.prefill_ms;
     if !methods.is_empty() {
@@ -456,6 +476,7 @@ fn run() -> ficoco::Result<()> {
             "pipelines": pipelines_ms,
         },
         "matmul": rows,
+        "alu_peak_gflops": roof,
         "matvec_gflops": {"m": 1, "k": th, "n": ti, "gflops": dv},
         "peak_gpu_bytes": peak,
         "weights_bytes": weights_bytes,
@@ -511,6 +532,7 @@ fn run() -> ficoco::Result<()> {
         );
     }
     println!("| 1 x {th} x {ti} (mat-vec) | {dv:.1} | | | | |");
+    println!("| multiply-add roof (`shaders/peak.wgsl`, no memory traffic) | {roof:.1} | | | | |");
     if !reduce_rows.is_empty() {
         println!();
         println!(

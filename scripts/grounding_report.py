@@ -3,18 +3,23 @@
 the attention mass that heads 0 and 1 of decoder layers 1 and 2 put, at the position that
 predicts the answer, on the places train_vqa.py's grounding term asks for (relevant_cells: the
 object or label named, each object of a relation, the counted centres and <s>, <s> when nothing
-matches), and the answers given to the yes/no questions.
+matches), and the answers given to the yes/no questions. With --places N, also how much of the two
+objects' places of a relation the grounded heads' outputs and the decoder's hidden states at the
+answer position tell: R² of a least-squares linear map, fit on the first 3/4 of N relation
+questions of the training split and scored on the rest.
 
     python scripts/grounding_report.py [--model assets/llava-vqa] [--work target/vqa-train]
+        [--places 1200]
 
-Reads the validation split that train_vqa.py generates in its work directory (images and
-scenes.jsonl); float32 transformers on the CPU, about 15 s.
+Reads the splits that train_vqa.py generates in its work directory (images and scenes.jsonl);
+float32 transformers on the CPU, about 15 s (--places 1200: another 45 s).
 """
 
 import argparse
 import collections
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from transformers import LlavaForConditionalGeneration
@@ -26,6 +31,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(T.ROOT / "assets" / "llava-vqa"))
     ap.add_argument("--work", default=str(T.ROOT / "target" / "vqa-train"))
+    ap.add_argument("--places", type=int, default=0,
+                    help="relation questions of the training split for the place fits (0: none)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     model_dir, val_dir = Path(a.model), Path(a.work) / "val-seed2"
@@ -65,6 +72,48 @@ def main():
               + " | ".join(f"{sum(c) / len(c):.2f}" for c in cells) + " |")
     for t in ("exist", "spatial"):
         print(f"{t}: " + ", ".join(f"{k}: {v}" for k, v in sorted(answers[t].items())))
+    if a.places:
+        place_fits(model, enc, rows, Path(a.work) / "train-seed1", a.places)
+
+
+def r2(x, y, fit):
+    """R² on rows fit: of the least-squares linear map from x to y fit on rows :fit."""
+    x = np.c_[x, np.ones(len(x))]
+    w = np.linalg.lstsq(x[:fit], y[:fit], rcond=1e-6)[0]
+    err = x[fit:] @ w - y[fit:]
+    return 1 - (err ** 2).sum() / ((y[fit:] - y[fit:].mean()) ** 2).sum()
+
+
+@torch.no_grad()
+def place_fits(model, enc, rows, split, n):
+    """Per grounded head of layers 1 and 2 (what it reads at the answer position) and per decoder
+    layer output there: R² for the first object's x and y, the second's, and their differences."""
+    questions = [q for q in T.read_jsonl(split / "questions.jsonl") if q["type"] == "spatial"][:n]
+    scenes = {s["image"]: s for s in T.read_jsonl(split / "scenes.jsonl")}
+    _, _, lm, _ = T.parts(model)
+    xs, ys = collections.defaultdict(list), []
+    for q in questions:
+        f = T.vision_features(model, T.load_pixels([split / q["image"]]))
+        ids = enc.single(q["question"])
+        emb, mask, _ = T.embed_batch(model, f, [(ids, ids, [])], enc)
+        out = lm(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True)
+        pos = [len(ids) - 1]
+        for layer in (1, 2):
+            read = rows.read(layer, 0, pos, 2)[:, 0]
+            for h in (0, 1):
+                xs[f"layer {layer} head {h} output"].append(read[h].numpy())
+        for layer in range(1, len(out.hidden_states)):
+            xs[f"layer {layer - 1} output"].append(out.hidden_states[layer][0, pos[0]].numpy())
+        targets, _ = T.relevant_cells(q["question"], scenes[q["image"]])
+        (ya, xa), (yb, xb) = (T.place(cells).numpy() for cells in targets)
+        ys.append([xa, ya, xb, yb, xa - xb, ya - yb])
+    ys, fit = np.array(ys), len(questions) * 3 // 4
+    print(f"\nR² of the places in {len(questions)} relation questions (fit on {fit}):\n")
+    print("| read from | first x | first y | second x | second y | x difference | y difference |")
+    print("|---|---|---|---|---|---|---|")
+    for name, x in xs.items():
+        print(f"| {name} | " + " | ".join(f"{r2(np.array(x), ys[:, k], fit):.2f}"
+                                        for k in range(6)) + " |")
 
 
 if __name__ == "__main__":

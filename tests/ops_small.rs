@@ -1,4 +1,5 @@
-//! Elementwise, embedding, patch and sampling kernels against CPU references.
+//! Elementwise, embedding, patch, sampling and the bench's multiply-add roof kernels against CPU
+//! references.
 mod common;
 use common::*;
 use ficoco::gpu::{DType, Gpu, GpuOptions};
@@ -260,4 +261,37 @@ fn sampling_histogram_follows_probabilities() {
             "token {i}: {c} draws, expected {want:.1}"
         );
     }
+}
+
+#[test]
+fn alu_peak_matches_cpu() {
+    // The roof kernel's arithmetic is real (nothing folded away): its per-invocation sums match
+    // the same multiply-adds on the CPU, for an invocation count that is not a multiple of 64.
+    let g = gpu();
+    let (n, steps) = (200, 37u32);
+    let out = g.zeros(&[n], DType::F32, "o").unwrap();
+    let mut flops = 0;
+    run1(g, |b| flops = ops::alu_peak(b, &out, steps).unwrap());
+    assert_eq!(flops, n as u64 * steps as u64 * 64);
+    let want: Vec<f32> = (0..n)
+        .map(|i| {
+            let s = (i & 7) as f32 * 1e-7;
+            let w = [0.999 + s, 0.998 + s, 0.997 + s, 0.996 + s];
+            let start = [s, 1.0, 2.0, 3.0];
+            (0..8)
+                .map(|k| {
+                    (0..4)
+                        .map(|j| {
+                            let mut a = start[j] + k as f32;
+                            for _ in 0..steps {
+                                a = a * w[j] + (1.0 - w[j]);
+                            }
+                            a
+                        })
+                        .sum::<f32>()
+                })
+                .sum()
+        })
+        .collect();
+    assert_close("alu_peak", &g.read_f32(&out).unwrap(), &want, 1e-5, 1e-5);
 }

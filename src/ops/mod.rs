@@ -11,6 +11,7 @@ pub mod embed;
 pub mod matmul;
 pub mod norm;
 pub mod patch;
+pub mod peak;
 pub mod reduce;
 pub mod rope;
 pub mod sample;
@@ -21,6 +22,7 @@ pub use embed::{embed, EmbeddingTable};
 pub use matmul::{matmul, matmul_with, Epilogue, MatmulPath, WeightMatrix};
 pub use norm::{layer_norm, rms_norm};
 pub use patch::{im2col, vision_embed};
+pub use peak::alu_peak;
 pub use rope::{rope, RopeScaling, RopeTable};
 pub use sample::{argmax, sample};
 
