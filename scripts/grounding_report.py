@@ -6,7 +6,9 @@ object or label named, each object of a relation, the counted centres and <s>, <
 matches), and the answers given to the yes/no questions. With --places N, also how much of the two
 objects' places of a relation the grounded heads' outputs and the decoder's hidden states at the
 answer position tell: R² of a least-squares linear map, fit on the first 3/4 of N relation
-questions of the training split and scored on the rest.
+questions of the training split and scored on the rest; and how many of the held-out relations
+a fixed comparison of the two differences read from the last two layers' outputs answers right
+(what the decoder would answer if it compared what it holds).
 
     python scripts/grounding_report.py [--model assets/llava-vqa] [--work target/vqa-train]
         [--places 1200]
@@ -84,6 +86,9 @@ def r2(x, y, fit):
     return 1 - (err ** 2).sum() / ((y[fit:] - y[fit:].mean()) ** 2).sum()
 
 
+RELATIONS = ["left", "right", "above", "below"]  # first object left of / right of / ... second
+
+
 @torch.no_grad()
 def place_fits(model, enc, rows, split, n):
     """Per grounded head of layers 1 and 2 (what it reads at the answer position) and per decoder
@@ -91,7 +96,7 @@ def place_fits(model, enc, rows, split, n):
     questions = [q for q in T.read_jsonl(split / "questions.jsonl") if q["type"] == "spatial"][:n]
     scenes = {s["image"]: s for s in T.read_jsonl(split / "scenes.jsonl")}
     _, _, lm, _ = T.parts(model)
-    xs, ys = collections.defaultdict(list), []
+    xs, ys, rels, said = collections.defaultdict(list), [], [], []
     for q in questions:
         f = T.vision_features(model, T.load_pixels([split / q["image"]]))
         ids = enc.single(q["question"])
@@ -107,6 +112,8 @@ def place_fits(model, enc, rows, split, n):
         targets, _ = T.relevant_cells(q["question"], scenes[q["image"]])
         (ya, xa), (yb, xb) = (T.place(cells).numpy() for cells in targets)
         ys.append([xa, ya, xb, yb, xa - xb, ya - yb])
+        rels.append(next(r for r in RELATIONS if r in q["question"].split()))
+        said.append(q["answer"] == "yes")
     ys, fit = np.array(ys), len(questions) * 3 // 4
     print(f"\nR² of the places in {len(questions)} relation questions (fit on {fit}):\n")
     print("| read from | first x | first y | second x | second y | x difference | y difference |")
@@ -114,6 +121,13 @@ def place_fits(model, enc, rows, split, n):
     for name, x in xs.items():
         print(f"| {name} | " + " | ".join(f"{r2(np.array(x), ys[:, k], fit):.2f}"
                                         for k in range(6)) + " |")
+    last = np.concatenate([np.array(xs[f"layer {i} output"]) for i in (1, 2)], 1)
+    last = np.c_[last, np.ones(len(last))]
+    dx, dy = (last @ np.linalg.lstsq(last[:fit], ys[:fit, k], rcond=1e-6)[0] for k in (4, 5))
+    yes = np.select([np.array(rels) == r for r in RELATIONS], [dx < 0, dx > 0, dy < 0, dy > 0])
+    right = (yes == np.array(said))[fit:]
+    print(f"\nrelations answered by comparing the differences read from layers 1 and 2: "
+          f"{right.mean():.3f} of {len(right)}")
 
 
 if __name__ == "__main__":
