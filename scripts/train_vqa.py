@@ -33,7 +33,7 @@ visual-QA world of `examples/make_vqa`, on the CPU.
    patches the answer alone reaches a one-patch label at 1/576 of its strength. An optional
    third term (--place-weight) makes what each of those heads reads tell the place it reads (a
    linear map of its output, dropped after training): without it the shipped model's heads
-   carry no place at all (R² 0 for an object's x); with it they do (R² 0.8), yet relations
+   carry next to no place (R² at most 0.24); with it they do (R² 0.72-0.83), yet relations
    stay at chance (README).
 5. Saved in the published llava-hf layout (f16) with config.json, tokenizer files and
    preprocessor_config.json; validation accuracy (greedy, single question, transformers) is
