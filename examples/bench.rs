@@ -178,14 +178,12 @@ fn matmul_gflops(
     let mut best = vec![f64::MAX; paths.len()];
     for round in 0..5 {
         for (i, &path) in paths.iter().enumerate() {
-            let t = Instant::now();
-            let mut b = gpu.batch();
-            matmul_with(&mut b, path, &x, &w, None, Epilogue::None, &out)?;
-            b.submit();
-            gpu.wait()?;
+            let s = timed(gpu, |b| {
+                matmul_with(b, path, &x, &w, None, Epilogue::None, &out)
+            })?;
             // Round 0 compiles the pipelines.
             if round > 0 {
-                best[i] = best[i].min(t.elapsed().as_secs_f64());
+                best[i] = best[i].min(s);
             }
         }
     }
@@ -199,18 +197,28 @@ fn matmul_gflops(
 /// over interleaved rounds like `matmul_gflops`.
 fn alu_peak_gflops(gpu: &Gpu) -> ficoco::Result<f64> {
     let out = gpu.zeros(&[64 * 1024], DType::F32, "roof")?;
-    let mut best = 0f64;
+    let mut flops = 0;
+    let mut best = f64::MAX;
     for round in 0..5 {
-        let t = Instant::now();
-        let mut b = gpu.batch();
-        let flops = ops::alu_peak(&mut b, &out, 2048)?;
-        b.submit();
-        gpu.wait()?;
+        let s = timed(gpu, |b| ops::alu_peak(b, &out, 2048).map(|f| flops = f))?;
         if round > 0 {
-            best = best.max(flops as f64 / t.elapsed().as_secs_f64() / 1e9);
+            best = best.min(s);
         }
     }
-    Ok(best)
+    Ok(flops as f64 / best / 1e9)
+}
+
+/// Seconds to record, submit and finish one batch.
+fn timed(
+    gpu: &Gpu,
+    record: impl FnOnce(&mut ficoco::gpu::Batch) -> ficoco::Result<()>,
+) -> ficoco::Result<f64> {
+    let t = Instant::now();
+    let mut b = gpu.batch();
+    record(&mut b)?;
+    b.submit();
+    gpu.wait()?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// numpy (OpenBLAS) sgemm on the same machine, if python3 with numpy is available: best call

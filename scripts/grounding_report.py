@@ -86,9 +86,6 @@ def r2(x, y, fit):
     return 1 - (err ** 2).sum() / ((y[fit:] - y[fit:].mean()) ** 2).sum()
 
 
-RELATIONS = ["left", "right", "above", "below"]  # first object left of / right of / ... second
-
-
 @torch.no_grad()
 def place_fits(model, enc, rows, split, n):
     """Per grounded head of layers 1 and 2 (what it reads at the answer position) and per decoder
@@ -112,7 +109,7 @@ def place_fits(model, enc, rows, split, n):
         targets, _ = T.relevant_cells(q["question"], scenes[q["image"]])
         (ya, xa), (yb, xb) = (T.place(cells).numpy() for cells in targets)
         ys.append([xa, ya, xb, yb, xa - xb, ya - yb])
-        rels.append(next(r for r in RELATIONS if r in q["question"].split()))
+        rels.append(next(r for r in T.RELATIONS if r in q["question"].split()))
         said.append(q["answer"] == "yes")
     ys, fit = np.array(ys), len(questions) * 3 // 4
     print(f"\nR² of the places in {len(questions)} relation questions (fit on {fit}):\n")
@@ -124,7 +121,7 @@ def place_fits(model, enc, rows, split, n):
     last = np.concatenate([np.array(xs[f"layer {i} output"]) for i in (1, 2)], 1)
     last = np.c_[last, np.ones(len(last))]
     dx, dy = (last @ np.linalg.lstsq(last[:fit], ys[:fit, k], rcond=1e-6)[0] for k in (4, 5))
-    yes = np.select([np.array(rels) == r for r in RELATIONS], [dx < 0, dx > 0, dy < 0, dy > 0])
+    yes = np.select([np.array(rels) == r for r in T.RELATIONS], [dx < 0, dx > 0, dy < 0, dy > 0])
     right = (yes == np.array(said))[fit:]
     print(f"\nrelations answered by comparing the differences read from layers 1 and 2: "
           f"{right.mean():.3f} of {len(right)}")

@@ -75,6 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SIZES = ["small", "large"]
+RELATIONS = ["left", "right", "above", "below"]  # the first object left of / ... the second
 CHARS = list("0123456789abcdefghjklmnpqrstuvwxyz")
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 GRID = 24
@@ -302,9 +303,9 @@ class Encoder:
         # The words that say what a question is about (what the answer position must gather
         # before it can look for it).
         content = SHAPES + list(PLURALS.values()) + COLORS + SIZES + [
-            "left", "right", "above", "below", "label", "character", "objects", "many", "color"]
+            "label", "character", "objects", "many", "color"] + RELATIONS
         self.content = {tok.token_to_id(w) for w in content} - {None}
-        self.relations = {tok.token_to_id(w) for w in ["left", "right", "above", "below"]}
+        self.relations = {tok.token_to_id(w) for w in RELATIONS}
 
     def words(self, text):
         ids = self.tok.encode(text, add_special_tokens=False).ids
