@@ -93,7 +93,7 @@ def place_fits(model, enc, rows, split, n):
     questions = [q for q in T.read_jsonl(split / "questions.jsonl") if q["type"] == "spatial"][:n]
     scenes = {s["image"]: s for s in T.read_jsonl(split / "scenes.jsonl")}
     _, _, lm, _ = T.parts(model)
-    xs, ys, rels, said = collections.defaultdict(list), [], [], []
+    xs, ys, horizontal, said = collections.defaultdict(list), [], [], []
     for q in questions:
         f = T.vision_features(model, T.load_pixels([split / q["image"]]))
         ids = enc.single(q["question"])
@@ -109,8 +109,8 @@ def place_fits(model, enc, rows, split, n):
         targets, _ = T.relevant_cells(q["question"], scenes[q["image"]])
         (ya, xa), (yb, xb) = (T.place(cells).numpy() for cells in targets)
         ys.append([xa, ya, xb, yb, xa - xb, ya - yb])
-        rels.append(next(r for r in T.RELATIONS if r in q["question"].split()))
-        said.append(q["answer"] == "yes")
+        horizontal.append("left" in q["question"].split())
+        said.append(q["answer"])
     ys, fit = np.array(ys), len(questions) * 3 // 4
     print(f"\nR² of the places in {len(questions)} relation questions (fit on {fit}):\n")
     print("| read from | first x | first y | second x | second y | x difference | y difference |")
@@ -121,8 +121,8 @@ def place_fits(model, enc, rows, split, n):
     last = np.concatenate([np.array(xs[f"layer {i} output"]) for i in (1, 2)], 1)
     last = np.c_[last, np.ones(len(last))]
     dx, dy = (last @ np.linalg.lstsq(last[:fit], ys[:fit, k], rcond=1e-6)[0] for k in (4, 5))
-    yes = np.select([np.array(rels) == r for r in T.RELATIONS], [dx < 0, dx > 0, dy < 0, dy > 0])
-    right = (yes == np.array(said))[fit:]
+    guess = np.where(horizontal, np.where(dx < 0, "left", "right"), np.where(dy < 0, "above", "below"))
+    right = (guess == np.array(said))[fit:]
     print(f"\nrelations answered by comparing the differences read from layers 1 and 2: "
           f"{right.mean():.3f} of {len(right)}")
 

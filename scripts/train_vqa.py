@@ -23,33 +23,34 @@ visual-QA world of `examples/make_vqa`, on the CPU.
    shape).
 4. Projector + decoder: the tower frozen, its features computed once per image; each sequence is a
    llava-1.5 conversation about one image (its 8 questions, one per turn), images with few
-   objects first (curriculum); weights drawn with std 0.05 (--text-init; transformers' 0.02
+   objects first (curriculum); weights drawn with std 0.08 (--text-init; transformers' 0.02
    kept the attention flat for a thousand steps at this width); the loss is on the answers and
    their </s>, plus two grounding terms at the position that predicts each answer: two heads
    of decoder layer 0 are pulled to the question's content words (the first hop), and the same
    two heads of layers 1 and 2 to where the answer is (from the scene file: the object or label
    named, each of two objects for a relation, evenly over the counted objects' centres and <s>
    for a count, <s> when nothing matches; see relevant_cells). From uniform attention over 576
-   patches the answer alone reaches a one-patch label at 1/576 of its strength. An optional
-   third term (--place-weight) makes what each of those heads reads tell the place it reads (a
-   linear map of its output, dropped after training): without it the shipped model's heads
-   carry next to no place (R² at most 0.24); with it they do (R² 0.72-0.83), yet relations
-   stay at chance (README).
+   patches the answer alone reaches a one-patch label at 1/576 of its strength. A third term
+   (--place-weight) makes what each of those heads reads tell the place it reads (a linear map
+   of its output, dropped after training): without it the heads carry next to no place (R² at
+   most 0.24) and a relation has nothing to compare.
 5. Saved in the published llava-hf layout (f16) with config.json, tokenizer files and
    preprocessor_config.json; validation accuracy (greedy, single question, transformers) is
    printed and written to train_log.json with the settings and timings.
 
 Status: the shipped assets/llava-vqa came from the defaults (stage 1 in 16 min, then stage 2 in
-35 min with --reuse-stage1) and answers 73.0% of the test split (colour 99%, existence 99%,
-text 71%, count 51%, spatial 45%): the tower learns its per-patch objectives (shape 0.97, the
-rest >= 0.99; scene counts 0.78), the decoder answers colour and existence, reads most labels
-and some counts, but relations are at chance. See the README and the issue notes.
+35 min with --reuse-stage1) and answers 81.8% of the test split (colour 97%, existence 98%,
+spatial 92%, text 71%, count 52%): the tower learns its per-patch
+objectives (shape 0.97, the rest >= 0.99; scene counts 0.78), the decoder answers colour,
+existence and relations, reads most labels, and counts about half right. See the README and
+the issue notes.
 
 Deterministic for a given machine and thread count (seeded torch and data), not bit-identical
 across machines.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -75,7 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SIZES = ["small", "large"]
-RELATIONS = ["left", "right", "above", "below"]  # the first object left of / ... the second
+RELATIONS = ["left", "right", "above", "below"]  # spatial answers: the first object vs the second
 CHARS = list("0123456789abcdefghjklmnpqrstuvwxyz")
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 GRID = 24
@@ -92,15 +93,19 @@ def log(msg):
 # data
 
 def generate(seed, count, per_image, out):
-    """The split in `out`, made by make_vqa unless the one there was made with these settings."""
+    """The split in `out`, made by make_vqa unless the one there was made with these settings by
+    this generator's current source (a split this script made before is replaced)."""
     args = ["--seed", str(seed), "--count", str(count), "--out", str(out),
             "--questions-per-image", str(per_image)]
+    source = hashlib.sha256(b"".join(p.read_bytes() for p in
+                                     sorted((ROOT / "examples" / "make_vqa").glob("*.rs"))))
+    made = {"args": args, "generator": source.hexdigest()}
     stamp = out / "made_with.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == args:
+    if stamp.exists() and json.loads(stamp.read_text()) == made:
         return
     cmd = os.environ.get("MAKE_VQA", "cargo run --release --example make_vqa --").split()
-    subprocess.run(cmd + args, check=True, cwd=ROOT)
-    stamp.write_text(json.dumps(args))
+    subprocess.run(cmd + args + (["--force"] if stamp.exists() else []), check=True, cwd=ROOT)
+    stamp.write_text(json.dumps(made))
 
 
 def read_jsonl(path):
@@ -682,7 +687,7 @@ def main():
     ap.add_argument("--rope-theta", type=float, default=10000.0,
                     help="the decoder's RoPE base (a larger one leaves more of each head's "
                          "dimensions free to match content across the 576 image positions)")
-    ap.add_argument("--text-init", type=float, default=0.05,
+    ap.add_argument("--text-init", type=float, default=0.08,
                     help="std of the decoder's and projector's initial weights (transformers' "
                          "0.02 is sized for wide models: here it left the attention flat for the "
                          "first thousand steps)")
@@ -698,7 +703,7 @@ def main():
     ap.add_argument("--look-weight", type=float, default=1.0,
                     help="weight of the grounding loss on the answer positions' attention")
     ap.add_argument("--look-layers", default="1,2", help="decoder layers the grounding loss is on")
-    ap.add_argument("--place-weight", type=float, default=0.0,
+    ap.add_argument("--place-weight", type=float, default=1.0,
                     help="weight of a loss making each grounded head's output tell the place it "
                          "reads (a linear map, dropped after training)")
     ap.add_argument("--ask-weight", type=float, default=1.0,

@@ -12,7 +12,7 @@ use std::process::Command;
 const SLICE: usize = 40;
 /// The demo model's word-level vocabulary (scripts/train_vqa.py builds it from the world's
 /// closed set of words).
-const VOCAB: usize = 82;
+const VOCAB: usize = 83;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,11 +61,11 @@ fn unreduced_answers_beat_the_priors_and_match_transformers() {
     )
     .unwrap();
     assert_eq!(ours["count"], SLICE);
-    // The shipped model answers 0.775 of this slice (0.73 of all 600; the answer priors give
+    // The shipped model answers 0.875 of this slice (0.818 of all 600; the answer priors give
     // about 0.26): short of the 0.9 the demo model must reach, which is open work.
     let accuracy = ours["accuracy"].as_f64().unwrap();
     assert!(
-        accuracy >= 0.7,
+        accuracy >= 0.8,
         "unreduced accuracy {accuracy} on the first {SLICE} questions"
     );
     let (a, b) = (

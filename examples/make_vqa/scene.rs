@@ -269,17 +269,18 @@ fn random_labels(rng: &mut Rng) -> Vec<char> {
 }
 
 /// How many answers a planned question of `kind` can have: colours, counts 0 to
-/// [`MAX_OBJECTS`], yes and no, characters.
+/// [`MAX_OBJECTS`], yes and no, the four relations, characters.
 pub fn answer_count(kind: Kind) -> usize {
     match kind {
         Kind::Color => Color::ALL.len(),
         Kind::Count => MAX_OBJECTS + 1,
-        Kind::Exist | Kind::Spatial => 2,
+        Kind::Exist => 2,
+        Kind::Spatial => Relation::ALL.len(),
         Kind::Text => crate::font::CHARSET.len(),
     }
 }
 
-/// A question of `kind` whose answer is number `slot` of [`answer_count`] (yes before no), and
+/// A question of `kind` whose answer is number `slot` of [`answer_count`] (yes before no; relations in [`Relation::ALL`] order), and
 /// a scene spec that makes it true.
 pub fn plan(kind: Kind, slot: usize, rng: &mut Rng) -> (Spec, Query, String) {
     let mut objects = Vec::new();
@@ -352,17 +353,16 @@ pub fn plan(kind: Kind, slot: usize, rng: &mut Rng) -> (Spec, Query, String) {
             let b = other(rng, &combos(), a);
             push(&mut objects, a.0, a.1, rng);
             push(&mut objects, b.0, b.1, rng);
-            let rel = rng.pick(&Relation::ALL);
-            let yes = slot == 0;
-            relation = Some(if yes { rel } else { rel.opposite() });
+            let rel = Relation::ALL[slot];
+            relation = Some(rel);
             let n = total(rng, 2);
             fill(&mut objects, n, rng, |s, c| (s, c) != a && (s, c) != b);
             let query = Query::Spatial {
                 a: (a.1, a.0),
-                rel,
+                axis: rel.axis(),
                 b: (b.1, b.0),
             };
-            (query, if yes { "yes" } else { "no" }.to_string())
+            (query, rel.name().to_string())
         }
         Kind::Text => {
             let chars: Vec<char> = crate::font::CHARSET.chars().collect();
