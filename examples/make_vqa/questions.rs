@@ -171,8 +171,8 @@ impl Query {
 
     /// The answer on `scene` (after drawing), or `None` where the question would be ambiguous:
     /// a colour question whose object is not unique (or names a size it does not need), a
-    /// spatial question about objects that are not unique or not clearly apart on its axis, a text question
-    /// that does not match the labels.
+    /// spatial question about objects that are not unique or not clearly apart on its axis, a
+    /// text question that does not match the labels.
     pub fn answer(&self, scene: &Scene) -> Option<String> {
         let objects = &scene.objects;
         match *self {

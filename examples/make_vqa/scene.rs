@@ -280,8 +280,8 @@ pub fn answer_count(kind: Kind) -> usize {
     }
 }
 
-/// A question of `kind` whose answer is number `slot` of [`answer_count`] (yes before no; relations in [`Relation::ALL`] order), and
-/// a scene spec that makes it true.
+/// A question of `kind` whose answer is number `slot` of [`answer_count`] (yes before no;
+/// relations in [`Relation::ALL`] order), and a scene spec that makes it true.
 pub fn plan(kind: Kind, slot: usize, rng: &mut Rng) -> (Spec, Query, String) {
     let mut objects = Vec::new();
     let mut relation = None;
