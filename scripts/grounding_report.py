@@ -3,7 +3,7 @@
 the attention mass that heads 0 and 1 of decoder layers 1 and 2 put, at the position that
 predicts the answer, on the places train_vqa.py's grounding term asks for (relevant_cells: the
 object or label named, each object of a relation, the counted centres and <s>, <s> when nothing
-matches), and the answers given to the yes/no questions. With --places N, also how much of the two
+matches), and the answers given to the existence and relation questions. With --places N, also how much of the two
 objects' places of a relation the grounded heads' outputs and the decoder's hidden states at the
 answer position tell: R² of a least-squares linear map, fit on the first 3/4 of N relation
 questions of the training split and scored on the rest; and how many of the held-out relations

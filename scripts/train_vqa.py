@@ -40,10 +40,10 @@ visual-QA world of `examples/make_vqa`, on the CPU.
 
 Status: the shipped assets/llava-vqa came from the defaults (stage 1 in 16 min, then stage 2 in
 35 min with --reuse-stage1) and answers 81.8% of the test split (colour 97%, existence 98%,
-spatial 92%, text 71%, count 52%): the tower learns its per-patch
-objectives (shape 0.97, the rest >= 0.99; scene counts 0.78), the decoder answers colour,
-existence and relations, reads most labels, and counts about half right. See the README and
-the issue notes.
+spatial 92%, text 71%, count 52%): the tower learns its per-patch objectives (shape 0.97, the
+rest >= 0.99; scene counts 0.78), the decoder answers colour, existence and relations, reads
+lone labels but not which of two is left, and counts about half right. See the README and the
+issue notes.
 
 Deterministic for a given machine and thread count (seeded torch and data), not bit-identical
 across machines.
