@@ -126,8 +126,9 @@ def load_pixels(paths):
 def scene_targets(scene):
     """[CLS] targets (multi-hot: shape/colour pairs, characters, count of each shape >= k for
     k = 1..8); per patch, the shape, colour and size of the object covering it, the label
-    character over it, whether it holds an object's centre (0 = none) and its row and column;
-    the number of objects of each shape and of each colour."""
+    character over it, whether it holds an object's centre (0 = none) and its row and column
+    (the label side stays 0: paste_labels fills it in once the labels are final); the number of
+    objects of each shape and of each colour."""
     pairs = np.zeros(len(SHAPES) * len(COLORS), dtype=np.float32)
     chars = np.zeros(len(CHARS), dtype=np.float32)
     counts = np.zeros((len(SHAPES), 8), dtype=np.float32)
