@@ -3,12 +3,12 @@
 the attention mass that heads 0 and 1 of decoder layers 1 and 2 put, at the position that
 predicts the answer, on the places train_vqa.py's grounding term asks for (relevant_cells: the
 object or label named, each object of a relation, the counted centres and <s>, <s> when nothing
-matches), and the answers given to the existence and relation questions. With --places N, also how much of the two
-objects' places of a relation the grounded heads' outputs and the decoder's hidden states at the
-answer position tell: R² of a least-squares linear map, fit on the first 3/4 of N relation
-questions of the training split and scored on the rest; and how many of the held-out relations
-a fixed comparison of the two differences read from the last two layers' outputs answers right
-(what the decoder would answer if it compared what it holds).
+matches), and the answers given to the existence and relation questions. With --places N, also
+how much of the two objects' places of a relation the grounded heads' outputs and the decoder's
+hidden states at the answer position tell: R² of a least-squares linear map, fit on the first
+3/4 of N relation questions of the training split and scored on the rest; and how many of the
+held-out relations a fixed comparison of the two differences read from the last two layers'
+outputs answers right (what the decoder would answer if it compared what it holds).
 
     python scripts/grounding_report.py [--model assets/llava-vqa] [--work target/vqa-train]
         [--places 1200]
@@ -121,7 +121,8 @@ def place_fits(model, enc, rows, split, n):
     last = np.concatenate([np.array(xs[f"layer {i} output"]) for i in (1, 2)], 1)
     last = np.c_[last, np.ones(len(last))]
     dx, dy = (last @ np.linalg.lstsq(last[:fit], ys[:fit, k], rcond=1e-6)[0] for k in (4, 5))
-    guess = np.where(horizontal, np.where(dx < 0, "left", "right"), np.where(dy < 0, "above", "below"))
+    guess = np.where(horizontal, np.where(dx < 0, "left", "right"),
+                     np.where(dy < 0, "above", "below"))
     right = (guess == np.array(said))[fit:]
     print(f"\nrelations answered by comparing the differences read from layers 1 and 2: "
           f"{right.mean():.3f} of {len(right)}")

@@ -94,13 +94,6 @@ impl Axis {
             Axis::Vertical => "above or below",
         }
     }
-
-    pub fn relations(self) -> [Relation; 2] {
-        match self {
-            Axis::Horizontal => [Relation::LeftOf, Relation::RightOf],
-            Axis::Vertical => [Relation::Above, Relation::Below],
-        }
-    }
 }
 
 /// Which label a text question reads: the only one, or the left or right of two.
@@ -211,9 +204,9 @@ impl Query {
                     it.next().is_none().then_some(first)
                 };
                 let (oa, ob) = (find(a)?, find(b)?);
-                axis.relations()
+                Relation::ALL
                     .into_iter()
-                    .find(|rel| rel.holds(&oa.bbox, &ob.bbox))
+                    .find(|rel| rel.axis() == axis && rel.holds(&oa.bbox, &ob.bbox))
                     .map(|rel| rel.name().to_string())
             }
             Query::Text(which) => {
