@@ -3,7 +3,9 @@
 the attention mass that heads 0 and 1 of decoder layers 1 and 2 put, at the position that
 predicts the answer, on the places train_vqa.py's grounding term asks for (relevant_cells: the
 object or label named, each object of a relation, the counted centres and <s>, <s> when nothing
-matches), and the answers given to the existence and relation questions. With --places N, also
+matches), and the answers given to the existence and relation questions; per count, how the
+share on <s> (1 / (n + 1) if the heads spread evenly) and the mass on the counted centres vary
+from one question to the next, and how many are answered right. With --places N, also
 how much of the two objects' places of a relation the grounded heads' outputs and the decoder's
 hidden states at the answer position tell: R² of a least-squares linear map, fit on the first
 3/4 of N relation questions of the training split and scored on the rest; and how many of the
@@ -11,10 +13,11 @@ held-out relations a fixed comparison of the two differences read from the last 
 outputs answers right (what the decoder would answer if it compared what it holds).
 
     python scripts/grounding_report.py [--model assets/llava-vqa] [--work target/vqa-train]
-        [--places 1200]
+        [--split DIR] [--places 1200]
 
-Reads the splits that train_vqa.py generates in its work directory (images and scenes.jsonl);
-float32 transformers on the CPU, about 15 s (--places 1200: another 45 s).
+Reads the splits that train_vqa.py generates in its work directory (images and scenes.jsonl), or
+with --split any make_vqa output (e.g. `make_vqa --seed 2 --count 1000`); float32 transformers
+on the CPU, about 15 s for 300 questions (--places 1200: another 45 s).
 """
 
 import argparse
@@ -33,14 +36,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(T.ROOT / "assets" / "llava-vqa"))
     ap.add_argument("--work", default=str(T.ROOT / "target" / "vqa-train"))
+    ap.add_argument("--split", default=None,
+                    help="a make_vqa output directory to report on (default: WORK/val-seed2)")
     ap.add_argument("--places", type=int, default=0,
                     help="relation questions of the training split for the place fits (0: none)")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    model_dir, val_dir = Path(a.model), Path(a.work) / "val-seed2"
+    model_dir = Path(a.model)
+    val_dir = Path(a.split) if a.split else Path(a.work) / "val-seed2"
     if not (val_dir / "scenes.jsonl").exists():
-        raise SystemExit(f"{val_dir} has no validation split: run scripts/train_vqa.py first "
-                         "(it generates the splits in its work directory)")
+        raise SystemExit(f"{val_dir} has no scenes.jsonl: " + (
+            "pass a directory that make_vqa wrote" if a.split else
+            "run scripts/train_vqa.py first (it generates the splits in its work directory)"))
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     enc = T.Encoder(tok, 576)
@@ -51,6 +58,7 @@ def main():
     rows = T.AttentionRows(lm, [1, 2])
     mass = collections.defaultdict(list)
     answers = collections.defaultdict(collections.Counter)
+    counts = collections.defaultdict(list)  # n -> per question: right, then per layer and head
     with torch.no_grad():
         for f, q in zip(feats, questions):
             ids = enc.single(q["question"])
@@ -61,11 +69,15 @@ def main():
             said = tok.decode([head(out.last_hidden_state[0, -1]).argmax().item()])
             answers[q["type"]][f"{q['answer']} -> {said}"] += 1
             where = "<s>" if targets[0] == [T.SINK] else "named"
+            shares = [said == q["answer"]]
             for layer in (1, 2):
                 probs = rows.rows(layer, 0, [len(ids) - 1], 2)[:, 0]
                 for h, cells in enumerate(targets):
                     at = [0 if c == T.SINK else image0 + c for c in cells]
                     mass[(q["type"], where, layer, h)].append(probs[h, at].sum().item())
+                    shares += [probs[h, 0].item(), probs[h, at[:-1]].sum().item()]
+            if q["type"] == "count":
+                counts[len(targets[0]) - 1].append(shares)
     print("| type | target | questions | layer 1 head 0 | layer 1 head 1 | layer 2 head 0 | layer 2 head 1 |")
     print("|---|---|---|---|---|---|---|")
     for t, where in sorted({k[:2] for k in mass}):
@@ -74,6 +86,16 @@ def main():
               + " | ".join(f"{sum(c) / len(c):.2f}" for c in cells) + " |")
     for t in ("exist", "spatial"):
         print(f"{t}: " + ", ".join(f"{k}: {v}" for k, v in sorted(answers[t].items())))
+    print("\nCount questions by the true count: the share on <s> (mean ± sd over the questions; "
+          "1 / (n + 1) if spread evenly) and the mass on the counted centres, per grounded head\n")
+    print("| n | questions | right | 1 / (n + 1) | " + " | ".join(
+        f"layer {layer} head {h} <s> | centres" for layer in (1, 2) for h in (0, 1)) + " |")
+    print("|---|---|---|---|" + "---|---|" * 4)
+    for n, rows_n in sorted(counts.items()):
+        v = np.array(rows_n)
+        print(f"| {n} | {len(v)} | {int(v[:, 0].sum())} | {1 / (n + 1):.3f} | " + " | ".join(
+            f"{v[:, k].mean():.2f} ± {v[:, k].std():.2f} | {v[:, k + 1].mean():.2f}"
+            for k in range(1, v.shape[1], 2)) + " |")
     if a.places:
         place_fits(model, enc, rows, Path(a.work) / "train-seed1", a.places)
 

@@ -434,7 +434,6 @@ def train_vision(model, pixels, scenes, minutes, a):
     cls_t, patch_t, count_t = (torch.from_numpy(np.stack([t[k] for t in targets])) for k in range(3))
     heads = [cls_head, patch_head, count_head]
     bitmaps = label_bitmaps()
-    init_positions(tower)
     params = list(tower.parameters()) + [p for h in heads for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=a.vision_lr, weight_decay=0.01)
     n, bs = len(pixels), a.vision_batch
@@ -754,6 +753,7 @@ def main():
         config = make_config(tok.get_vocab_size(), tok.token_to_id("<image>"),
                              tok.token_to_id("<pad>"), a)
         model = LlavaForConditionalGeneration(config)
+        init_positions(parts(model)[0])  # a resumed tower keeps its trained positions
         previous = None
     model.eval()
     enc = Encoder(tok, 576)
