@@ -139,15 +139,16 @@ def scene_targets(scene):
         pairs[s * len(COLORS) + c] = 1
         per_shape[s] += 1
         per_color[c] += 1
-        patch[:3, o["cells"]] = np.array([1 + s, 1 + c, 1 + SIZES.index(o["size"])])[:, None]
-        patch[4, centre_cell(o)] = 1
+        kinds = np.array([1 + s, 1 + c, 1 + SIZES.index(o["size"])])
+        patch[np.ix_([FIELD["shape"], FIELD["color"], FIELD["size"]], o["cells"])] = kinds[:, None]
+        patch[FIELD["centre"], centre_cell(o)] = 1
     for s, n in enumerate(per_shape):
         counts[s, :min(n, 8)] = 1
     for lab in scene["labels"]:
         k = CHARS.index(lab["char"].lower())
         chars[k] = 1
-        patch[3, lab["cells"]] = 1 + k
-    patch[5], patch[6] = np.divmod(np.arange(GRID * GRID), GRID)
+        patch[FIELD["char"], lab["cells"]] = 1 + k
+    patch[FIELD["row"]], patch[FIELD["col"]] = np.divmod(np.arange(GRID * GRID), GRID)
     return np.concatenate([pairs, chars, counts.ravel()]), patch, np.array(per_shape + per_color)
 
 
@@ -181,14 +182,14 @@ def paste_labels(pixels, cls_t, patch_t, bitmaps, per_image):
     for b in range(len(pixels)):
         for _ in range(per_image):
             cell = random.randrange(GRID * GRID)
-            if patch_t[b, 0, cell] or patch_t[b, 3, cell]:  # an object or a label there
+            if patch_t[b, FIELD["shape"], cell] or patch_t[b, FIELD["char"], cell]:  # taken
                 continue
             k = random.randrange(len(CHARS))
             y, x = cell // GRID * PATCH, cell % GRID * PATCH
             pixels[b, :, y:y + PATCH, x:x + PATCH] = bitmaps[k]
-            patch_t[b, 3, cell] = 1 + k
+            patch_t[b, FIELD["char"], cell] = 1 + k
             cls_t[b, char0 + k] = 1
-    patch_t[:, SIDE] = label_sides(patch_t[:, 3])
+    patch_t[:, FIELD["side"]] = label_sides(patch_t[:, FIELD["char"]])
     return pixels, cls_t, patch_t
 
 
@@ -273,7 +274,7 @@ N_CLS_TARGETS = len(SHAPES) * len(COLORS) + len(CHARS) + len(SHAPES) * 8
 PATCH_FIELDS = [("shape", 1 + len(SHAPES)), ("color", 1 + len(COLORS)), ("size", 1 + len(SIZES)),
                 ("char", 1 + len(CHARS)), ("centre", 2), ("row", GRID), ("col", GRID),
                 ("side", 5)]
-SIDE = len(PATCH_FIELDS) - 1
+FIELD = {name: k for k, (name, _) in enumerate(PATCH_FIELDS)}  # a field's row in the targets
 # Fields every patch has (no background class to balance against).
 EVERYWHERE = {"row", "col"}
 N_COUNTS, MAX_COUNT = len(SHAPES) + len(COLORS), 8
