@@ -4,8 +4,8 @@ the attention mass that heads 0 and 1 of decoder layers 1 and 2 put, at the posi
 predicts the answer, on the places train_vqa.py's grounding term asks for (relevant_cells: the
 object or label named, each object of a relation, the counted centres and <s>, <s> when nothing
 matches), and the answers given to the existence and relation questions; per count, how the
-share on <s> (1 / (n + 1) if the heads spread evenly) and the mass on the counted centres vary
-from one question to the next, and how many are answered right. With --places N, also
+share on <s> (1 / (n + 1) if the heads spread evenly) and the mass on the counted centres and on
+the patches next to them vary from one question to the next, and how many are answered right. With --places N, also
 how much of the two objects' places of a relation the grounded heads' outputs and the decoder's
 hidden states at the answer position tell: R² of a least-squares linear map, fit on the first
 3/4 of N relation questions of the training split and scored on the rest; and how many of the
@@ -75,7 +75,10 @@ def main():
                 for h, cells in enumerate(targets):
                     at = [0 if c == T.SINK else image0 + c for c in cells]
                     mass[(q["type"], where, layer, h)].append(probs[h, at].sum().item())
-                    shares += [probs[h, 0].item(), probs[h, at[:-1]].sum().item()]
+                    near = ([image0 + c for c in neighbours(cells[:-1])]
+                            if q["type"] == "count" else [])
+                    shares += [probs[h, 0].item(), probs[h, at[:-1]].sum().item(),
+                               probs[h, near].sum().item()]
             if q["type"] == "count":
                 counts[len(targets[0]) - 1].append(shares)
     print("| type | target | questions | layer 1 head 0 | layer 1 head 1 | layer 2 head 0 | layer 2 head 1 |")
@@ -87,17 +90,29 @@ def main():
     for t in ("exist", "spatial"):
         print(f"{t}: " + ", ".join(f"{k}: {v}" for k, v in sorted(answers[t].items())))
     print("\nCount questions by the true count: the share on <s> (mean ± sd over the questions; "
-          "1 / (n + 1) if spread evenly) and the mass on the counted centres, per grounded head\n")
+          "1 / (n + 1) if spread evenly), the mass on the counted centres and on the patches "
+          "next to them (8-neighbourhood), per grounded head\n")
     print("| n | questions | right | 1 / (n + 1) | " + " | ".join(
-        f"layer {layer} head {h} <s> | centres" for layer in (1, 2) for h in (0, 1)) + " |")
-    print("|---|---|---|---|" + "---|---|" * 4)
+        f"layer {layer} head {h} <s> | centres | next to them" for layer in (1, 2)
+        for h in (0, 1)) + " |")
+    print("|---|---|---|---|" + "---|---|---|" * 4)
     for n, rows_n in sorted(counts.items()):
         v = np.array(rows_n)
         print(f"| {n} | {len(v)} | {int(v[:, 0].sum())} | {1 / (n + 1):.3f} | " + " | ".join(
-            f"{v[:, k].mean():.2f} ± {v[:, k].std():.2f} | {v[:, k + 1].mean():.2f}"
-            for k in range(1, v.shape[1], 2)) + " |")
+            f"{v[:, k].mean():.2f} ± {v[:, k].std():.2f} | {v[:, k + 1].mean():.2f} | "
+            f"{v[:, k + 2].mean():.2f}" for k in range(1, v.shape[1], 3)) + " |")
     if a.places:
         place_fits(model, enc, rows, Path(a.work) / "train-seed1", a.places)
+
+
+def neighbours(cells):
+    """The patches next to any of `cells` (8-neighbourhood on the grid), less `cells` themselves."""
+    out = set()
+    for c in cells:
+        r, col = divmod(c, T.GRID)
+        out |= {(r + dr) * T.GRID + col + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                if 0 <= r + dr < T.GRID and 0 <= col + dc < T.GRID}
+    return sorted(out - set(cells))
 
 
 def r2(x, y, fit):

@@ -34,7 +34,8 @@ visual-QA world of `examples/make_vqa`, on the CPU.
    patches the answer alone reaches a one-patch label at 1/576 of its strength. A third term
    (--place-weight) makes what each of those heads reads tell the place it reads (a linear map
    of its output, dropped after training): without it the heads carry next to no place (R² at
-   most 0.24) and a relation has nothing to compare.
+   most 0.24) and a relation has nothing to compare. --thin-counts brings the count answers the
+   decoder sees nearer the test split's even spread over 0-8 (count_thinning; off by default).
 5. Saved in the published llava-hf layout (f16) with config.json, tokenizer files and
    preprocessor_config.json; validation accuracy (greedy, single question, transformers) is
    printed and written to train_log.json with the settings and timings.
@@ -50,6 +51,7 @@ across machines.
 """
 
 import argparse
+import collections
 import hashlib
 import json
 import math
@@ -594,6 +596,31 @@ def curriculum_pools(objects, stages):
     return [[i for i, n in enumerate(objects) if n <= k] for k in stages]
 
 
+def count_thinning(qas_by_image, answer):
+    """Per count answer the probability of keeping a count turn, and per image its draw weight.
+    A scene's extra questions count what it holds (in the training split a third of the count
+    answers are 0 and about 1% each are 5 to 8), while every split's first question per image,
+    and so the test split, has each count 0-8 equally often. Count turns whose answer is more
+    frequent than `answer` are dropped at random down to its frequency, and images are drawn in
+    proportion to how rare their rarest count answer is (the commonest answer's frequency over
+    its own)."""
+    freq = collections.Counter(x[1] for qas in qas_by_image for x in qas if is_count(x))
+    if answer not in freq:
+        raise SystemExit(f"--thin-counts {answer}: no count question of the training split has "
+                         f"that answer (answers: {', '.join(sorted(freq))})")
+    keep = {k: min(1.0, freq[answer] / f) for k, f in freq.items()}
+    most = max(freq.values())
+    weight = [max([most / freq[x[1]] for x in qas if is_count(x)] or [1.0]) for qas in qas_by_image]
+    log(f"count answers in training: {dict(sorted(freq.items()))}; kept "
+        + ", ".join(f"{k}: {p:.2f}" for k, p in sorted(keep.items())))
+    return keep, weight
+
+
+def is_count(qa):
+    """A (question, answer, relevant_cells) turn asks for a count (its heads spread evenly)."""
+    return qa[2][1]
+
+
 def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=None):
     _, projector, lm, head = parts(model)
     look_layers = [int(i) for i in a.look_layers.split(",")]
@@ -611,15 +638,22 @@ def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=Non
     grounded = a.look_weight > 0 or a.place_weight > 0
     hooked = (look_layers if grounded else []) + ([0] if a.ask_weight > 0 else [])
     rows = AttentionRows(lm, sorted(set(hooked))) if hooked else None
+    thin = count_thinning(qas_by_image, a.thin_counts) if a.thin_counts is not None else None
     start, step = time.time(), 0
     while True:
         # Equal shares of the time per stage, the last one over every image.
         progress = (time.time() - start) / (minutes * 60)
         pool = pools[min(int(progress * len(pools)), len(pools) - 1)]
-        idx = random.sample(pool, bs) if len(pool) >= bs else random.choices(pool, k=bs)
+        if thin:
+            keep, weight = thin
+            idx = random.choices(pool, weights=[weight[i] for i in pool], k=bs)
+        else:
+            idx = random.sample(pool, bs) if len(pool) >= bs else random.choices(pool, k=bs)
         seqs = []
         for i in idx:
             qas = list(qas_by_image[i])
+            if thin:
+                qas = [x for x in qas if not is_count(x) or random.random() < keep[x[1]]]
             random.shuffle(qas)
             seqs.append(enc.conversation(qas[:a.turns]))
         emb, mask, labels = embed_batch(model, feats[idx], seqs, enc)
@@ -719,6 +753,10 @@ def main():
                     help="take the vision tower from the work directory's stage-1 checkpoint")
     ap.add_argument("--curriculum", default="4,8",
                     help="decoder stages by the most objects per image (equal time shares; '' for none)")
+    ap.add_argument("--thin-counts", default=None, metavar="ANSWER",
+                    help="drop count turns whose answer is commoner than ANSWER (e.g. 3) down to "
+                         "its frequency and draw images with rare counts more often (see "
+                         "count_thinning; default: off, as the shipped model was trained)")
     ap.add_argument("--look-weight", type=float, default=1.0,
                     help="weight of the grounding loss on the answer positions' attention")
     ap.add_argument("--look-layers", default="1,2", help="decoder layers the grounding loss is on")
