@@ -6,15 +6,19 @@ object or label named, each object of a relation, the counted centres and <s>, <
 matches), and the answers given to the existence and relation questions; per count, how the
 share on <s> (1 / (n + 1) if the heads spread evenly) and the mass on the counted centres and on
 the patches next to them vary from one question to the next, and how many are answered right.
-With --places N, also how much of the two objects' places of a relation the grounded heads' outputs
-and the decoder's hidden states at the answer position tell: R² of a least-squares linear map, fit
-on the first 3/4 of N relation questions of the training split and scored on the rest; and how many
-of the held-out relations a fixed comparison of the two differences read from the last two layers'
-outputs answers right (what the decoder would answer if it compared what it holds). python
-scripts/grounding_report.py [--model assets/llava-vqa] [--work target/vqa-train] [--split DIR]
-[--places 1200] Reads the splits that train_vqa.py generates in its work directory (images and
-scenes.jsonl), or with --split any make_vqa output (e.g. `make_vqa --seed 2 --count 1000`); float32
-transformers on the CPU, about 15 s for 300 questions (--places 1200: another 45 s).
+With --places N, also how much of the two objects' places of a relation the grounded heads'
+outputs and the decoder's hidden states at the answer position tell: R² of a least-squares linear
+map, fit on the first 3/4 of N relation questions of the training split and scored on the rest;
+and how many of the held-out relations a fixed comparison of the two differences read from the
+last two layers' outputs answers right (what the decoder would answer if it compared what it
+holds).
+
+    python scripts/grounding_report.py [--model assets/llava-vqa] [--work target/vqa-train]
+        [--split DIR] [--places 1200]
+
+Reads the splits that train_vqa.py generates in its work directory (images and scenes.jsonl), or
+with --split any make_vqa output (e.g. `make_vqa --seed 2 --count 1000`); float32 transformers
+on the CPU, about 15 s for 300 questions (--places 1200: another 45 s).
 """
 
 import argparse
