@@ -16,12 +16,12 @@ visual-QA world of `examples/make_vqa`, on the CPU.
    that [CLS] attention means something as in CLIP; each patch of the second-to-last layer (the
    features the projector reads) learns the shape, colour and size of the object over it, the
    character of the label over it and whether that label is the only one, the leftmost, the
-   rightmost or one between (see label_sides), whether it holds an object's centre, and its own
-   row and column (the decoder's values carry no position otherwise); the mean of those patches
-   learns how many objects of each shape and colour the scene holds. Extra labels are pasted on free
-   patches (reading is learnt from a couple of patches per image otherwise) and the position
-   embeddings start from a 2-D sinusoid (neighbouring patches must combine to tell a small
-   shape).
+   rightmost or one between (see label_sides), whether it holds an object's centre (with
+   --centre-kinds also the shape and the colour centred there), and its own row and column (the decoder's
+   values carry no position otherwise); the mean of those patches learns how many objects of
+   each shape and colour the scene holds. Extra labels are pasted on free patches (reading is
+   learnt from a couple of patches per image otherwise) and the position embeddings start from a
+   2-D sinusoid (neighbouring patches must combine to tell a small shape).
 4. Projector + decoder: the tower frozen, its features computed once per image; each sequence is a
    llava-1.5 conversation about one image (its 8 questions, one per turn), images with few
    objects first (curriculum); weights drawn with std 0.08 (--text-init; transformers' 0.02
@@ -143,7 +143,8 @@ def scene_targets(scene):
         per_color[c] += 1
         kinds = np.array([1 + s, 1 + c, 1 + SIZES.index(o["size"])])
         patch[np.ix_([FIELD["shape"], FIELD["color"], FIELD["size"]], o["cells"])] = kinds[:, None]
-        patch[FIELD["centre"], centre_cell(o)] = 1
+        patch[[FIELD["centre"], FIELD["centre_shape"], FIELD["centre_color"]], centre_cell(o)] = \
+            [1, 1 + s, 1 + c]
     for s, n in enumerate(per_shape):
         counts[s, :min(n, 8)] = 1
     for lab in scene["labels"]:
@@ -219,6 +220,17 @@ def centre_cell(o):
     return y // PATCH * GRID + x // PATCH
 
 
+def centre_group(o):
+    """An object's centre patch and those of its 8 neighbours that it covers: a centre near a
+    patch border shows on its neighbours too (a small object spans under two patches), so a
+    count may put an object's share anywhere in this group (--count-groups)."""
+    c = centre_cell(o)
+    r, k = divmod(c, GRID)
+    near = {rr * GRID + kk for rr in range(r - 1, r + 2) for kk in range(k - 1, k + 2)
+            if 0 <= rr < GRID and 0 <= kk < GRID}
+    return [c] + sorted(near.intersection(o["cells"]) - {c})
+
+
 SINK = -1  # stands for the sequence's first token (<s>) among the patches of a target
 
 
@@ -232,8 +244,9 @@ def place(cells):
 
 def relevant_cells(question, scene):
     """Where the two grounded heads at the answer position should look, as patch indices (SINK =
-    the <s> token), and whether they should spread their attention evenly over those places
-    instead of just putting their mass there. A training signal only (see train_llm).
+    the <s> token), and, for a count, the groups over which they should spread their attention
+    evenly instead of just putting their mass there (each counted object's centre_group, then
+    <s>; None otherwise). A training signal only (see train_llm).
     - spatial: head 0 on the first object, head 1 on the second (the answer compares places);
     - count: both heads evenly over the centre patch of each object counted and <s>, so that
       the share left on <s> is 1 / (n + 1);
@@ -249,23 +262,23 @@ def relevant_cells(question, scene):
         return sorted({c for o in scene["objects"] if pred(o) for c in o["cells"]}) or [SINK]
 
     if "many" in words:
-        counted = [centre_cell(o) for o in scene["objects"]
-                   if words & {PLURALS[o["shape"]], o["color"]}]
-        return [counted + [SINK]] * 2, True
+        counted = [o for o in scene["objects"] if words & {PLURALS[o["shape"]], o["color"]}]
+        return [[centre_cell(o) for o in counted] + [SINK]] * 2, \
+            [centre_group(o) for o in counted] + [[SINK]]
     if len(pairs) == 2:
-        return [cells(lambda o, p=p: (o["color"], o["shape"]) == p) for p in pairs], False
+        return [cells(lambda o, p=p: (o["color"], o["shape"]) == p) for p in pairs], None
     if pairs:
-        return [cells(lambda o: (o["color"], o["shape"]) in pairs)] * 2, False
+        return [cells(lambda o: (o["color"], o["shape"]) in pairs)] * 2, None
     if sized:
-        return [cells(lambda o: (o["size"], o["shape"]) in sized)] * 2, False
+        return [cells(lambda o: (o["size"], o["shape"]) in sized)] * 2, None
     if "character" in words:
         labels = sorted(scene["labels"], key=lambda lab: lab["center"][0])
         if "left" in words:
             labels = labels[:1]
         elif "right" in words:
             labels = labels[-1:]
-        return [[c for lab in labels for c in lab["cells"]] or [SINK]] * 2, False
-    return [cells(lambda o: o["shape"] in words)] * 2, False
+        return [[c for lab in labels for c in lab["cells"]] or [SINK]] * 2, None
+    return [cells(lambda o: o["shape"] in words)] * 2, None
 
 
 N_CLS_TARGETS = len(SHAPES) * len(COLORS) + len(CHARS) + len(SHAPES) * 8
@@ -275,8 +288,11 @@ N_CLS_TARGETS = len(SHAPES) * len(COLORS) + len(CHARS) + len(SHAPES) * 8
 # (RoPE acts on scores only), and a spatial question compares two objects' places.
 PATCH_FIELDS = [("shape", 1 + len(SHAPES)), ("color", 1 + len(COLORS)), ("size", 1 + len(SIZES)),
                 ("char", 1 + len(CHARS)), ("centre", 2), ("row", GRID), ("col", GRID),
-                ("side", 5)]
+                ("side", 5), ("centre_shape", 1 + len(SHAPES)), ("centre_color", 1 + len(COLORS))]
 FIELD = {name: k for k, (name, _) in enumerate(PATCH_FIELDS)}  # a field's row in the targets
+# The shape and the colour at an object's centre (--centre-kinds): one feature direction per kind
+# of thing a count question counts.
+CENTRE_KINDS = {"centre_shape", "centre_color"}
 # Fields every patch has (no background class to balance against).
 EVERYWHERE = {"row", "col"}
 N_COUNTS, MAX_COUNT = len(SHAPES) + len(COLORS), 8
@@ -345,12 +361,12 @@ class Encoder:
 
     def conversation(self, qas):
         """(ids, labels, looks): `looks` gives, for the position that predicts each answer, the
-        sequence positions each grounded head should attend to (see relevant_cells), whether
-        evenly, per head the positions of its question's content words (for a relation
+        sequence positions each grounded head should attend to (see relevant_cells), the
+        groups of positions to spread it evenly over (None but for a count), per head the positions of its question's content words (for a relation
         between two objects, head 0 the words before the relation, head 1 those after), and per
         head the place it reads (see place)."""
         ids, labels, looks = [], [], []
-        for i, (q, a, (heads, even)) in enumerate(qas):
+        for i, (q, a, (heads, groups)) in enumerate(qas):
             turn = self.single(q) if i == 0 else self.words(f"USER: {q} ASSISTANT:")
             ans = self.words(a) + [self.eos]
             start = len(ids)
@@ -362,8 +378,11 @@ class Encoder:
                 asked = [[k for k in asked if k <= rel], [k for k in asked if k >= rel]]
             else:
                 asked = [asked, asked]
-            at = [[0 if c == SINK else image0 + c for c in cells] for cells in heads]
-            looks.append((len(ids) - 1, at, even, asked, [None if even else place(c) for c in heads]))
+            def at(cells):
+                return [0 if c == SINK else image0 + c for c in cells]
+            spread = [at(g) for g in groups] if groups else None
+            looks.append((len(ids) - 1, [at(c) for c in heads], spread, asked,
+                          [None if groups else place(c) for c in heads]))
             ids += ans
             labels += [-100] * len(turn) + ans
         return ids, labels, looks
@@ -429,7 +448,9 @@ def update(opt, params, loss, lr):
 def train_vision(model, pixels, scenes, minutes, a):
     tower = parts(model)[0]
     d = a.vision_hidden
-    widths = [n for _, n in PATCH_FIELDS]
+    fields = [f for f in PATCH_FIELDS if a.centre_kinds or f[0] not in CENTRE_KINDS]
+    rows_used = [FIELD[name] for name, _ in fields]
+    widths = [n for _, n in fields]
     cls_head = torch.nn.Linear(d, N_CLS_TARGETS)
     patch_head = torch.nn.Linear(d, sum(widths))
     count_head = torch.nn.Linear(d, N_COUNTS * (MAX_COUNT + 1))
@@ -450,6 +471,9 @@ def train_vision(model, pixels, scenes, minutes, a):
         seen += bs
         pix, cls_b, patch_b = paste_labels(pixels[idx].float(), cls_t[idx], patch_t[idx], bitmaps,
                                            a.paste_labels)
+        # An object's patches other than its centre: where a centre is easiest to mistake.
+        near = ((patch_b[:, FIELD["shape"]] > 0) & (patch_b[:, FIELD["centre"]] == 0)).reshape(-1)
+        patch_b = patch_b[:, rows_used]
         out = tower(pixel_values=pix, output_hidden_states=True)
         feats = out.hidden_states[-2][:, 1:]
         loss_cls = F.binary_cross_entropy_with_logits(cls_head(out.pooler_output), cls_b)
@@ -457,7 +481,7 @@ def train_vision(model, pixels, scenes, minutes, a):
         # all, for labels) and the background weighing the same.
         logits = patch_head(feats).split(widths, -1)
         loss_patch, right = 0.0, []
-        for (name, _), lg, t in zip(PATCH_FIELDS, logits, patch_b.unbind(1)):
+        for (name, _), lg, t in zip(fields, logits, patch_b.unbind(1)):
             ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), t.reshape(-1), reduction="none")
             if name in EVERYWHERE:
                 loss_patch = loss_patch + ce.mean()
@@ -466,6 +490,8 @@ def train_vision(model, pixels, scenes, minutes, a):
             on = t.reshape(-1) > 0
             loss_patch = loss_patch + ce[on].mean() + ce[~on].mean()
             right.append((lg.argmax(-1) == t)[t > 0].float().mean().item())
+            if name == "centre":
+                false_centres = (lg.argmax(-1).reshape(-1)[near] > 0).float().mean().item()
         # Scene counts from the mean of the patch features: the decoder's attention starts out
         # uniform, so what the mean tells is there from its first step.
         counts = count_head(feats.mean(1)).reshape(-1, MAX_COUNT + 1)
@@ -476,16 +502,18 @@ def train_vision(model, pixels, scenes, minutes, a):
         step += 1
         count_acc = (counts.argmax(-1) == count_t[idx].reshape(-1)).float().mean().item()
         if step % 25 == 0:
-            fields = " ".join(f"{name} {r:.2f}" for (name, _), r in zip(PATCH_FIELDS, right))
+            told = " ".join(f"{name} {r:.2f}" for (name, _), r in zip(fields, right))
             log(f"vision step {step} ({100 * progress:.0f}% of the time): cls {loss_cls.item():.3f} "
                 f"patch {loss_patch.item():.3f} count {loss_count.item():.3f}; accuracy on "
-                f"covered patches: {fields}; counts {count_acc:.2f}")
+                f"covered patches: {told}; centre said off-centre {false_centres:.3f}; "
+                f"counts {count_acc:.2f}")
         if progress >= 1.0:
             break
     tower.eval()
     return {"steps": step, "images_seen": step * bs, "loss_cls": loss_cls.item(),
             "loss_patch": loss_patch.item(), "loss_count": loss_count.item(),
-            "patch_accuracy": dict(zip([name for name, _ in PATCH_FIELDS], right)),
+            "patch_accuracy": dict(zip([name for name, _ in fields], right)),
+            "centre_said_off_centre": false_centres,
             "count_accuracy": count_acc, "seconds": time.time() - start}
 
 
@@ -555,11 +583,12 @@ class AttentionRows:
         return self.outputs[i][b, pos, :heads * d].view(len(pos), heads, d).transpose(0, 1)
 
 
-def grounding_losses(rows, b, seq_looks, length, look_layers, ask, places=None):
+def grounding_losses(rows, b, seq_looks, length, look_layers, ask, places=None, groups=False):
     """The grounding terms of one sequence: per grounded head and layer, -log of the attention
-    mass where it should look (or, when evenly, the cross-entropy against the even share); per
-    head -log of layer 0's mass on its content words of the question; and, with `places` (a
-    linear map per layer and head), the squared error of the place each head's output tells."""
+    mass where it should look (or, for a count, the cross-entropy against the even share over
+    its positions, or with `groups` over its groups' masses); per head -log of layer 0's mass on
+    its content words of the question; and, with `places` (a linear map per layer and head), the
+    squared error of the place each head's output tells."""
     pos = [look[0] for look in seq_looks]
     where = torch.zeros(2, len(pos), length)
     asked = torch.zeros(2, len(pos), length)
@@ -568,12 +597,19 @@ def grounding_losses(rows, b, seq_looks, length, look_layers, ask, places=None):
         for h, (cells, said) in enumerate(zip(heads, words)):
             where[h, p, cells] = 1
             asked[h, p, said] = 1
-    even = torch.tensor([look[2] for look in seq_looks])
+    even = torch.tensor([look[2] is not None for look in seq_looks])
     looks = []
     for i in look_layers:
         probs = rows.rows(i, b, pos, 2)
         mass = -torch.log((probs * where).sum(-1) + 1e-4)
-        share = -(torch.log(probs + 1e-4) * where).sum(-1) / where.sum(-1).clamp(min=1)
+        if groups:
+            # Each group's mass (all heads at once), its cross-entropy against the even share.
+            share = torch.stack([
+                -torch.log(torch.stack([probs[:, p, g].sum(-1) for g in look[2]], -1)
+                           + 1e-4).mean(-1) if look[2] else torch.zeros(2)
+                for p, look in enumerate(seq_looks)], 1)
+        else:
+            share = -(torch.log(probs + 1e-4) * where).sum(-1) / where.sum(-1).clamp(min=1)
         looks.append(torch.where(even, share, mass)[where.sum(-1) > 0])
     place_errs = []
     for i in look_layers if places else []:
@@ -618,7 +654,7 @@ def count_thinning(qas_by_image, answer):
 
 def is_count(qa):
     """A (question, answer, relevant_cells) turn asks for a count (its heads spread evenly)."""
-    return qa[2][1]
+    return qa[2][1] is not None
 
 
 def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=None):
@@ -668,7 +704,7 @@ def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=Non
         for b, (_, _, seq_looks) in enumerate(seqs):
             lk, ak, sp = grounding_losses(rows, b, seq_looks, emb.shape[1],
                                           look_layers if grounded else [],
-                                          a.ask_weight > 0, places)
+                                          a.ask_weight > 0, places, a.count_groups)
             looks += lk
             asks += ak
             place_errs += sp
@@ -733,6 +769,9 @@ def main():
     ap.add_argument("--vision-lr", type=float, default=2e-3)
     ap.add_argument("--paste-labels", type=int, default=4,
                     help="labels added to each stage-1 image (random characters on free patches)")
+    ap.add_argument("--centre-kinds", action="store_true",
+                    help="stage 1 also tells, per patch, the shape and the colour of an object "
+                         "centred there (default: off, as the shipped model was trained)")
     ap.add_argument("--text-hidden", type=int, default=128)
     ap.add_argument("--text-layers", type=int, default=3)
     ap.add_argument("--text-heads", type=int, default=4)
@@ -757,6 +796,10 @@ def main():
                     help="drop count turns whose answer is commoner than ANSWER (e.g. 3) down to "
                          "its frequency and draw images with rare counts more often (see "
                          "count_thinning; default: off, as the shipped model was trained)")
+    ap.add_argument("--count-groups", action="store_true",
+                    help="a count's even share is over each counted object's centre patch and "
+                         "its covered neighbours together (centre_group), not over the centre "
+                         "patches alone (default: off, as the shipped model was trained)")
     ap.add_argument("--look-weight", type=float, default=1.0,
                     help="weight of the grounding loss on the answer positions' attention")
     ap.add_argument("--look-layers", default="1,2", help="decoder layers the grounding loss is on")
