@@ -61,11 +61,11 @@ fn unreduced_answers_beat_the_priors_and_match_transformers() {
     )
     .unwrap();
     assert_eq!(ours["count"], SLICE);
-    // The shipped model answers 0.85 of this slice (0.852 of all 600; the answer priors give
+    // The shipped model answers 0.875 of this slice (0.88 of all 600; the answer priors give
     // about 0.26); the 0.9 the demo model must reach on all 600 is open work.
     let accuracy = ours["accuracy"].as_f64().unwrap();
     assert!(
-        accuracy >= 0.8,
+        accuracy >= 0.85,
         "unreduced accuracy {accuracy} on the first {SLICE} questions"
     );
     let (a, b) = (
