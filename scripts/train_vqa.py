@@ -143,18 +143,16 @@ def scene_targets(scene):
     chars = np.zeros(len(CHARS), dtype=np.float32)
     counts = np.zeros((len(SHAPES), 8), dtype=np.float32)
     patch = np.zeros((len(PATCH_FIELDS), GRID * GRID), dtype=np.int64)
-    per_shape, per_color = [0] * len(SHAPES), [0] * len(COLORS)
-    for o in scene["objects"]:
-        s, c = SHAPES.index(o["shape"]), COLORS.index(o["color"])
+    shapes = [SHAPES.index(o["shape"]) for o in scene["objects"]]
+    colors = [COLORS.index(o["color"]) for o in scene["objects"]]
+    per_shape = [shapes.count(s) for s in range(len(SHAPES))]
+    per_color = [colors.count(c) for c in range(len(COLORS))]
+    for o, s, c in zip(scene["objects"], shapes, colors):
         pairs[s * len(COLORS) + c] = 1
-        per_shape[s] += 1
-        per_color[c] += 1
         kinds = np.array([1 + s, 1 + c, 1 + SIZES.index(o["size"])])
         patch[np.ix_([FIELD["shape"], FIELD["color"], FIELD["size"]], o["cells"])] = kinds[:, None]
         patch[[FIELD["centre"], FIELD["centre_shape"], FIELD["centre_color"]], centre_cell(o)] = \
             [1, 1 + s, 1 + c]
-    for o in scene["objects"]:
-        s, c = SHAPES.index(o["shape"]), COLORS.index(o["color"])
         patch[np.ix_([FIELD["shape_tally"], FIELD["color_tally"]], centre_group(o))] = \
             np.array([per_shape[s], per_color[c]])[:, None]
     for s, n in enumerate(per_shape):
