@@ -59,6 +59,7 @@ across machines.
 
 import argparse
 import collections
+import copy
 import hashlib
 import json
 import math
@@ -252,14 +253,16 @@ def place(cells):
     return rc.mean(0) / (GRID - 1) * 2 - 1
 
 
-def relevant_cells(question, scene):
+def relevant_cells(question, scene, read_tally=False):
     """Where the two grounded heads at the answer position should look, as patch indices (SINK =
     the <s> token), and, for a count, the groups over which they should spread their attention
     evenly instead of just putting their mass there (each counted object's centre_group, then
     <s>; None otherwise). A training signal only (see train_llm).
     - spatial: head 0 on the first object, head 1 on the second (the answer compares places);
     - count: both heads evenly over the centre patch of each object counted and <s>, so that
-      the share left on <s> is 1 / (n + 1);
+      the share left on <s> is 1 / (n + 1); with `read_tally` only head 0, and head 1 anywhere
+      on the counted objects' centre groups (<s> when there is none), where --tallies puts
+      the count itself, undiluted by <s>;
     - colour, existence: the object named (a colour and a shape, or a shape with its size), or <s>
       when there is none (nothing matches, as for an absent object);
     - text: the label read (the left or right one when the question says so)."""
@@ -273,7 +276,9 @@ def relevant_cells(question, scene):
 
     if "many" in words:
         counted = [o for o in scene["objects"] if words & {PLURALS[o["shape"]], o["color"]}]
-        return [[centre_cell(o) for o in counted] + [SINK]] * 2, \
+        even = [centre_cell(o) for o in counted] + [SINK]
+        tallied = sorted({c for o in counted for c in centre_group(o)}) or [SINK]
+        return [even, tallied if read_tally else even], \
             [centre_group(o) for o in counted] + [[SINK]]
     if len(pairs) == 2:
         return [cells(lambda o, p=p: (o["color"], o["shape"]) == p) for p in pairs], None
@@ -438,6 +443,25 @@ def init_positions(tower):
         emb[1:] = torch.cat([rows, cols], -1).reshape(GRID * GRID, 4 * d)
 
 
+def grow_tower(model, extra):
+    """Insert `extra` layers before the tower's last one, each starting as the identity (its two
+    residual branches' output projections zeroed): the features (the second-to-last layer's
+    output) are at first exactly the old ones, so the decoder keeps working, and stage 1 gains
+    attention layers that read what the old feature layer already knows (a tally needs each
+    centre's shape before it can be counted)."""
+    tower = parts(model)[0]
+    layers = tower.encoder.layers
+    for _ in range(extra):
+        new = copy.deepcopy(layers[-2])
+        with torch.no_grad():
+            for lin in (new.self_attn.out_proj, new.mlp.fc2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+        layers.insert(len(layers) - 1, new)
+    for cfg in (tower.config, model.config.vision_config):
+        cfg.num_hidden_layers = len(layers)
+
+
 def parts(model):
     m = model.model
     return m.vision_tower, m.multi_modal_projector, m.language_model, model.lm_head
@@ -598,10 +622,12 @@ class AttentionRows:
         return self.outputs[i][b, pos, :heads * d].view(len(pos), heads, d).transpose(0, 1)
 
 
-def grounding_losses(rows, b, seq_looks, length, look_layers, ask, places=None, groups=False):
+def grounding_losses(rows, b, seq_looks, length, look_layers, ask, places=None, groups=False,
+                     read_tally=False):
     """The grounding terms of one sequence: per grounded head and layer, -log of the attention
     mass where it should look (or, for a count, the cross-entropy against the even share over
-    its positions, or with `groups` over its groups' masses); per head -log of layer 0's mass on
+    its positions, or with `groups` over its groups' masses; with `read_tally` head 1 of a count
+    takes the mass term instead); per head -log of layer 0's mass on
     its content words of the question; and, with `places` (a linear map per layer and head), the
     squared error of the place each head's output tells."""
     pos = [look[0] for look in seq_looks]
@@ -612,7 +638,9 @@ def grounding_losses(rows, b, seq_looks, length, look_layers, ask, places=None, 
         for h, (cells, said) in enumerate(zip(heads, words)):
             where[h, p, cells] = 1
             asked[h, p, said] = 1
-    even = torch.tensor([look[2] is not None for look in seq_looks])
+    even = torch.tensor([look[2] is not None for look in seq_looks]).repeat(2, 1)
+    if read_tally:
+        even[1] = False
     looks = []
     for i in look_layers:
         probs = rows.rows(i, b, pos, 2)
@@ -719,7 +747,8 @@ def train_llm(model, feats, qas_by_image, enc, minutes, a, val=None, objects=Non
         for b, (_, _, seq_looks) in enumerate(seqs):
             lk, ak, sp = grounding_losses(rows, b, seq_looks, emb.shape[1],
                                           look_layers if grounded else [],
-                                          a.ask_weight > 0, places, a.count_groups)
+                                          a.ask_weight > 0, places, a.count_groups,
+                                          a.count_read)
             looks += lk
             asks += ak
             place_errs += sp
@@ -806,6 +835,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", default=None, help="a model directory this script saved")
+    ap.add_argument("--grow-vision", type=int, default=0, metavar="N",
+                    help="with --resume: insert N layers, starting as the identity, before the "
+                         "tower's last layer (see grow_tower)")
     ap.add_argument("--reuse-stage1", action="store_true",
                     help="take the vision tower from the work directory's stage-1 checkpoint")
     ap.add_argument("--curriculum", default="4,8",
@@ -818,6 +850,10 @@ def main():
                     help="a count's even share is over each counted object's centre patch and "
                          "its covered neighbours together (centre_group), not over the centre "
                          "patches alone (default: off, as the shipped model was trained)")
+    ap.add_argument("--count-read", action="store_true",
+                    help="head 1 of a count looks anywhere on the counted objects' centre groups "
+                         "(where --tallies puts the count) instead of spreading evenly with head 0 "
+                         "(see relevant_cells; default: off, as the shipped model was trained)")
     ap.add_argument("--look-weight", type=float, default=1.0,
                     help="weight of the grounding loss on the answer positions' attention")
     ap.add_argument("--look-layers", default="1,2", help="decoder layers the grounding loss is on")
@@ -849,6 +885,9 @@ def main():
         model = LlavaForConditionalGeneration.from_pretrained(a.resume, dtype=torch.float32)
         model.config._name_or_path = ""  # saved configs do not name where they came from
         previous = json.loads((Path(a.resume) / "train_log.json").read_text())
+        if a.grow_vision:
+            grow_tower(model, a.grow_vision)
+            log(f"tower grown to {model.config.vision_config.num_hidden_layers} layers")
     else:
         tok = build_tokenizer(train_q + val_q, out)
         config = make_config(tok.get_vocab_size(), tok.token_to_id("<image>"),
@@ -856,6 +895,9 @@ def main():
         model = LlavaForConditionalGeneration(config)
         init_positions(parts(model)[0])  # a resumed tower keeps its trained positions
         previous = None
+        if a.grow_vision:
+            raise SystemExit("--grow-vision adds layers to a trained tower: give --resume DIR "
+                             "(a fresh tower takes --vision-layers)")
     model.eval()
     enc = Encoder(tok, 576)
 
@@ -884,7 +926,8 @@ def main():
     qas = [[] for _ in images]
     for q in train_q:
         i = by_image[q["image"]]
-        qas[i].append((q["question"], q["answer"], relevant_cells(q["question"], scenes[i])))
+        qas[i].append((q["question"], q["answer"],
+                       relevant_cells(q["question"], scenes[i], a.count_read)))
     val_feats = vision_features(model, load_pixels([val_dir / q["image"] for q in val_q]))
     objects = [len(sc["objects"]) for sc in scenes]
     llm_log = train_llm(model, feats, qas, enc, a.minutes_llm, a, (val_feats, val_q), objects)
