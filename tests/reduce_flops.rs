@@ -387,3 +387,34 @@ fn planner_refuses_impossible_shapes() {
     );
     assert!(m.contains("at least one"), "{m}");
 }
+
+/// ToMe merges a fixed r at each tower layer and at most half of what reaches a layer. On a
+/// 336 px / patch-14 tower of 5 layers (4 run: the projector reads -2), removing 462 of the 576
+/// patches as 116, 116, 115, 115 leaves 460, 344, 229, 114, the last layer merging 115 of 229
+/// (at most 115); removing 463 as 116, 116, 116, 115 needs 115 of 228 (at most 114). So 114 is
+/// the smallest budget, and a refused budget names it.
+#[test]
+fn tome_budget_floor_follows_its_fixed_r() {
+    use ficoco::reduce::ReduceSpec;
+    let config = LlavaConfig::from_json_str(
+        r#"{
+  "model_type": "llava", "image_token_index": 9,
+  "vision_config": {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 5,
+    "num_attention_heads": 2, "image_size": 336, "patch_size": 14},
+  "text_config": {"model_type": "llama", "hidden_size": 4, "intermediate_size": 6,
+    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10}
+}"#,
+        Path::new("tower5/config.json"),
+    )
+    .unwrap();
+    let tome = |keep: usize| format!("tome:{keep}").parse::<ReduceSpec>().unwrap();
+    let planned = tome(114).plan(&config, TEXT).unwrap();
+    assert_eq!(planned.schedule.kept(), 114, "{}", planned.schedule);
+    for keep in [113, 64] {
+        let message = invalid_argument(tome(keep).plan(&config, TEXT).map(|p| p.schedule));
+        assert!(
+            message.contains("4 layers the smallest budget is 114 visual tokens"),
+            "{message}"
+        );
+    }
+}

@@ -379,7 +379,12 @@ fn per_layer(
 }
 
 /// The count after each of `sites` reductions taking `start` down to `start - removed`.
-fn after_each_site(start: usize, removed: usize, sites: usize, spread: Spread) -> Vec<usize> {
+pub(crate) fn after_each_site(
+    start: usize,
+    removed: usize,
+    sites: usize,
+    spread: Spread,
+) -> Vec<usize> {
     let keep = start - removed;
     match spread {
         Spread::Even => {

@@ -1,7 +1,7 @@
 //! `--reduce METHOD[:BUDGET]`: a method by name, the layers it reduces at (the papers' layers,
 //! scaled to the model's depth) and the budget, planned into a [`ReductionPlan`].
 
-use super::budget::{plan, Budget, Family, Schedule, Spread, Stages};
+use super::budget::{after_each_site, plan, Budget, Family, Schedule, Spread, Stages};
 use super::method::{by_name, Pool, METHODS};
 use super::sites::{KvReduction, ReductionPlan};
 use super::stages::Reduction;
@@ -134,26 +134,36 @@ impl ReduceSpec {
 }
 
 /// ToMe's bipartite split merges at most half the tokens (set A) per layer: refuse a schedule
-/// that needs more, naming the smallest count its layers can reach.
+/// that needs more, naming the smallest count that its fixed r per layer (the even spread the
+/// planner gives it) can reach.
 fn check_bipartite(plan: &ReductionPlan, visual: usize) -> Result<()> {
     let Some(site) = &plan.vision else {
         return Ok(());
     };
-    let mut t = visual;
-    let mut fits = true;
-    let mut smallest = visual;
-    for &(_, drop) in &site.drops {
-        fits &= drop <= t.div_ceil(2);
-        t -= drop.min(t);
-        smallest -= smallest.div_ceil(2);
-    }
-    if fits {
+    // Whether each layer's drop is at most half of what reaches it.
+    let halves = |drops: Vec<usize>| {
+        let mut t = visual;
+        drops.into_iter().all(|drop| {
+            let fits = drop <= t.div_ceil(2);
+            t -= drop.min(t);
+            fits
+        })
+    };
+    if halves(site.drops.iter().map(|&(_, drop)| drop).collect()) {
         return Ok(());
     }
+    let layers = site.drops.len();
+    let smallest = (0..visual)
+        .rev()
+        .find(|&removed| {
+            let after = after_each_site(visual, removed, layers, Spread::Even);
+            let before = std::iter::once(visual).chain(after.iter().copied());
+            halves(before.zip(&after).map(|(b, &a)| b - a).collect())
+        })
+        .map_or(visual, |removed| visual - removed);
     Err(Error::InvalidArgument(format!(
-        "ToMe merges at most half the tokens per layer: over its {} layers the smallest budget \
-         is {smallest} visual tokens",
-        site.drops.len()
+        "ToMe merges at most half the tokens per layer: with the same number merged at each of \
+         its {layers} layers the smallest budget is {smallest} visual tokens"
     )))
 }
 
