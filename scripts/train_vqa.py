@@ -53,8 +53,8 @@ Status: the shipped assets/llava-vqa is one run of the defaults (stage 1 in 20 m
 `--minutes-llm 35` (train_log.json nests all four runs), and answers 91.3% of the test split
 (colour 99%, existence 99%, spatial 91%, text 100%, count 68%): the grown tower learns its
 per-patch objectives (>= 0.99 on covered patches) and most of the tallies (shape about 0.7,
-colour about 0.9 over the last 400 steps), the decoder answers colour, existence and text, most relations, and two thirds of the
-counts, nearly every miss one off.
+colour about 0.9 over the last 400 steps), the decoder answers colour, existence and text,
+most relations, and two thirds of the counts, nearly every miss one off.
 See the README and the issue notes.
 
 Deterministic for a given machine and thread count (seeded torch and data), not bit-identical
@@ -849,15 +849,18 @@ def main():
     ap.add_argument("--thin-counts", default=None, metavar="ANSWER",
                     help="drop count turns whose answer is commoner than ANSWER (e.g. 3) down to "
                          "its frequency and draw images with rare counts more often (see "
-                         "count_thinning; default: off, as the shipped model was trained)")
+                         "count_thinning; default: off, as in the first run of the shipped "
+                         "model's chain)")
     ap.add_argument("--count-groups", action="store_true",
                     help="a count's even share is over each counted object's centre patch and "
                          "its covered neighbours together (centre_group), not over the centre "
-                         "patches alone (default: off, as the shipped model was trained)")
+                         "patches alone (default: off, as in the first run of the shipped "
+                         "model's chain)")
     ap.add_argument("--count-read", action="store_true",
                     help="head 1 of a count looks anywhere on the counted objects' centre groups "
                          "(where --tallies puts the count) instead of spreading evenly with head 0 "
-                         "(see relevant_cells; default: off, as the shipped model was trained)")
+                         "(see relevant_cells; default: off, as in the first run of the shipped "
+                         "model's chain)")
     ap.add_argument("--look-weight", type=float, default=1.0,
                     help="weight of the grounding loss on the answer positions' attention")
     ap.add_argument("--look-layers", default="1,2", help="decoder layers the grounding loss is on")
