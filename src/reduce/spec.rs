@@ -140,26 +140,27 @@ fn check_bipartite(plan: &ReductionPlan, visual: usize) -> Result<()> {
     let Some(site) = &plan.vision else {
         return Ok(());
     };
-    // Whether each layer's drop is at most half of what reaches it.
-    let halves = |drops: Vec<usize>| {
-        let mut t = visual;
-        drops.into_iter().all(|drop| {
-            let fits = drop <= t.div_ceil(2);
-            t -= drop.min(t);
-            fits
-        })
+    // Counts after each layer; a layer merges at most half of what reaches it when it keeps at
+    // least the floor of half.
+    let halves = |after: &[usize]| {
+        std::iter::once(&visual)
+            .chain(after)
+            .zip(after)
+            .all(|(&before, &kept)| kept >= before / 2)
     };
-    if halves(site.drops.iter().map(|&(_, drop)| drop).collect()) {
+    let planned: Vec<usize> = (site.drops.iter())
+        .scan(visual, |t, &(_, drop)| {
+            *t -= drop.min(*t);
+            Some(*t)
+        })
+        .collect();
+    if halves(&planned) {
         return Ok(());
     }
     let layers = site.drops.len();
     let smallest = (0..visual)
         .rev()
-        .find(|&removed| {
-            let after = after_each_site(visual, removed, layers, Spread::Even);
-            let before = std::iter::once(visual).chain(after.iter().copied());
-            halves(before.zip(&after).map(|(b, &a)| b - a).collect())
-        })
+        .find(|&removed| halves(&after_each_site(visual, removed, layers, Spread::Even)))
         .map_or(visual, |removed| visual - removed);
     Err(Error::InvalidArgument(format!(
         "ToMe merges at most half the tokens per layer: with the same number merged at each of \
