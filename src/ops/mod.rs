@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod norm;
 pub mod patch;
 pub mod peak;
+pub mod quant;
 pub mod reduce;
 pub mod rope;
 pub mod sample;
@@ -23,6 +24,7 @@ pub use matmul::{matmul, matmul_with, Epilogue, MatmulPath, WeightMatrix};
 pub use norm::{layer_norm, rms_norm};
 pub use patch::{im2col, vision_embed};
 pub use peak::alu_peak;
+pub use quant::{dequantize, GgmlType};
 pub use rope::{rope, RopeScaling, RopeTable};
 pub use sample::{argmax, sample};
 
