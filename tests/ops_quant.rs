@@ -34,7 +34,10 @@ fn cpu_dequantize_matches_gguf_package() {
         let mut got = vec![0f32; want.len()];
         dequantize(ty, bytes.data(), &mut got).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{name}[{i}]: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{name}[{i}]: {g} vs {w}"
+            );
         }
     }
 }
