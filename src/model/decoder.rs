@@ -1,7 +1,7 @@
 //! The Llama-family decoder (Llama, Qwen2): embeddings, pre-RMSNorm blocks with GQA attention
 //! over the KV cache and a SwiGLU MLP, final norm and LM head for the last position.
 
-use super::config::{LlavaConfig, TextConfig};
+use super::config::TextConfig;
 use super::kv_cache::KvCache;
 use super::linear::{Linear, Norm};
 use super::weights::WeightFile;
@@ -116,15 +116,17 @@ impl Decoder {
 
     /// `capacity`: the most tokens one forward call may process (the prompt length bound);
     /// `slots` are at least as large as [`Self::workspace_shapes`].
+    /// `tied`: the LM head is the embedding table.
     pub fn load(
         gpu: &Gpu,
         wf: &WeightFile,
-        cfg: &LlavaConfig,
+        tc: &TextConfig,
+        tied: bool,
         dtype: DType,
         capacity: usize,
         slots: &[Tensor],
     ) -> Result<Self> {
-        let tc = cfg.text_config.clone();
+        let tc = tc.clone();
         let d = tc.hidden_size;
         let heads = tc.num_attention_heads;
         let kv_heads = tc.kv_heads();
@@ -139,7 +141,7 @@ impl Decoder {
         }
         let table = wf.get("text.embed_tokens.weight", &[vocab, d])?;
         let embed = EmbeddingTable::from_rows(gpu, &table.data, vocab, d, dtype, "embed_tokens")?;
-        let head = if cfg.tied_embeddings() {
+        let head = if tied {
             WeightMatrix::from_out_in(gpu, &table.data, vocab, d, dtype, "lm_head (tied)")?
         } else {
             let w = wf.get("lm_head.weight", &[vocab, d])?;

@@ -1,8 +1,8 @@
-//! LLaVA: vision tower -> projector -> decoder, and generation (greedy or nucleus sampling, on
-//! the GPU; the sampled token is the only readback per step).
+//! LLaVA: vision tower -> projector -> decoder, and generation.
 
 use super::config::LlavaConfig;
 use super::decoder::{Decoder, PrefillReduction};
+use super::generate::{GenerateOptions, Generation, Sampler, Timings};
 use super::kv_cache::KvCache;
 use super::projector::Projector;
 use super::vision::VisionTower;
@@ -10,7 +10,7 @@ use super::weights::WeightFile;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::preprocess::{PixelValues, PromptIds};
 use crate::reduce::ReductionPlan;
-use crate::{ops, Error, Result};
+use crate::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,51 +34,6 @@ impl Default for LoadOptions {
     }
 }
 
-#[derive(Clone, Debug)]
-pub enum Sampling {
-    Greedy,
-    /// Softmax at `temperature`, nucleus `top_p`, seeded.
-    TopP {
-        temperature: f32,
-        top_p: f32,
-        seed: u64,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct GenerateOptions {
-    pub max_new_tokens: usize,
-    pub sampling: Sampling,
-    /// Generation ends after emitting one of these (typically EOS).
-    pub stop_tokens: Vec<u32>,
-    /// Keep the prefill's last-position logits in the result (one extra readback).
-    pub keep_prefill_logits: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Timings {
-    pub vision_ms: f64,
-    pub prefill_ms: f64,
-    pub decode_ms: f64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    StopToken,
-    MaxTokens,
-    Cancelled,
-}
-
-#[derive(Clone, Debug)]
-pub struct Generation {
-    pub tokens: Vec<u32>,
-    pub prompt_tokens: usize,
-    pub visual_tokens: usize,
-    pub timings: Timings,
-    pub stop: StopReason,
-    pub prefill_logits: Option<Vec<f32>>,
-}
-
 pub struct Llava {
     gpu: Arc<Gpu>,
     config: LlavaConfig,
@@ -90,7 +45,7 @@ pub struct Llava {
     /// Selected vision features `[visual_tokens, Dv]`, the projector's input.
     features: Tensor,
     image_features: Tensor,
-    token: Tensor,
+    sampler: Sampler,
     reduction: ReductionPlan,
     /// Grid index of each selected visual token after the vision tower (-1 for [CLS]).
     kept_grid: Option<Tensor>,
@@ -147,7 +102,15 @@ impl Llava {
         let vision = VisionTower::load(g, wf, &config, opts.dtype, &slots)?;
         let visual = config.visual_tokens();
         let projector = Projector::load(g, wf, &config, opts.dtype, visual)?;
-        let decoder = Decoder::load(g, wf, &config, opts.dtype, opts.max_prompt_tokens, &slots)?;
+        let decoder = Decoder::load(
+            g,
+            wf,
+            &config.text_config,
+            config.tied_embeddings(),
+            opts.dtype,
+            opts.max_prompt_tokens,
+            &slots,
+        )?;
         let cache = decoder.new_cache(g, opts.max_context)?;
         let vc = &config.vision_config;
         let pixels = g.zeros(
@@ -158,7 +121,7 @@ impl Llava {
         let features = g.zeros(&[visual, vc.hidden_size], DType::F32, "vision features")?;
         let d = config.text_config.hidden_size;
         let image_features = g.zeros(&[visual, d], DType::F32, "image features")?;
-        let token = g.zeros(&[1], DType::U32, "token")?;
+        let sampler = Sampler::new(g)?;
         Ok(Self {
             gpu,
             config,
@@ -169,7 +132,7 @@ impl Llava {
             pixels,
             features,
             image_features,
-            token,
+            sampler,
             reduction: ReductionPlan::default(),
             kept_grid: None,
             owners: None,
@@ -394,7 +357,7 @@ impl Llava {
         pixels: &PixelValues,
         prompt: &PromptIds,
         opts: &GenerateOptions,
-        mut on_token: impl FnMut(u32) -> bool,
+        on_token: impl FnMut(u32) -> bool,
     ) -> Result<Generation> {
         let visual = self.visual_tokens();
         if prompt.image_len != visual {
@@ -424,10 +387,7 @@ impl Llava {
                 self.cache.capacity()
             )));
         }
-        let mut rng = SplitMix(match opts.sampling {
-            Sampling::TopP { seed, .. } => seed,
-            Sampling::Greedy => 0,
-        });
+        self.sampler.reset(&opts.sampling);
         let mut clock = crate::clock::Clock::start();
         let image_features = self.encode_image(pixels)?;
         self.gpu.sync().await?;
@@ -449,15 +409,12 @@ impl Llava {
         let logits = self
             .decoder
             .forward(&mut b, &mut self.cache, &positions, reduce.as_ref())?;
-        self.pick(&mut b, &logits, &opts.sampling, &mut rng)?;
+        self.sampler.pick(&mut b, &logits, &opts.sampling)?;
         b.submit();
-        let prefill_logits = if opts.keep_prefill_logits {
-            let bytes = self.gpu.read_bytes(&logits).await?;
-            Some(bytemuck::cast_slice::<u8, f32>(&bytes)[..logits.numel()].to_vec())
-        } else {
-            None
-        };
-        let mut tokens = vec![self.read_token().await?];
+        let (first, prefill_logits) = self
+            .sampler
+            .prefill_result(&self.gpu, &logits, opts.keep_prefill_logits)
+            .await?;
         let prefill_ms = clock.lap_ms();
         let llm = self.reduction.llm.as_ref();
         for (i, lc) in self.cache.layers.iter_mut().enumerate() {
@@ -465,38 +422,18 @@ impl Llava {
             lc.visual = image.start..image.end - dropped;
         }
 
-        let mut stop = StopReason::MaxTokens;
-        loop {
-            let last = *tokens.last().unwrap();
-            if !on_token(last) {
-                stop = StopReason::Cancelled;
-                break;
-            }
-            if opts.stop_tokens.contains(&last) {
-                stop = StopReason::StopToken;
-                break;
-            }
-            if tokens.len() >= opts.max_new_tokens {
-                break;
-            }
-            let mut b = self.gpu.batch();
-            if let Some(kv) = self
-                .reduction
-                .kv
-                .as_ref()
-                .filter(|kv| self.cache.window >= kv.every)
-            {
-                self.decoder.compress_kv(&mut b, &mut self.cache, kv)?;
-            }
-            self.decoder.embed_device_token(&mut b, &self.token)?;
-            let pos = self.cache.next_position;
-            let logits = self
-                .decoder
-                .forward(&mut b, &mut self.cache, &[pos], None)?;
-            self.pick(&mut b, &logits, &opts.sampling, &mut rng)?;
-            b.submit();
-            tokens.push(self.read_token().await?);
-        }
+        let (tokens, stop) = self
+            .sampler
+            .decode(
+                &self.gpu,
+                &self.decoder,
+                &mut self.cache,
+                self.reduction.kv.as_ref(),
+                opts,
+                vec![first],
+                on_token,
+            )
+            .await?;
         let decode_ms = clock.lap_ms();
         Ok(Generation {
             tokens,
@@ -510,39 +447,5 @@ impl Llava {
             stop,
             prefill_logits,
         })
-    }
-
-    fn pick(
-        &self,
-        b: &mut crate::gpu::Batch,
-        logits: &Tensor,
-        sampling: &Sampling,
-        rng: &mut SplitMix,
-    ) -> Result<()> {
-        match *sampling {
-            Sampling::Greedy => ops::argmax(b, logits, &self.token),
-            Sampling::TopP {
-                temperature, top_p, ..
-            } => ops::sample(b, logits, temperature, top_p, rng.uniform(), &self.token),
-        }
-    }
-
-    async fn read_token(&self) -> Result<u32> {
-        let bytes = self.gpu.read_bytes(&self.token).await?;
-        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
-    }
-}
-
-/// SplitMix64: a tiny seeded generator for the sampling draws (one per token).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn uniform(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
     }
 }

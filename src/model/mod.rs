@@ -3,17 +3,23 @@
 
 pub mod config;
 mod decoder;
+mod generate;
+pub mod gguf;
 mod kv_cache;
 mod linear;
 mod llava;
+mod text_model;
 mod projector;
 mod vision;
 pub mod weights;
 
 pub use config::{LlavaConfig, TextConfig, VisionConfig};
 pub use decoder::Decoder;
+pub use gguf::{Gguf, GgufTensor, MetaValue};
 pub use kv_cache::{KvCache, LayerCache};
-pub use llava::{GenerateOptions, Generation, Llava, LoadOptions, Sampling, StopReason, Timings};
+pub use generate::{GenerateOptions, Generation, Sampling, StopReason, Timings};
+pub use llava::{Llava, LoadOptions};
+pub use text_model::TextModel;
 pub use projector::Projector;
 pub use vision::VisionTower;
 pub use weights::{HostTensor, WeightFile};

@@ -1,7 +1,11 @@
-//! Safetensors weights (single file or sharded with `model.safetensors.index.json`), looked up by
-//! canonical names so the model code never sees which key layout a checkpoint uses.
+//! Model weights from safetensors (single file or sharded with `model.safetensors.index.json`)
+//! or a GGUF file, looked up by canonical names so the model code never sees which key layout or
+//! file format a checkpoint uses.
 
+use super::gguf::{Gguf, GgufTensor};
+use crate::ops::{dequantize, GgmlType};
 use crate::{Error, Result};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +44,83 @@ const LAYOUTS: &[(&str, &[&str])] = &[
     ("lm_head.", &["language_model.lm_head.", "lm_head."]),
 ];
 
+/// Canonical decoder names -> llama.cpp's GGUF tensor names (`blk.N.` replaces `text.layers.N.`).
+const GGUF_NAMES: &[(&str, &str)] = &[
+    ("text.embed_tokens", "token_embd"),
+    ("text.norm", "output_norm"),
+    ("lm_head", "output"),
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// The GGUF name of a canonical tensor name, e.g. `text.layers.3.self_attn.q_proj.weight` ->
+/// `blk.3.attn_q.weight`.
+fn gguf_name(canonical: &str) -> Option<String> {
+    let (stem, suffix) = canonical.rsplit_once('.')?;
+    let (prefix, part) = match stem.strip_prefix("text.layers.") {
+        Some(rest) => {
+            let (layer, part) = rest.split_once('.')?;
+            (format!("blk.{layer}."), part)
+        }
+        None => (String::new(), stem),
+    };
+    let (_, g) = GGUF_NAMES.iter().find(|(c, _)| *c == part)?;
+    Some(format!("{prefix}{g}.{suffix}"))
+}
+
+/// A tensor in its file's own encoding: the blocks of a GGML type, row-major `shape`.
+pub struct RawTensor<'a> {
+    pub ty: GgmlType,
+    pub shape: Vec<usize>,
+    pub bytes: Cow<'a, [u8]>,
+}
+
+/// llama.cpp's converter reorders the rows of each head of Llama's q_proj and k_proj so its
+/// RoPE can rotate adjacent pairs; the decoder here rotates half-split pairs as transformers
+/// does, so those rows are put back: file row `h*hd + 2i + j` is checkpoint row
+/// `h*hd + j*hd/2 + i`.
+struct RowOrder {
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl RowOrder {
+    fn heads_of(&self, canonical: &str) -> Option<usize> {
+        if canonical.contains("self_attn.q_proj.") {
+            Some(self.heads)
+        } else if canonical.contains("self_attn.k_proj.") {
+            Some(self.kv_heads)
+        } else {
+            None
+        }
+    }
+
+    /// Reorder whole rows of `row_bytes` bytes (rows of blocks: quantised rows move intact).
+    fn restore(heads: usize, rows: usize, row_bytes: usize, data: &[u8]) -> Vec<u8> {
+        let hd = rows / heads;
+        let half = hd / 2;
+        let mut out = vec![0u8; data.len()];
+        for h in 0..heads {
+            for i in 0..half {
+                for j in 0..2 {
+                    let src = h * hd + 2 * i + j;
+                    let dst = h * hd + j * half + i;
+                    out[dst * row_bytes..(dst + 1) * row_bytes]
+                        .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+                }
+            }
+        }
+        out
+    }
+}
+
 enum Source {
     Files {
         /// (path, bytes) per shard.
@@ -48,6 +129,11 @@ enum Source {
         keys: HashMap<String, usize>,
     },
     Memory(HashMap<String, HostTensor>),
+    Gguf {
+        file: Box<Gguf>,
+        /// Set for the llama architecture (see [`RowOrder`]).
+        row_order: Option<RowOrder>,
+    },
 }
 
 pub struct WeightFile {
@@ -114,6 +200,28 @@ impl WeightFile {
         })
     }
 
+    /// The tensors of a GGUF file. `heads` / `kv_heads` (from its metadata) locate the Q/K head
+    /// rows that llama-architecture files store reordered.
+    pub fn from_gguf(file: Gguf, heads: usize, kv_heads: usize) -> Result<Self> {
+        let arch = file.architecture()?.to_owned();
+        let row_order = (arch == "llama").then_some(RowOrder { heads, kv_heads });
+        Ok(Self {
+            layout: format!("GGUF v{} ({arch})", file.version),
+            source: Source::Gguf {
+                file: Box::new(file),
+                row_order,
+            },
+        })
+    }
+
+    /// The GGUF file behind these weights, if they come from one.
+    pub fn gguf(&self) -> Option<&Gguf> {
+        match &self.source {
+            Source::Gguf { file, .. } => Some(file),
+            _ => None,
+        }
+    }
+
     /// In-memory weights under canonical names (benchmarks with random weights).
     pub fn from_tensors(tensors: Vec<(String, HostTensor)>) -> Self {
         Self {
@@ -145,7 +253,55 @@ impl WeightFile {
             Source::Files { keys, .. } => Self::candidates(canonical)
                 .iter()
                 .any(|k| keys.contains_key(k)),
+            Source::Gguf { file, .. } => gguf_name(canonical).is_some_and(|n| file.tensor(&n).is_some()),
         }
+    }
+
+    fn gguf_tensor<'a>(file: &'a Gguf, canonical: &str) -> Result<&'a GgufTensor> {
+        let name = gguf_name(canonical);
+        name.as_deref()
+            .and_then(|n| file.tensor(n))
+            .ok_or_else(|| {
+                Error::file(
+                    file.path(),
+                    format!(
+                        "missing tensor {} (canonical {canonical})",
+                        name.as_deref().unwrap_or("with no GGUF name")
+                    ),
+                )
+            })
+    }
+
+    /// The tensor in its stored encoding when it is a quantised GGUF tensor (so it can stay
+    /// quantised on the GPU), checked against `expect_shape`; `None` for every other tensor,
+    /// which [`Self::get`] returns as f32.
+    pub fn get_quantized(
+        &self,
+        canonical: &str,
+        expect_shape: &[usize],
+    ) -> Result<Option<RawTensor<'_>>> {
+        let Source::Gguf { file, row_order } = &self.source else {
+            return Ok(None);
+        };
+        let t = Self::gguf_tensor(file, canonical)?;
+        if !t.ty.is_quantized() {
+            return Ok(None);
+        }
+        let shape = t.shape();
+        check_shape(canonical, &shape, expect_shape, file.path())?;
+        let data = file.data(t);
+        let bytes = match row_order.as_ref().and_then(|o| o.heads_of(canonical)) {
+            Some(heads) => {
+                let rows = shape[0];
+                Cow::Owned(RowOrder::restore(heads, rows, data.len() / rows, data))
+            }
+            None => Cow::Borrowed(data),
+        };
+        Ok(Some(RawTensor {
+            ty: t.ty,
+            shape,
+            bytes,
+        }))
     }
 
     /// The tensor as f32, checked against `expect_shape`.
@@ -189,18 +345,35 @@ impl WeightFile {
                     path.clone(),
                 )
             }
+            Source::Gguf { file, row_order } => {
+                let t = Self::gguf_tensor(file, canonical)?;
+                let shape = t.shape();
+                let mut data = vec![0f32; t.elements()];
+                dequantize(t.ty, file.data(t), &mut data).map_err(|e| {
+                    Error::file(file.path(), format!("tensor {}: {e}", t.name))
+                })?;
+                if let Some(heads) = row_order.as_ref().and_then(|o| o.heads_of(canonical)) {
+                    let rows = shape[0];
+                    let row_bytes = data.len() / rows * 4;
+                    let bytes = RowOrder::restore(heads, rows, row_bytes, bytemuck::cast_slice(&data));
+                    data = bytemuck::pod_collect_to_vec(&bytes);
+                }
+                (HostTensor { shape, data }, file.path().to_path_buf())
+            }
         };
-        if t.shape != expect_shape {
-            return Err(Error::file(
-                origin,
-                format!(
-                    "tensor {canonical} has shape {:?}, config.json implies {expect_shape:?}",
-                    t.shape
-                ),
-            ));
-        }
+        check_shape(canonical, &t.shape, expect_shape, &origin)?;
         Ok(t)
     }
+}
+
+fn check_shape(canonical: &str, shape: &[usize], expect: &[usize], origin: &Path) -> Result<()> {
+    if shape != expect {
+        return Err(Error::file(
+            origin,
+            format!("tensor {canonical} has shape {shape:?}, the model config implies {expect:?}"),
+        ));
+    }
+    Ok(())
 }
 
 fn to_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> Option<Vec<f32>> {

@@ -3,10 +3,13 @@
 //! [`Tokenizer`] (`tokenizer.json`), and the llava-1.5 prompt with `<image>` expanded to the
 //! number of visual tokens ([`chat_prompt`], [`build_prompt_ids`]).
 
+mod chat;
+mod gguf_vocab;
 mod image;
 mod prompt;
 mod tokenizer;
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use image::{decode_image, load_image, ImageProcessor, ImageProcessorConfig};
 pub use prompt::{build_prompt_ids, chat_prompt, PromptIds, IMAGE_PLACEHOLDER};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -86,6 +86,10 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos, eos })
     }
 
+    pub(crate) fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Option<u32>) -> Self {
+        Tokenizer { inner, bos, eos }
+    }
+
     /// Token ids of `text`, with the tokenizer's post-processor (BOS) when `add_special`.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, PreprocessError> {
         Ok(self
