@@ -40,6 +40,13 @@ impl ChatTemplate {
         Self::new(CHATML)
     }
 
+    /// `tokenizer.chat_template` of a GGUF file, or ChatML when it has none.
+    pub fn from_gguf(file: &crate::model::Gguf) -> Self {
+        file.meta("tokenizer.chat_template")
+            .and_then(crate::model::MetaValue::as_str)
+            .map_or_else(Self::chatml, Self::new)
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
