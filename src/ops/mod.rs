@@ -13,6 +13,7 @@ pub mod norm;
 pub mod patch;
 pub mod peak;
 pub mod quant;
+mod quantize;
 pub mod reduce;
 pub mod rope;
 pub mod sample;
@@ -25,6 +26,7 @@ pub use norm::{layer_norm, rms_norm};
 pub use patch::{im2col, vision_embed};
 pub use peak::alu_peak;
 pub use quant::{dequantize, GgmlType};
+pub use quantize::quantize;
 pub use rope::{rope, RopeScaling, RopeTable};
 pub use sample::{argmax, sample};
 
