@@ -322,6 +322,7 @@ fn run() -> ficoco::Result<()> {
         dtype,
         max_prompt_tokens: prompt_len,
         max_context: prompt_len + p.decode_tokens,
+        quantize: None,
     };
     let mut model = Llava::from_weights(gpu.clone(), cfg.clone(), &weights, &opts)?;
     drop(weights);

@@ -2,11 +2,9 @@
 // accumulation. W is stored [K, ldw4 * 4] row-major (PyTorch's [out, in] transposed, columns
 // padded to a multiple of 4) and may be one column chunk of a larger matrix: the chunk's columns
 // land at out[:, n_off .. n_off + n].
-// Bindings: 0 params; 1 x f32 [m, k] (read; array<vec4<f32>> with X_VEC4, else array<f32>);
-// 2 W chunk (read): f32 as array<vec4<f32>> (array<vec2<f32>> with W_COLS2), or with W_F16 f16
-// packed two per u32, low half first (array<vec2<u32>>, or array<u32> with W_COLS2);
-// 3 out f32 [m, ldo] (read_write); 4 bias f32 [n_off + n] (read, with HAS_BIAS).
-// Epilogue flags: EPI_GELU (erf GELU), EPI_QUICK_GELU, EPI_ACCUMULATE (out += result).
+// Bindings and epilogue flags: see matmul_common.wgsl; here binding 2 is the W chunk (read):
+// f32 as array<vec4<f32>> (array<vec2<f32>> with W_COLS2), or with W_F16 f16 packed two per
+// u32, low half first (array<vec2<u32>>, or array<u32> with W_COLS2).
 // Entry points:
 //   matmul_tiled     16x16 invocations, 64x64 output tile, 4x4 per invocation; A and B tiles of
 //                    depth 16 in workgroup memory (discrete GPUs, iGPUs, browsers).
@@ -19,22 +17,8 @@
 //   matvec           m = MV_ROWS <= 4 (decode): 64 vec4 columns x KSPLIT slices of K per workgroup,
 //                    partial sums combined in workgroup memory.
 
-#include "erf"
+#include "matmul_common"
 
-struct Params { m: u32, n: u32, k: u32, ldw4: u32, ldo: u32, n_off: u32, _p0: u32, _p1: u32 }
-
-@group(0) @binding(0) var<uniform> p: Params;
-#ifdef X_VEC4
-@group(0) @binding(1) var<storage, read> xv: array<vec4<f32>>;
-fn xs(i: u32) -> f32 { return xv[i >> 2u][i & 3u]; }
-fn x4(base: u32, k: u32) -> vec4<f32> { return xv[(base + k) >> 2u]; }
-#else
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-fn xs(i: u32) -> f32 { return x[i]; }
-fn x4(base: u32, k: u32) -> vec4<f32> {
-    return vec4<f32>(x[base + k], x[base + k + 1u], x[base + k + 2u], x[base + k + 3u]);
-}
-#endif
 // load_w4: 4 columns from vec4 column c4 of row k (tiled, matvec). load_wc: the WC columns at
 // index i = row * ldwc + column group (matmul_register).
 #ifdef W_F16
@@ -72,39 +56,6 @@ fn load_w4(k: u32, c4: u32) -> vec4<f32> {
 fn load_wc(i: u32) -> vec4<f32> { return w[i]; }
 #endif
 #endif
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-#ifdef HAS_BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
-
-fn finish(v: f32, col: u32) -> f32 {
-    var r = v;
-#ifdef HAS_BIAS
-    r += bias[p.n_off + col];
-#endif
-#ifdef EPI_GELU
-    r = gelu_erf(r);
-#endif
-#ifdef EPI_QUICK_GELU
-    r = quick_gelu(r);
-#endif
-    return r;
-}
-
-fn store4(row: u32, c4: u32, acc: vec4<f32>) {
-    if (row >= p.m) { return; }
-    for (var j = 0u; j < 4u; j++) {
-        let col = c4 * 4u + j;
-        if (col < p.n) {
-            let i = row * p.ldo + p.n_off + col;
-#ifdef EPI_ACCUMULATE
-            out[i] = out[i] + finish(acc[j], col);
-#else
-            out[i] = finish(acc[j], col);
-#endif
-        }
-    }
-}
 
 // ---------------------------------------------------------------- tiled
 

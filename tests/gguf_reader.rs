@@ -40,7 +40,9 @@ fn reads_what_the_gguf_package_wrote() {
     assert_eq!(g.version, 3);
     assert_eq!(g.architecture().unwrap(), "llama");
     for (key, want) in doc["metadata"].as_object().unwrap() {
-        let v = g.meta(key).unwrap_or_else(|| panic!("metadata {key} missing"));
+        let v = g
+            .meta(key)
+            .unwrap_or_else(|| panic!("metadata {key} missing"));
         assert!(meta_matches(v, want), "{key}: {v:?} vs {want}");
     }
     let tensors = doc["tensors"].as_object().unwrap();
@@ -49,15 +51,29 @@ fn reads_what_the_gguf_package_wrote() {
         let t = g.tensor(name).unwrap();
         let dims: Vec<usize> = serde_json::from_value(want["dims"].clone()).unwrap();
         assert_eq!(t.dims, dims, "{name}");
-        assert_eq!(t.ty, GgmlType::from_id(want["type"].as_u64().unwrap() as u32).unwrap());
-        assert_eq!(t.offset as u64, want["offset"].as_u64().unwrap(), "{name} offset");
-        assert_eq!(t.bytes as u64, want["bytes"].as_u64().unwrap(), "{name} bytes");
+        assert_eq!(
+            t.ty,
+            GgmlType::from_id(want["type"].as_u64().unwrap() as u32).unwrap()
+        );
+        assert_eq!(
+            t.offset as u64,
+            want["offset"].as_u64().unwrap(),
+            "{name} offset"
+        );
+        assert_eq!(
+            t.bytes as u64,
+            want["bytes"].as_u64().unwrap(),
+            "{name} bytes"
+        );
         let values: Vec<f64> = serde_json::from_value(want["values"].clone()).unwrap();
         let mut got = vec![0f32; t.elements()];
         dequantize(t.ty, g.data(t), &mut got).unwrap();
         assert_eq!(got.len(), values.len());
         for (a, b) in got.iter().zip(&values) {
-            assert!((*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0), "{name}: {a} vs {b}");
+            assert!(
+                (*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{name}: {a} vs {b}"
+            );
         }
     }
     assert_eq!(
@@ -98,7 +114,10 @@ fn damaged_files_are_named_errors() {
     assert!(e.contains("past the end") && e.contains("q5_0.mat"), "{e}");
     for cut in [3, 10, 30, 100, 300, 600] {
         let e = error_of(&bytes[..cut]);
-        assert!(e.contains("truncated") || e.contains("cannot fit"), "cut {cut}: {e}");
+        assert!(
+            e.contains("truncated") || e.contains("cannot fit"),
+            "cut {cut}: {e}"
+        );
     }
 
     // Record layout after the name: n_dims u32, dims u64 x n, type u32, offset u64.
@@ -131,12 +150,18 @@ fn unsupported_models_are_named_errors() {
     // The fixture says llama but has no llama.* hyperparameters and no vocabulary.
     let g = parse(&bytes).unwrap();
     let e = g.text_config().err().unwrap().to_string();
-    assert!(e.contains("token_embd.weight") || e.contains("llama."), "{e}");
+    assert!(
+        e.contains("token_embd.weight") || e.contains("llama."),
+        "{e}"
+    );
     let e = ficoco::preprocess::Tokenizer::from_gguf(&g)
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("tokenizer.ggml.model") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("tokenizer.ggml.model") && e.contains("missing"),
+        "{e}"
+    );
 
     // Same length, other architecture.
     let mut b = bytes.clone();
@@ -187,5 +212,8 @@ fn random_damage_never_panics() {
             Err(_) => panic!("the reader panicked on a damaged file"),
         }
     }
-    assert!(errors > 100, "mutations should mostly break the file ({errors})");
+    assert!(
+        errors > 100,
+        "mutations should mostly break the file ({errors})"
+    );
 }

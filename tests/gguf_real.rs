@@ -16,9 +16,15 @@ fn open(file: &str) -> Option<Gguf> {
     let path = Path::new("weights").join(file);
     if !path.exists() {
         if std::env::var_os("FICOCO_REQUIRE_REAL_WEIGHTS").is_some() {
-            panic!("{} is missing: run scripts/fetch_real_weights.sh", path.display());
+            panic!(
+                "{} is missing: run scripts/fetch_real_weights.sh",
+                path.display()
+            );
         }
-        eprintln!("skipping: {} is missing (scripts/fetch_real_weights.sh fetches it)", path.display());
+        eprintln!(
+            "skipping: {} is missing (scripts/fetch_real_weights.sh fetches it)",
+            path.display()
+        );
         return None;
     }
     Some(Gguf::open(&path).unwrap())
@@ -61,7 +67,11 @@ fn check(name: &str, file: &str) {
                 eos.as_deref(),
             )
             .unwrap();
-        assert_eq!(text, case["text"].as_str().unwrap(), "{name}: chat template");
+        assert_eq!(
+            text,
+            case["text"].as_str().unwrap(),
+            "{name}: chat template"
+        );
         let ids = tok.encode(&text, true).unwrap();
         let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         assert_eq!(ids, want, "{name}: prompt ids");
@@ -73,6 +83,7 @@ fn check(name: &str, file: &str) {
         dtype: DType::F32,
         max_prompt_tokens: 64,
         max_context: 128,
+        quantize: None,
     };
     let mut model = TextModel::from_gguf(gpu, gguf, &opts).unwrap();
     for (i, (case, ids)) in cases.iter().zip(&prompts).enumerate() {
@@ -103,7 +114,10 @@ fn check(name: &str, file: &str) {
             gen.timings.decode_ms,
             gen.tokens.len()
         );
-        assert!(rel <= 1e-3, "{name} prompt {i}: logits relative error {rel:.2e}");
+        assert!(
+            rel <= 1e-3,
+            "{name} prompt {i}: logits relative error {rel:.2e}"
+        );
         assert_eq!(gen.tokens, want, "{name} prompt {i}: greedy tokens");
     }
 }

@@ -76,6 +76,7 @@ fn run(gpu: &Arc<Gpu>, o: &Oracle, dtype: DType) -> Run {
         dtype,
         max_prompt_tokens: 1024,
         max_context: 1100,
+        quantize: None,
     };
     let mut model = Llava::load(gpu.clone(), &o.dir, &opts).unwrap();
     let text = o.json["prompt"].as_str().unwrap();
@@ -173,6 +174,7 @@ fn generation_controls() {
         dtype: DType::F32,
         max_prompt_tokens: 64,
         max_context: 64,
+        quantize: None,
     };
     let mut model = Llava::load(gpu().clone(), &o.dir, &opts).unwrap();
     let prompt = preprocess::build_prompt_ids(

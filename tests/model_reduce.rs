@@ -27,6 +27,7 @@ fn fixture() -> Fixture {
         dtype: DType::F32,
         max_prompt_tokens: 64,
         max_context: 64,
+        quantize: None,
     };
     Fixture {
         model: Llava::load(gpu().clone(), &dir, &opts).unwrap(),

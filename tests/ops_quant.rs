@@ -1,7 +1,14 @@
-//! GGML block formats: the CPU dequantisation in `ops::quant` against the `gguf` Python
-//! package's (fixture from scripts/make_quant_fixtures.py).
+//! GGML block formats: the CPU dequantisation in `ops::quant` and the GPU kernels that read the
+//! blocks (quantised matmul / mat-vec variants, embedding gather) against the `gguf` Python
+//! package's values (fixture from scripts/make_quant_fixtures.py).
 
-use ficoco::ops::{dequantize, GgmlType};
+mod common;
+
+use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::ops::{
+    dequantize, matmul_with, EmbeddingTable, Epilogue, GgmlType, MatmulPath, WeightFormat,
+    WeightMatrix,
+};
 use safetensors::SafeTensors;
 
 const TYPES: [(&str, GgmlType); 8] = [
@@ -49,4 +56,171 @@ fn bad_sizes_and_types_are_errors() {
     assert!(GgmlType::Q4K.bytes_for(300).is_err());
     let e = GgmlType::from_id(10).unwrap_err().to_string();
     assert!(e.contains("Q2_K"), "{e}");
+}
+
+/// A `[n, blocks * block_elems]` matrix made of the fixture's blocks (cycled), as raw bytes and
+/// as the oracle's values.
+fn tiled_matrix(name: &str, ty: GgmlType, n: usize, blocks: usize) -> (Vec<u8>, Vec<f32>) {
+    let file = std::fs::read("tests/fixtures/quant/blocks.safetensors").unwrap();
+    let st = SafeTensors::deserialize(&file).unwrap();
+    let bytes = st.tensor(&format!("{name}.bytes")).unwrap().data().to_vec();
+    let values: Vec<f32> =
+        bytemuck::pod_collect_to_vec(st.tensor(&format!("{name}.values")).unwrap().data());
+    let (bb, be) = (ty.block_bytes(), ty.block_elems());
+    let total = bytes.len() / bb;
+    let (mut wb, mut wv) = (Vec::new(), Vec::new());
+    for i in 0..n * blocks {
+        let j = (i * 7 + i / blocks) % total;
+        wb.extend_from_slice(&bytes[j * bb..(j + 1) * bb]);
+        wv.extend_from_slice(&values[j * be..(j + 1) * be]);
+    }
+    (wb, wv)
+}
+
+fn gelu(v: f64) -> f64 {
+    0.5 * v * (1.0 + common::erf64(v / 2f64.sqrt()))
+}
+
+/// Every block type through every quantised kernel (the lanes kernel as mat-vec and as matmul,
+/// the split mat-vec, the tiled matmul), with and without bias and epilogue, against float64
+/// dot products of the oracle's dequantised values.
+#[test]
+fn gpu_kernels_match_the_oracle_values() {
+    let g = common::gpu();
+    let paths = [
+        (MatmulPath::MatVec, &[1usize, 3][..]),
+        (MatmulPath::MatVecSplit, &[1, 4][..]),
+        (MatmulPath::Matrix(MatmulVariant::Register), &[5, 37][..]),
+        (MatmulPath::Matrix(MatmulVariant::Tiled), &[5, 70][..]),
+    ];
+    for (name, ty) in TYPES {
+        let blocks = if ty.block_elems() == 256 { 2 } else { 5 };
+        let n = 13;
+        let k = blocks * ty.block_elems();
+        let (wb, wv) = tiled_matrix(name, ty, n, blocks);
+        let w = WeightMatrix::from_ggml(g, ty, &wb, n, k, name).unwrap();
+        assert_eq!(w.format(), WeightFormat::Blocks(ty));
+        for (path, ms) in paths {
+            for &m in ms {
+                for (bias, e) in [(false, Epilogue::None), (true, Epilogue::Gelu)] {
+                    let x = common::rand_vec(m * k, m as u64, 1.0);
+                    let bvec = common::rand_vec(n, 9, 0.5);
+                    let tx = g.upload_f32(&x, &[m, k], "x").unwrap();
+                    let tb = g.upload_f32(&bvec, &[n], "b").unwrap();
+                    let out = g.zeros(&[m, n], DType::F32, "out").unwrap();
+                    let mut b = g.batch();
+                    matmul_with(&mut b, path, &tx, &w, bias.then_some(&tb), e, &out).unwrap();
+                    b.submit();
+                    let got = g.read_f32(&out).unwrap();
+                    let mut want = vec![0f32; m * n];
+                    for r in 0..m {
+                        for c in 0..n {
+                            let mut s: f64 = (0..k)
+                                .map(|i| x[r * k + i] as f64 * wv[c * k + i] as f64)
+                                .sum();
+                            if bias {
+                                s += bvec[c] as f64;
+                                s = gelu(s);
+                            }
+                            want[r * n + c] = s as f32;
+                        }
+                    }
+                    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    common::assert_close(
+                        &format!("{name} {path:?} m={m} bias={bias}"),
+                        &got,
+                        &want,
+                        1e-4 * scale.max(1.0),
+                        1e-4,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The gather dequantises the same rows; a tied table shares the matrix's buffers; a matrix
+/// larger than the binding limit is split into row chunks and still multiplies and gathers.
+#[test]
+fn embedding_gather_and_chunking() {
+    let small = Gpu::new_blocking(&GpuOptions {
+        max_binding: Some(8 << 10),
+        ..GpuOptions::from_env().unwrap()
+    })
+    .unwrap();
+    for (name, ty) in TYPES {
+        let n = 61;
+        let blocks = if ty.block_elems() == 256 { 1 } else { 8 };
+        let k = blocks * ty.block_elems();
+        let (wb, wv) = tiled_matrix(name, ty, n, blocks);
+        for g in [&**common::gpu(), &small] {
+            let w = WeightMatrix::from_ggml(g, ty, &wb, n, k, name).unwrap();
+            let table = EmbeddingTable::from_matrix(&w).unwrap();
+            assert_eq!(
+                table.bytes(),
+                w.bytes(),
+                "{name}: the table shares the matrix"
+            );
+            if std::ptr::eq(g, &small) {
+                assert!(w.chunks() > 1, "{name}: {} bytes in one chunk", w.bytes());
+            }
+            let ids: Vec<u32> = vec![3, 0, 60, 3, 1000, 37];
+            let tid = g.upload_u32(&ids, &[ids.len()], "ids").unwrap();
+            let out = g.zeros(&[ids.len(), k], DType::F32, "rows").unwrap();
+            let mut b = g.batch();
+            ficoco::ops::embed(&mut b, &table, &tid, &out).unwrap();
+            let x = common::rand_vec(k, 5, 1.0);
+            let tx = g.upload_f32(&x, &[1, k], "x").unwrap();
+            let y = g.zeros(&[1, n], DType::F32, "y").unwrap();
+            matmul_with(
+                &mut b,
+                MatmulPath::MatVec,
+                &tx,
+                &w,
+                None,
+                Epilogue::None,
+                &y,
+            )
+            .unwrap();
+            b.submit();
+            let got = g.read_f32(&out).unwrap();
+            let mut want = Vec::new();
+            for &id in &ids {
+                match id as usize {
+                    i if i < n => want.extend_from_slice(&wv[i * k..(i + 1) * k]),
+                    _ => want.extend(std::iter::repeat_n(0.0, k)),
+                }
+            }
+            common::assert_close(&format!("{name} gather"), &got, &want, 1e-6, 1e-6);
+            let got = g.read_f32(&y).unwrap();
+            let want: Vec<f32> = (0..n)
+                .map(|c| {
+                    (0..k)
+                        .map(|i| x[i] as f64 * wv[c * k + i] as f64)
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            common::assert_close(&format!("{name} chunked mat-vec"), &got, &want, 1e-4, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn bad_quantised_matrices_are_errors() {
+    let g = common::gpu();
+    let (wb, _) = tiled_matrix("Q8_0", GgmlType::Q8_0, 2, 2);
+    let e = WeightMatrix::from_ggml(g, GgmlType::Q8_0, &wb[1..], 2, 64, "w")
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("bytes"), "{e}");
+    let e = WeightMatrix::from_ggml(g, GgmlType::Q4K, &wb, 2, 100, "w")
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("whole number of blocks"), "{e}");
+    let e = EmbeddingTable::from_matrix(
+        &WeightMatrix::from_out_in(g, &[0.0; 64], 2, 32, DType::F32, "d").unwrap(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("quantised"), "{e}");
 }

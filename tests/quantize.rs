@@ -27,7 +27,10 @@ fn q8_0_is_within_half_a_step() {
     for (bx, by) in x.chunks(32).zip(y.chunks(32)) {
         let step = bx.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
         for (a, b) in bx.iter().zip(by) {
-            assert!((a - b).abs() <= 0.5 * step * 1.01 + 1e-7, "{a} vs {b}, step {step}");
+            assert!(
+                (a - b).abs() <= 0.5 * step * 1.01 + 1e-7,
+                "{a} vs {b}, step {step}"
+            );
         }
     }
     assert!(rel_rms(&x, &y) < 0.01);
@@ -52,8 +55,12 @@ fn q4_k_keeps_rows_close() {
     let e_spiky = rel_rms(&x[3072..], &y[3072..]);
     assert!(e_spiky < 0.2, "rows with outliers: {e_spiky}");
     // All-zero blocks stay zero.
-    assert!(roundtrip(GgmlType::Q4K, &[0.0; 256]).iter().all(|&v| v == 0.0));
-    assert!(roundtrip(GgmlType::Q8_0, &[0.0; 32]).iter().all(|&v| v == 0.0));
+    assert!(roundtrip(GgmlType::Q4K, &[0.0; 256])
+        .iter()
+        .all(|&v| v == 0.0));
+    assert!(roundtrip(GgmlType::Q8_0, &[0.0; 32])
+        .iter()
+        .all(|&v| v == 0.0));
 }
 
 #[test]

@@ -3,11 +3,12 @@
 
 use super::config::TextConfig;
 use super::kv_cache::KvCache;
-use super::linear::{Linear, Norm};
+use super::linear::{load_embedding, load_matrix, Linear, Norm, WeightStore};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{
-    self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightMatrix,
+    self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightFormat,
+    WeightMatrix,
 };
 use crate::reduce::{KvReduction, PositionKind, SiteReduction, SiteScratch, Spans, StepInput};
 use crate::{Error, Result};
@@ -122,7 +123,7 @@ impl Decoder {
         wf: &WeightFile,
         tc: &TextConfig,
         tied: bool,
-        dtype: DType,
+        store: WeightStore,
         capacity: usize,
         slots: &[Tensor],
     ) -> Result<Self> {
@@ -139,20 +140,27 @@ impl Decoder {
                 tc.hidden_act
             )));
         }
-        let table = wf.get("text.embed_tokens.weight", &[vocab, d])?;
-        let embed = EmbeddingTable::from_rows(gpu, &table.data, vocab, d, dtype, "embed_tokens")?;
-        let head = if tied {
-            WeightMatrix::from_out_in(gpu, &table.data, vocab, d, dtype, "lm_head (tied)")?
+        let table = "text.embed_tokens.weight";
+        let (embed, head) = if tied {
+            let head = load_matrix(gpu, wf, table, vocab, d, store)?;
+            // A quantised tied table is one GPU copy, read by the gather and the LM head.
+            let embed = match head.format() {
+                WeightFormat::Blocks(_) => EmbeddingTable::from_matrix(&head)?,
+                WeightFormat::Dense(_) => load_embedding(gpu, wf, table, vocab, d, store)?,
+            };
+            (embed, head)
         } else {
-            let w = wf.get("lm_head.weight", &[vocab, d])?;
-            WeightMatrix::from_out_in(gpu, &w.data, vocab, d, dtype, "lm_head")?
+            (
+                load_embedding(gpu, wf, table, vocab, d, store)?,
+                load_matrix(gpu, wf, "lm_head.weight", vocab, d, store)?,
+            )
         };
-        drop(table);
         let qkv_bias = tc.qkv_bias();
         let layers = (0..tc.num_hidden_layers)
             .map(|i| {
                 let n = |s: &str| format!("text.layers.{i}.{s}");
-                let lin = |s: &str, o, k, bias| Linear::load(gpu, wf, &n(s), o, k, bias, dtype);
+                let lin =
+                    |s: &str, o, k, bias| Linear::load_stored(gpu, wf, &n(s), o, k, bias, store);
                 Ok(DecoderLayer {
                     norm1: Norm::load(gpu, wf, &n("input_layernorm"), d, false)?,
                     q: lin("self_attn.q_proj", heads * hd, d, qkv_bias)?,

@@ -80,7 +80,14 @@ impl Sampler {
             Sampling::Greedy => ops::argmax(b, logits, &self.token),
             Sampling::TopP {
                 temperature, top_p, ..
-            } => ops::sample(b, logits, temperature, top_p, self.rng.uniform(), &self.token),
+            } => ops::sample(
+                b,
+                logits,
+                temperature,
+                top_p,
+                self.rng.uniform(),
+                &self.token,
+            ),
         }
     }
 

@@ -280,7 +280,10 @@ impl Gguf {
             let name = r.string("tensor name")?;
             let n_dims = r.u32(&name)? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.err(&name, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+                return Err(r.err(
+                    &name,
+                    format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
@@ -365,7 +368,9 @@ impl Gguf {
         self.meta(key).ok_or_else(|| {
             Error::file(
                 &self.path,
-                format!("GGUF metadata {key} is missing (is this a complete llama.cpp model file?)"),
+                format!(
+                    "GGUF metadata {key} is missing (is this a complete llama.cpp model file?)"
+                ),
             )
         })
     }
@@ -418,16 +423,22 @@ impl Gguf {
         let int = |k: &str| -> Result<u64> {
             let name = key(k);
             self.require(&name)?.as_u64().ok_or_else(|| {
-                Error::file(&self.path, format!("GGUF metadata {name} is not an integer"))
+                Error::file(
+                    &self.path,
+                    format!("GGUF metadata {name} is not an integer"),
+                )
             })
         };
         let float = |k: &str| self.meta(&key(k)).and_then(MetaValue::as_f32);
-        let embd = self.tensor("token_embd.weight").ok_or_else(|| {
-            Error::file(&self.path, "GGUF tensor token_embd.weight is missing")
-        })?;
+        let embd = self
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::file(&self.path, "GGUF tensor token_embd.weight is missing"))?;
         let heads = int("attention.head_count")?;
         let mut rope = serde_json::Map::new();
-        if let Some(kind) = self.meta(&key("rope.scaling.type")).and_then(MetaValue::as_str) {
+        if let Some(kind) = self
+            .meta(&key("rope.scaling.type"))
+            .and_then(MetaValue::as_str)
+        {
             match kind {
                 "none" => {}
                 "linear" => {
@@ -440,7 +451,10 @@ impl Gguf {
                 other => {
                     return Err(Error::file(
                         &self.path,
-                        format!("{}: rope scaling {other:?} is not supported (none or linear)", key("rope.scaling.type")),
+                        format!(
+                            "{}: rope scaling {other:?} is not supported (none or linear)",
+                            key("rope.scaling.type")
+                        ),
                     ))
                 }
             }
@@ -461,7 +475,10 @@ impl Gguf {
             "tie_word_embeddings": self.tensor("output.weight").is_none(),
             "hidden_act": "silu",
         });
-        if let Some(hd) = self.meta(&key("attention.key_length")).and_then(MetaValue::as_u64) {
+        if let Some(hd) = self
+            .meta(&key("attention.key_length"))
+            .and_then(MetaValue::as_u64)
+        {
             cfg["head_dim"] = hd.into();
         }
         if !rope.is_empty() {

@@ -4,10 +4,12 @@ use super::config::LlavaConfig;
 use super::decoder::{Decoder, PrefillReduction};
 use super::generate::{GenerateOptions, Generation, Sampler, Timings};
 use super::kv_cache::KvCache;
+use super::linear::WeightStore;
 use super::projector::Projector;
 use super::vision::VisionTower;
 use super::weights::WeightFile;
 use crate::gpu::{DType, Gpu, Tensor};
+use crate::ops::GgmlType;
 use crate::preprocess::{PixelValues, PromptIds};
 use crate::reduce::ReductionPlan;
 use crate::{Error, Result};
@@ -18,16 +20,30 @@ use std::sync::Arc;
 pub struct LoadOptions {
     /// Storage type of the big weight matrices: F16 (default) or F32. Activations are f32.
     pub dtype: DType,
+    /// Quantise the decoder's dense matrices while loading (Q8_0 or Q4_K; see
+    /// [`WeightStore::quantize`]); the vision tower and projector stay in `dtype`.
+    pub quantize: Option<GgmlType>,
     /// Longest prompt (text + visual tokens) one prefill may take.
     pub max_prompt_tokens: usize,
     /// Longest prompt plus generated tokens (KV cache rows).
     pub max_context: usize,
 }
 
+impl LoadOptions {
+    /// How the decoder's matrices are stored.
+    pub fn store(&self) -> WeightStore {
+        WeightStore {
+            dtype: self.dtype,
+            quantize: self.quantize,
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             dtype: DType::F16,
+            quantize: None,
             max_prompt_tokens: 1024,
             max_context: 2048,
         }
@@ -82,12 +98,7 @@ impl Llava {
         wf: &WeightFile,
         opts: &LoadOptions,
     ) -> Result<Self> {
-        if !matches!(opts.dtype, DType::F16 | DType::F32) {
-            return Err(Error::InvalidArgument(format!(
-                "weight dtype {}: use f16 or f32",
-                opts.dtype.name()
-            )));
-        }
+        opts.store().check()?;
         if opts.max_context < opts.max_prompt_tokens {
             return Err(Error::InvalidArgument(
                 "max_context must be at least max_prompt_tokens".into(),
@@ -107,7 +118,7 @@ impl Llava {
             wf,
             &config.text_config,
             config.tied_embeddings(),
-            opts.dtype,
+            opts.store(),
             opts.max_prompt_tokens,
             &slots,
         )?;

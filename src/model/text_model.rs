@@ -40,9 +40,19 @@ impl TextModel {
                 "max_context must be at least max_prompt_tokens".into(),
             ));
         }
+        opts.store().check()?;
         let g = &*gpu;
-        let slots = g.shared_activations(&[&Decoder::workspace_shapes(tc, opts.max_prompt_tokens)])?;
-        let decoder = Decoder::load(g, wf, tc, tied, opts.dtype, opts.max_prompt_tokens, &slots)?;
+        let slots =
+            g.shared_activations(&[&Decoder::workspace_shapes(tc, opts.max_prompt_tokens)])?;
+        let decoder = Decoder::load(
+            g,
+            wf,
+            tc,
+            tied,
+            opts.store(),
+            opts.max_prompt_tokens,
+            &slots,
+        )?;
         let cache = decoder.new_cache(g, opts.max_context)?;
         let sampler = Sampler::new(g)?;
         Ok(Self {

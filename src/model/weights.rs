@@ -253,23 +253,23 @@ impl WeightFile {
             Source::Files { keys, .. } => Self::candidates(canonical)
                 .iter()
                 .any(|k| keys.contains_key(k)),
-            Source::Gguf { file, .. } => gguf_name(canonical).is_some_and(|n| file.tensor(&n).is_some()),
+            Source::Gguf { file, .. } => {
+                gguf_name(canonical).is_some_and(|n| file.tensor(&n).is_some())
+            }
         }
     }
 
     fn gguf_tensor<'a>(file: &'a Gguf, canonical: &str) -> Result<&'a GgufTensor> {
         let name = gguf_name(canonical);
-        name.as_deref()
-            .and_then(|n| file.tensor(n))
-            .ok_or_else(|| {
-                Error::file(
-                    file.path(),
-                    format!(
-                        "missing tensor {} (canonical {canonical})",
-                        name.as_deref().unwrap_or("with no GGUF name")
-                    ),
-                )
-            })
+        name.as_deref().and_then(|n| file.tensor(n)).ok_or_else(|| {
+            Error::file(
+                file.path(),
+                format!(
+                    "missing tensor {} (canonical {canonical})",
+                    name.as_deref().unwrap_or("with no GGUF name")
+                ),
+            )
+        })
     }
 
     /// The tensor in its stored encoding when it is a quantised GGUF tensor (so it can stay
@@ -349,13 +349,13 @@ impl WeightFile {
                 let t = Self::gguf_tensor(file, canonical)?;
                 let shape = t.shape();
                 let mut data = vec![0f32; t.elements()];
-                dequantize(t.ty, file.data(t), &mut data).map_err(|e| {
-                    Error::file(file.path(), format!("tensor {}: {e}", t.name))
-                })?;
+                dequantize(t.ty, file.data(t), &mut data)
+                    .map_err(|e| Error::file(file.path(), format!("tensor {}: {e}", t.name)))?;
                 if let Some(heads) = row_order.as_ref().and_then(|o| o.heads_of(canonical)) {
                     let rows = shape[0];
                     let row_bytes = data.len() / rows * 4;
-                    let bytes = RowOrder::restore(heads, rows, row_bytes, bytemuck::cast_slice(&data));
+                    let bytes =
+                        RowOrder::restore(heads, rows, row_bytes, bytemuck::cast_slice(&data));
                     data = bytemuck::pod_collect_to_vec(&bytes);
                 }
                 (HostTensor { shape, data }, file.path().to_path_buf())

@@ -1,6 +1,8 @@
 //! Token embeddings: a `[vocab, D]` table split into row chunks that each fit one storage
 //! binding, and the gather kernel (`shaders/embed.wgsl`).
 
+use super::matmul::{WeightFormat, WeightMatrix};
+use super::quant::GgmlType;
 use super::{dims2, expect_shape};
 use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, Tensor};
 use crate::{Error, Result};
@@ -8,7 +10,7 @@ use crate::{Error, Result};
 pub struct EmbeddingTable {
     vocab: usize,
     dim: usize,
-    dtype: DType,
+    format: WeightFormat,
     /// (first row, rows) of each chunk.
     chunks: Vec<(usize, Tensor)>,
 }
@@ -21,7 +23,8 @@ struct Params {
     row_start: u32,
     rows: u32,
     vocab: u32,
-    _pad: [u32; 3],
+    row_words: u32,
+    _pad: [u32; 2],
 }
 
 const WG: u32 = 256;
@@ -84,7 +87,47 @@ impl EmbeddingTable {
         Ok(Self {
             vocab,
             dim,
-            dtype,
+            format: WeightFormat::Dense(dtype),
+            chunks,
+        })
+    }
+
+    /// From llama.cpp's layout (`vocab` rows of `dim` values in blocks of `ty`); quantised
+    /// tables stay quantised and are dequantised by the gather.
+    pub fn from_ggml(
+        gpu: &Gpu,
+        ty: GgmlType,
+        bytes: &[u8],
+        vocab: usize,
+        dim: usize,
+        label: &str,
+    ) -> Result<Self> {
+        if !ty.is_quantized() {
+            let mut values = vec![0f32; vocab * dim];
+            super::dequantize(ty, bytes, &mut values)
+                .map_err(|e| Error::InvalidArgument(format!("{label}: {e}")))?;
+            let dtype = if ty == GgmlType::F32 {
+                DType::F32
+            } else {
+                DType::F16
+            };
+            return Self::from_rows(gpu, &values, vocab, dim, dtype, label);
+        }
+        Self::from_matrix(&WeightMatrix::from_ggml(gpu, ty, bytes, vocab, dim, label)?)
+    }
+
+    /// A table gathering from the buffers of a quantised `[dim, vocab]` matrix (a tied LM head
+    /// and its embeddings share one copy); `None` for a dense matrix, whose layout is transposed.
+    pub fn from_matrix(m: &WeightMatrix) -> Result<Self> {
+        let (ty, chunks) = m.block_chunks().ok_or_else(|| {
+            Error::InvalidArgument(
+                "only a quantised matrix can double as an embedding table".into(),
+            )
+        })?;
+        Ok(Self {
+            vocab: m.n(),
+            dim: m.k(),
+            format: WeightFormat::Blocks(ty),
             chunks,
         })
     }
@@ -117,10 +160,18 @@ pub fn embed(b: &mut Batch, table: &EmbeddingTable, ids: &Tensor, out: &Tensor) 
             d,
         ));
     }
-    let kernel = Kernel::new("embed", "embed")
-        .define("WG", format!("{WG}u"))
-        .flag_if("W_F16", table.dtype == DType::F16);
-    let grid = b.gpu().grid(((n * d) as u32).div_ceil(WG));
+    let (kernel, per) = match table.format {
+        WeightFormat::Dense(dtype) => (
+            Kernel::new("embed", "embed").flag_if("W_F16", dtype == DType::F16),
+            1,
+        ),
+        WeightFormat::Blocks(ty) => (
+            super::matmul::block_defines(Kernel::new("embed", "qembed").flag("QUANT"), ty),
+            8,
+        ),
+    };
+    let kernel = kernel.define("WG", format!("{WG}u"));
+    let grid = b.gpu().grid(((n * d / per) as u32).div_ceil(WG));
     for (start, chunk) in &table.chunks {
         let p = Params {
             n: n as u32,
@@ -128,7 +179,8 @@ pub fn embed(b: &mut Batch, table: &EmbeddingTable, ids: &Tensor, out: &Tensor) 
             row_start: *start as u32,
             rows: chunk.shape()[0] as u32,
             vocab: table.vocab as u32,
-            _pad: [0; 3],
+            row_words: chunk.shape().get(1).copied().unwrap_or(0) as u32,
+            _pad: [0; 2],
         };
         b.dispatch(
             &kernel,

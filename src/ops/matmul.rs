@@ -1,17 +1,30 @@
-//! Matrix products with big weights (`shaders/matmul.wgsl`): `x [M, K] @ W [K, N]`, W stored in
-//! f16 or f32 and split into column chunks that each fit one storage binding.
+//! Matrix products with big weights: `x [M, K] @ W [K, N]`, W split into column chunks that
+//! each fit one storage binding, stored dense in f16 or f32 (`shaders/matmul.wgsl`) or in GGML
+//! blocks dequantised inside the kernels (`shaders/matmul_quant.wgsl`).
 
 use super::dims2;
 use super::embed::upload_rows;
+use super::quant::{dequantize, GgmlType};
 use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, MatmulVariant, Tensor};
 use crate::{Error, Result};
+
+/// How a [`WeightMatrix`] is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// `[K, N]` (PyTorch's `[out, in]` transposed), columns padded to a multiple of 4.
+    Dense(DType),
+    /// llama.cpp's layout: one row of blocks along K per output column, each block padded to
+    /// [`GgmlType::gpu_words`] words.
+    Blocks(GgmlType),
+}
 
 /// A `[K, N]` weight matrix (PyTorch Linear's `[out, in]` transposed) on the GPU.
 pub struct WeightMatrix {
     k: usize,
     n: usize,
-    dtype: DType,
-    /// (first column, columns, tensor `[K, padded columns]`) per chunk.
+    format: WeightFormat,
+    /// (first column, columns, tensor) per chunk: dense `[K, padded columns]`, or blocks
+    /// `[columns, row words]`.
     chunks: Vec<Chunk>,
 }
 
@@ -59,7 +72,70 @@ impl WeightMatrix {
         Ok(Self {
             k,
             n,
-            dtype,
+            format: WeightFormat::Dense(dtype),
+            chunks,
+        })
+    }
+
+    /// From llama.cpp's layout: `bytes` holds `n` rows (outputs) of `k` values each, in blocks
+    /// of `ty`. Quantised types stay quantised on the GPU; F32 stays F32, F16 / BF16 become F16.
+    pub fn from_ggml(
+        gpu: &Gpu,
+        ty: GgmlType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+        label: &str,
+    ) -> Result<Self> {
+        let row_bytes = ty
+            .bytes_for(k)
+            .map_err(|e| Error::Unsupported(format!("{label}: {e}")))?;
+        if n == 0 || k == 0 || bytes.len() != n * row_bytes {
+            return Err(Error::shape(
+                label,
+                format!(
+                    "{n} rows of {k} {} values ({} bytes)",
+                    ty.name(),
+                    n * row_bytes
+                ),
+                format!("{} bytes", bytes.len()),
+            ));
+        }
+        if !ty.is_quantized() {
+            let mut values = vec![0f32; n * k];
+            dequantize(ty, bytes, &mut values)?;
+            let dtype = if ty == GgmlType::F32 {
+                DType::F32
+            } else {
+                DType::F16
+            };
+            return Self::from_out_in(gpu, &values, n, k, dtype, label);
+        }
+        if k % 32 != 0 {
+            return Err(Error::Unsupported(format!(
+                "{label}: rows of {k} values; quantised kernels need a multiple of 32"
+            )));
+        }
+        let row_words = k / ty.block_elems() * ty.gpu_words();
+        let max_rows = (gpu.caps.max_binding / (row_words as u64 * 4)) as usize;
+        if max_rows == 0 {
+            return Err(Error::Unsupported(format!(
+                "{label}: one row of {k} values exceeds the storage binding limit"
+            )));
+        }
+        let mut chunks = Vec::new();
+        let mut col = 0;
+        while col < n {
+            let cols = max_rows.min(n - col);
+            let words = ty.to_gpu_words(&bytes[col * row_bytes..(col + cols) * row_bytes])?;
+            let data = gpu.upload_u32(&words, &[cols, row_words], label)?;
+            chunks.push(Chunk { col, cols, data });
+            col += cols;
+        }
+        Ok(Self {
+            k,
+            n,
+            format: WeightFormat::Blocks(ty),
             chunks,
         })
     }
@@ -72,8 +148,23 @@ impl WeightMatrix {
         self.n
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// (first row, rows, blocks `[rows, row words]`) of each chunk of a quantised matrix, for
+    /// an embedding table that gathers from the same buffers.
+    pub(crate) fn block_chunks(&self) -> Option<(GgmlType, Vec<(usize, Tensor)>)> {
+        match self.format {
+            WeightFormat::Blocks(ty) => Some((
+                ty,
+                self.chunks
+                    .iter()
+                    .map(|c| (c.col, c.data.clone()))
+                    .collect(),
+            )),
+            WeightFormat::Dense(_) => None,
+        }
     }
 
     /// Bindings the matrix is split into.
@@ -96,6 +187,14 @@ pub enum Epilogue {
     Accumulate,
 }
 
+impl Epilogue {
+    fn flags(self, k: Kernel) -> Kernel {
+        k.flag_if("EPI_GELU", self == Epilogue::Gelu)
+            .flag_if("EPI_QUICK_GELU", self == Epilogue::QuickGelu)
+            .flag_if("EPI_ACCUMULATE", self == Epilogue::Accumulate)
+    }
+}
+
 /// Which kernel runs: a prefill shape or the decode mat-vec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
@@ -104,8 +203,11 @@ pub enum MatmulPath {
     Matrix(MatmulVariant),
     /// `matmul_register` with an explicit tile (tests, tuning).
     Register(RegisterTile),
-    /// For M <= 4 rows.
+    /// For M <= 4 rows. With quantised weights: `qmatmul_lanes` on CPU adapters,
+    /// [`MatmulPath::MatVecSplit`] elsewhere.
     MatVec,
+    /// Quantised weights only: the mat-vec with 64 lanes along K of each row (GPU decode).
+    MatVecSplit,
 }
 
 /// Parameters of the `matmul_register` kernel: each of its 64 invocations owns `rows` rows of x
@@ -208,6 +310,16 @@ pub fn matmul(
     out: &Tensor,
 ) -> Result<()> {
     let m = x.shape().first().copied().unwrap_or(0);
+    if let WeightFormat::Blocks(_) = w.format {
+        let cpu = b.gpu().info.device_type == wgpu::DeviceType::Cpu;
+        let path = match (m <= MATVEC_MAX_ROWS, cpu) {
+            (true, true) => MatmulPath::MatVec,
+            (true, false) => MatmulPath::MatVecSplit,
+            (false, true) => MatmulPath::Matrix(MatmulVariant::Register),
+            (false, false) => MatmulPath::Matrix(MatmulVariant::Tiled),
+        };
+        return matmul_with(b, path, x, w, bias, epilogue, out);
+    }
     let path = if m <= MATVEC_MAX_ROWS {
         MatmulPath::MatVec
     } else {
@@ -238,10 +350,21 @@ pub fn matmul_with(
     if let Some(bias) = bias {
         super::expect_shape("matmul bias", bias, &[n])?;
     }
-    if path == MatmulPath::MatVec && m > MATVEC_MAX_ROWS {
+    if matches!(path, MatmulPath::MatVec | MatmulPath::MatVecSplit) && m > MATVEC_MAX_ROWS {
         return Err(Error::InvalidArgument(format!(
             "mat-vec takes at most {MATVEC_MAX_ROWS} rows, got {m}"
         )));
+    }
+    let dtype = match w.format {
+        WeightFormat::Blocks(ty) => {
+            return quant_matmul(b, path, ty, x, w, bias, epilogue, out, m, n);
+        }
+        WeightFormat::Dense(dtype) => dtype,
+    };
+    if path == MatmulPath::MatVecSplit {
+        return Err(Error::InvalidArgument(
+            "the split mat-vec is for quantised weights".into(),
+        ));
     }
     let tile = match path {
         MatmulPath::Matrix(MatmulVariant::Register) => Some(RegisterTile::default_for(b.gpu())),
@@ -273,11 +396,9 @@ pub fn matmul_with(
         .flag_if("ROWS8", tile.is_some_and(|t| t.rows == 8))
         .flag_if("W_COLS2", tile.is_some_and(|t| t.cols == 2))
         .define("KSPLIT", format!("{KSPLIT}u"))
-        .flag_if("W_F16", w.dtype == DType::F16)
-        .flag_if("HAS_BIAS", bias.is_some())
-        .flag_if("EPI_GELU", epilogue == Epilogue::Gelu)
-        .flag_if("EPI_QUICK_GELU", epilogue == Epilogue::QuickGelu)
-        .flag_if("EPI_ACCUMULATE", epilogue == Epilogue::Accumulate);
+        .flag_if("W_F16", dtype == DType::F16)
+        .flag_if("HAS_BIAS", bias.is_some());
+    let kernel = epilogue.flags(kernel);
     let kernel = if path == MatmulPath::MatVec {
         kernel.define("MV_ROWS", format!("{m}u"))
     } else {
@@ -306,4 +427,76 @@ pub fn matmul_with(
         b.dispatch(&kernel, &p, &binds, grid)?;
     }
     Ok(())
+}
+
+/// `matmul_with` for a matrix of GGML blocks (`shaders/matmul_quant.wgsl`).
+#[allow(clippy::too_many_arguments)]
+fn quant_matmul(
+    b: &mut Batch,
+    path: MatmulPath,
+    ty: GgmlType,
+    x: &Tensor,
+    w: &WeightMatrix,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    out: &Tensor,
+    m: usize,
+    n: usize,
+) -> Result<()> {
+    // (entry, rows of x per invocation block, (columns, rows) per workgroup)
+    let (entry, xr, size) = match path {
+        MatmulPath::MatVec => ("qmatmul_lanes", m as u32, [256u32, 4]),
+        MatmulPath::Matrix(MatmulVariant::Register) | MatmulPath::Register(_) => {
+            ("qmatmul_lanes", 4, [256, 4])
+        }
+        MatmulPath::MatVecSplit => ("qmatvec_split", 1, [4, 1]),
+        MatmulPath::Matrix(MatmulVariant::Tiled) => ("qmatmul_tiled", 4, [64, 64]),
+    };
+    let kernel = block_defines(Kernel::new("matmul_quant", entry), ty)
+        .flag("X_VEC4")
+        .define("XR", format!("{}u", xr.clamp(1, 4)))
+        .flag_if("HAS_BIAS", bias.is_some());
+    let kernel = epilogue.flags(kernel);
+    for c in &w.chunks {
+        let p = Params {
+            m: m as u32,
+            n: c.cols as u32,
+            k: w.k as u32,
+            ldw4: c.data.shape()[1] as u32,
+            ldo: n as u32,
+            n_off: c.col as u32,
+            _pad: [0; 2],
+        };
+        let rows = if path == MatmulPath::MatVecSplit {
+            m as u32
+        } else {
+            (m as u32).div_ceil(size[1])
+        };
+        let grid = [(c.cols as u32).div_ceil(size[0]), rows, 1];
+        let mut binds = vec![Bind::R(x), Bind::R(&c.data), Bind::W(out)];
+        if let Some(bias) = bias {
+            binds.push(Bind::R(bias));
+        }
+        b.dispatch(&kernel, &p, &binds, grid)?;
+    }
+    Ok(())
+}
+
+/// The defines `shaders/ggml_blocks.wgsl` needs for blocks of `ty`.
+pub(crate) fn block_defines(k: Kernel, ty: GgmlType) -> Kernel {
+    let flag = match ty {
+        GgmlType::Q4_0 => "T_Q4_0",
+        GgmlType::Q4_1 => "T_Q4_1",
+        GgmlType::Q5_0 => "T_Q5_0",
+        GgmlType::Q5_1 => "T_Q5_1",
+        GgmlType::Q8_0 => "T_Q8_0",
+        GgmlType::Q4K => "T_Q4_K",
+        GgmlType::Q5K => "T_Q5_K",
+        GgmlType::Q6K => "T_Q6_K",
+        other => unreachable!("{} is not a block type", other.name()),
+    };
+    k.flag(flag)
+        .flag_if("KQUANT_SCALES", matches!(ty, GgmlType::Q4K | GgmlType::Q5K))
+        .define("QK", format!("{}u", ty.block_elems()))
+        .define("BW", format!("{}u", ty.gpu_words()))
 }

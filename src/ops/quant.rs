@@ -96,6 +96,45 @@ impl GgmlType {
         self.block_elems() > 1
     }
 
+    /// u32 words one block takes on the GPU: the bytes padded so every field is word-aligned
+    /// (layouts in `shaders/ggml_blocks.wgsl`).
+    pub fn gpu_words(self) -> usize {
+        (self.block_bytes() + 2 * usize::from(self.pad_after_scale())).div_ceil(4)
+    }
+
+    /// Q4_0, Q5_0 and Q8_0 start with one f16 scale: 2 pad bytes after it align what follows.
+    fn pad_after_scale(self) -> bool {
+        matches!(self, Self::Q4_0 | Self::Q5_0 | Self::Q8_0)
+    }
+
+    /// Whole blocks in file order to the GPU layout of [`Self::gpu_words`] words per block.
+    pub fn to_gpu_words(self, bytes: &[u8]) -> Result<Vec<u32>> {
+        let bb = self.block_bytes();
+        if !self.is_quantized() || bytes.len() % bb != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} bytes are not whole quantised blocks",
+                self.name(),
+                bytes.len()
+            )));
+        }
+        let words = self.gpu_words();
+        let mut out = vec![0u32; bytes.len() / bb * words];
+        let mut block = vec![0u8; words * 4];
+        for (src, dst) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(words)) {
+            block.fill(0);
+            if self.pad_after_scale() {
+                block[..2].copy_from_slice(&src[..2]);
+                block[4..4 + bb - 2].copy_from_slice(&src[2..]);
+            } else {
+                block[..bb].copy_from_slice(src);
+            }
+            for (w, b) in dst.iter_mut().zip(block.chunks_exact(4)) {
+                *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Ok(out)
+    }
+
     /// Bytes of `elems` values; an error unless `elems` is a whole number of blocks.
     pub fn bytes_for(self, elems: usize) -> Result<usize> {
         let b = self.block_elems();

@@ -35,7 +35,10 @@ fn q8_0(x: &[f32], out: &mut Vec<u8>) {
     // Round against the scale as stored, so dequantisation reproduces the nearest level.
     let d = f16::from_f32(d).to_f32();
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-    out.extend(x.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8));
+    out.extend(
+        x.iter()
+            .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8),
+    );
 }
 
 /// Affine fit of one 32-value sub-block on 4-bit levels: x ~ scale * q - min, min >= 0.

@@ -66,12 +66,15 @@ impl ChatTemplate {
         // transformers renders templates with these two on.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", &self.source).map_err(err)?;
         let ctx = minijinja::context! {
             messages => messages,
@@ -79,6 +82,8 @@ impl ChatTemplate {
             bos_token => bos.unwrap_or(""),
             eos_token => eos.unwrap_or(""),
         };
-        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(err)
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(err)
     }
 }

@@ -78,7 +78,10 @@ impl Tokenizer {
                 .ok_or_else(|| err(format!("{key} is not an array")))?;
             items
                 .iter()
-                .map(|v| v.as_str().ok_or_else(|| err(format!("{key} holds a non-string"))))
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| err(format!("{key} holds a non-string")))
+                })
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
@@ -126,7 +129,10 @@ impl Tokenizer {
                 None => Ok(None),
                 Some(v) => match v.as_u64() {
                     Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
-                    _ => Err(err(format!("{key} {v:?} is not a token id of the {}-token vocabulary", tokens.len()))),
+                    _ => Err(err(format!(
+                        "{key} {v:?} is not a token id of the {}-token vocabulary",
+                        tokens.len()
+                    ))),
                 },
             }
         };
@@ -147,11 +153,10 @@ impl Tokenizer {
                        "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
                        "special_tokens": {t: {"id": t, "ids": [b], "tokens": [t]}}})
             }
-            (true, None) => {
-                return Err(err(
-                    "tokenizer.ggml.add_bos_token is set but tokenizer.ggml.bos_token_id is missing".into(),
-                ))
-            }
+            (true, None) => return Err(err(
+                "tokenizer.ggml.add_bos_token is set but tokenizer.ggml.bos_token_id is missing"
+                    .into(),
+            )),
             (false, _) => Value::Null,
         };
         let spec = json!({
@@ -169,8 +174,11 @@ impl Tokenizer {
                       "vocab": vocab, "merges": merges},
         });
         let bytes = serde_json::to_vec(&spec).map_err(|e| err(e.to_string()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| err(format!("cannot build the tokenizer from GGUF metadata: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+            err(format!(
+                "cannot build the tokenizer from GGUF metadata: {e}"
+            ))
+        })?;
         Ok(Tokenizer::new(inner, bos, eos))
     }
 }

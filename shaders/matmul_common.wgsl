@@ -1,0 +1,62 @@
+// matmul_common.wgsl (included by matmul.wgsl and matmul_quant.wgsl): the parameters, the
+// activation, output and bias bindings and the epilogue shared by every matmul kernel.
+// Bindings: 0 params {m, n (columns of this W chunk), k, ldw4 (dense) or row_words (quantised),
+// ldo, n_off}; 1 x f32 [m, k] (array<vec4<f32>> with X_VEC4, else array<f32>); 3 out f32
+// [m, ldo] (read_write; the chunk's columns land at n_off ..); 4 bias f32 [n_off + n] (with
+// HAS_BIAS). The includer declares binding 2, the weights.
+// Epilogue flags: EPI_GELU (erf GELU), EPI_QUICK_GELU, EPI_ACCUMULATE (out += result).
+
+#include "erf"
+
+struct Params { m: u32, n: u32, k: u32, ldw4: u32, ldo: u32, n_off: u32, _p0: u32, _p1: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+#ifdef X_VEC4
+@group(0) @binding(1) var<storage, read> xv: array<vec4<f32>>;
+fn xs(i: u32) -> f32 { return xv[i >> 2u][i & 3u]; }
+fn x4(base: u32, k: u32) -> vec4<f32> { return xv[(base + k) >> 2u]; }
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+fn xs(i: u32) -> f32 { return x[i]; }
+fn x4(base: u32, k: u32) -> vec4<f32> {
+    return vec4<f32>(x[base + k], x[base + k + 1u], x[base + k + 2u], x[base + k + 3u]);
+}
+#endif
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#ifdef HAS_BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+
+fn finish(v: f32, col: u32) -> f32 {
+    var r = v;
+#ifdef HAS_BIAS
+    r += bias[p.n_off + col];
+#endif
+#ifdef EPI_GELU
+    r = gelu_erf(r);
+#endif
+#ifdef EPI_QUICK_GELU
+    r = quick_gelu(r);
+#endif
+    return r;
+}
+
+// One output value of row `row`, column `col` of this chunk (both in range).
+fn store1(row: u32, col: u32, v: f32) {
+    let i = row * p.ldo + p.n_off + col;
+#ifdef EPI_ACCUMULATE
+    out[i] = out[i] + finish(v, col);
+#else
+    out[i] = finish(v, col);
+#endif
+}
+
+fn store4(row: u32, c4: u32, acc: vec4<f32>) {
+    if (row >= p.m) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        let col = c4 * 4u + j;
+        if (col < p.n) {
+            store1(row, col, acc[j]);
+        }
+    }
+}
