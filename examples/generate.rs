@@ -164,7 +164,7 @@ fn run(args: Args) -> ficoco::Result<()> {
     let image = preprocess::load_image(&args.image)?;
     let pixels = processor.preprocess(&image)?;
     let text = match (&args.prompt, &args.raw_prompt) {
-        (Some(q), _) => preprocess::chat_prompt(q),
+        (Some(q), _) => preprocess::ChatTemplate::detect(&tokenizer).prompt(q),
         (_, Some(raw)) => raw.clone(),
         _ => unreachable!("checked in parse_args"),
     };

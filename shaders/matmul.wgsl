@@ -6,7 +6,8 @@
 // 2 W chunk (read): f32 as array<vec4<f32>> (array<vec2<f32>> with W_COLS2), or with W_F16 f16
 // packed two per u32, low half first (array<vec2<u32>>, or array<u32> with W_COLS2);
 // 3 out f32 [m, ldo] (read_write); 4 bias f32 [n_off + n] (read, with HAS_BIAS).
-// Epilogue flags: EPI_GELU (erf GELU), EPI_QUICK_GELU, EPI_ACCUMULATE (out += result).
+// Epilogue flags: EPI_GELU (erf GELU), EPI_GELU_TANH (tanh GELU), EPI_QUICK_GELU,
+// EPI_ACCUMULATE (out += result).
 // Entry points:
 //   matmul_tiled     16x16 invocations, 64x64 output tile, 4x4 per invocation; A and B tiles of
 //                    depth 16 in workgroup memory (discrete GPUs, iGPUs, browsers).
@@ -84,6 +85,9 @@ fn finish(v: f32, col: u32) -> f32 {
 #endif
 #ifdef EPI_GELU
     r = gelu_erf(r);
+#endif
+#ifdef EPI_GELU_TANH
+    r = gelu_tanh(r);
 #endif
 #ifdef EPI_QUICK_GELU
     r = quick_gelu(r);

@@ -91,6 +91,8 @@ pub enum Epilogue {
     None,
     /// Exact (erf) GELU.
     Gelu,
+    /// Tanh-approximated GELU (`gelu_pytorch_tanh`).
+    GeluTanh,
     QuickGelu,
     /// `out += result` (residual adds).
     Accumulate,
@@ -276,6 +278,7 @@ pub fn matmul_with(
         .flag_if("W_F16", w.dtype == DType::F16)
         .flag_if("HAS_BIAS", bias.is_some())
         .flag_if("EPI_GELU", epilogue == Epilogue::Gelu)
+        .flag_if("EPI_GELU_TANH", epilogue == Epilogue::GeluTanh)
         .flag_if("EPI_QUICK_GELU", epilogue == Epilogue::QuickGelu)
         .flag_if("EPI_ACCUMULATE", epilogue == Epilogue::Accumulate);
     let kernel = if path == MatmulPath::MatVec {
