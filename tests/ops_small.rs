@@ -23,6 +23,7 @@ fn activations_match_f64() {
                 Activation::Gelu,
                 (|v: f64| 0.5 * v * (1.0 + erf64(v / 2f64.sqrt()))) as fn(f64) -> f64,
             ),
+            (Activation::GeluTanh, gelu_tanh64),
             (Activation::QuickGelu, |v| v / (1.0 + (-1.702 * v).exp())),
             (Activation::Silu, |v| v / (1.0 + (-v).exp())),
         ] {

@@ -78,6 +78,8 @@ pub struct VisionTower {
     /// The MLP activation as the fc1 epilogue.
     act: Epilogue,
     patch: WeightMatrix,
+    /// SigLIP's convolution has a bias; CLIP's has none.
+    patch_bias: Option<Tensor>,
     /// CLIP's [CLS] embedding and pre-layernorm; SigLIP has neither.
     class: Option<Tensor>,
     positions: Tensor,
@@ -140,6 +142,11 @@ impl VisionTower {
         let conv = wf.get("vision.embeddings.patch_embedding.weight", &[d, c, p, p])?;
         let patch =
             WeightMatrix::from_out_in(gpu, &conv.data, d, c * p * p, dtype, "patch_embedding")?;
+        let patch_bias = (!cls)
+            .then(|| {
+                super::linear::load_vector(gpu, wf, "vision.embeddings.patch_embedding.bias", d)
+            })
+            .transpose()?;
         let class = cls
             .then(|| super::linear::load_vector(gpu, wf, "vision.embeddings.class_embedding", d))
             .transpose()?;
@@ -220,6 +227,7 @@ impl VisionTower {
             layers_to_run,
             act,
             patch,
+            patch_bias,
             class,
             positions,
             pre_norm,
@@ -308,7 +316,8 @@ impl VisionTower {
         let cols = ws.mlp.view(&[np, vc.num_channels * p * p]);
         let patches = ws.q.view(&[np, d]);
         ops::im2col(b, pixels, p, &cols)?;
-        ops::matmul(b, &cols, &self.patch, None, Epilogue::None, &patches)?;
+        let bias = self.patch_bias.as_ref();
+        ops::matmul(b, &cols, &self.patch, bias, Epilogue::None, &patches)?;
         match &self.pre_norm {
             Some(norm) => {
                 ops::vision_embed(b, &patches, self.class.as_ref(), &self.positions, &ws.a)?;
@@ -530,6 +539,7 @@ impl VisionTower {
             .sum();
         layers
             + self.patch.bytes()
+            + self.patch_bias.as_ref().map_or(0, |b| b.buffer_bytes())
             + self.class.as_ref().map_or(0, |c| c.buffer_bytes())
             + self.positions.buffer_bytes()
             + self.pre_norm.as_ref().map_or(0, |n| n.bytes())
