@@ -6,12 +6,12 @@ mod common;
 use common::*;
 use ficoco::gpu::DType;
 use ficoco::model::{GenerateOptions, Llava, LlavaConfig, LoadOptions, Sampling, WeightFile};
+use ficoco::pipeline;
 use ficoco::preprocess::{self, ChatTemplate, ImageProcessor, PixelValues, PromptIds, Tokenizer};
 use ficoco::reduce::{
     self, FicocoV, KvReduceSpec, ProjectorReduction, ReduceSpec, Reduction, ReductionPlan,
     SiteReduction, Spans, KV_METHODS, METHODS,
 };
-use ficoco::pipeline;
 use std::path::{Path, PathBuf};
 
 const MODELS: [&str; 2] = ["siglip_qwen2_tied", "siglip_qwen2_untied"];
@@ -177,7 +177,10 @@ fn preprocessing_matches_the_siglip_processor() {
     let px = bare.preprocess(&rgba).unwrap();
     assert_eq!((px.height, px.width), (224, 224), "default size, no crop");
     let white = px.data[0];
-    assert!((white - 1.0).abs() < 1e-6, "transparent -> white -> (1 - 0.5) / 0.5");
+    assert!(
+        (white - 1.0).abs() < 1e-6,
+        "transparent -> white -> (1 - 0.5) / 0.5"
+    );
 }
 
 /// hidden_states[0] of a tower without [CLS] is conv(pixels) + position embeddings, no
@@ -314,7 +317,10 @@ fn every_method_runs_at_every_site() {
             let visual = run_prepared(&mut model, &f, &format!("{method}:{budget}"), None, 3);
             if method == "none" {
                 assert_eq!(visual, 64);
-            } else if !matches!(method, "ficoco-l" | "fastv" | "pdrop" | "sparsevlm" | "ficoco-vl") {
+            } else if !matches!(
+                method,
+                "ficoco-l" | "fastv" | "pdrop" | "sparsevlm" | "ficoco-vl"
+            ) {
                 assert_eq!(visual, budget, "{name}: {method}");
             }
         }
@@ -322,7 +328,14 @@ fn every_method_runs_at_every_site() {
             run_prepared(&mut model, &f, "none", Some(&format!("{method}:16@2")), 6);
         }
         let last = model.config().vision_layers_to_run() - 1;
-        for method in ["ficoco-v", "evit", "prumerge", "visionzip", "topk-cls", "tome"] {
+        for method in [
+            "ficoco-v",
+            "evit",
+            "prumerge",
+            "visionzip",
+            "topk-cls",
+            "tome",
+        ] {
             let reduction = reduce::by_name(method).unwrap().unwrap();
             let plans = [
                 ReductionPlan {
@@ -347,7 +360,10 @@ fn every_method_runs_at_every_site() {
                 let features = gpu().read_f32(&model.selected_vision_features()).unwrap();
                 assert!(features.iter().all(|v| v.is_finite()), "{name}: {method}");
                 let kept = pollster::block_on(model.kept_patches()).unwrap();
-                assert!(kept.iter().all(|&g| (-1..64).contains(&g)), "{method}: {kept:?}");
+                assert!(
+                    kept.iter().all(|&g| (-1..64).contains(&g)),
+                    "{method}: {kept:?}"
+                );
             }
         }
     }
