@@ -5,7 +5,8 @@ Small random models built with transformers (SiglipVisionConfig + Qwen2Config in
 saved in the published llava-hf 4.x key layout (`vision_tower.vision_model.*`,
 `language_model.model.*`, `language_model.lm_head.*`), with odd sizes: 3 vision heads, 6 text
 heads over 2 KV heads, a 34-pixel image cut into 4-pixel patches (8 x 8 grid, 2 pixels dropped).
-A tiny byte-level BPE tokenizer in Qwen2's style (no BOS, <|im_start|> / <|im_end|> turns, the
+The same family at llava-interleave-qwen's geometry (384-pixel images, patch 14: 27 x 27 = 729
+tokens) goes to assets/ as a tiny random demo model. A tiny byte-level BPE tokenizer in Qwen2's style (no BOS, <|im_start|> / <|im_end|> turns, the
 <image> token last) and a ChatML chat template go with them. The oracle outputs come from
 transformers in float32 on the CPU, from the weights as saved (f16, upcast):
 
@@ -17,6 +18,8 @@ transformers in float32 on the CPU, from the weights as saved (f16, upcast):
         keys, the head-averaged attention, numpy's equivalent-token scores
         a_i = -cos(mu, K_i) (K = keys averaged over heads, mu their mean) and the kept patches of
         FiCoCo-V and top-k [CLS] (scripts/reduce_reference.py) for a drop of `reduce.drop`.
+    assets/llava-interleave-tiny-random/        384 / 14, tied; oracle without pixels or the
+        reduction inputs (too large for the repo), the rest as above.
 
 Run with the repo's venv: `python scripts/make_siglip_fixtures.py [--root REPO_ROOT]`.
 It imports the shared helpers of scripts/make_fixtures.py (corpus, weight init, key remap).
@@ -65,19 +68,30 @@ CHAT_TEMPLATE = (
     "{{ content['text'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-IMAGE_SIZE, PATCH = 34, 4
-GRID = IMAGE_SIZE // PATCH
 MAX_NEW_TOKENS = 8
 REDUCE_LAYER, REDUCE_DROP = 1, 24
 
 SPECS = [
-    {"name": "siglip_qwen2_tied", "tied": True, "feature_layer": -1, "rope_theta": 1000000.0,
+    {"name": "siglip_qwen2_tied", "dir": "tests/fixtures/models/siglip_qwen2_tied",
+     "image_size": 34, "patch": 4, "image": "tests/fixtures/images/shapes_97x61.png",
+     "reductions": True, "tied": True, "feature_layer": -1, "rope_theta": 1000000.0,
      "seed": 5000, "question": "What colour is the square?",
      "init": {"std": 0.12, "embed_std": 0.06, "lm_head_std": 0.06}},
-    {"name": "siglip_qwen2_untied", "tied": False, "feature_layer": -2, "rope_theta": 10000.0,
+    {"name": "siglip_qwen2_untied", "dir": "tests/fixtures/models/siglip_qwen2_untied",
+     "image_size": 34, "patch": 4, "image": "tests/fixtures/images/shapes_97x61.png",
+     "reductions": True, "tied": False, "feature_layer": -2, "rope_theta": 10000.0,
      "seed": 6000, "question": "How many circles are in the picture?",
      "init": {"std": 0.08, "embed_std": 0.1, "lm_head_std": 0.2}},
+    {"name": "llava-interleave-tiny-random", "dir": "assets/llava-interleave-tiny-random",
+     "image_size": 384, "patch": 14, "image": "assets/images/demo.png", "reductions": False,
+     "tied": True, "feature_layer": -1, "rope_theta": 1000000.0, "seed": 7000,
+     "question": "Describe the image.",
+     "init": {"std": 0.12, "embed_std": 0.06, "lm_head_std": 0.06}},
 ]
+
+
+def grid(spec):
+    return spec["image_size"] // spec["patch"]
 
 
 def build_tokenizer(out_dir: Path):
@@ -107,23 +121,24 @@ def build_tokenizer(out_dir: Path):
     return ids, vocab
 
 
-def processor_dict():
+def processor_dict(size):
     """preprocessor_config.json as llava-interleave-qwen publishes it (transformers 4.x)."""
     return {"do_normalize": True, "do_rescale": True, "do_resize": True,
             "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor",
             "image_std": [0.5, 0.5, 0.5], "processor_class": "LlavaProcessor", "resample": 3,
-            "rescale_factor": 1 / 255, "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}}
+            "rescale_factor": 1 / 255, "size": {"height": size, "width": size}}
 
 
-def pil_processor():
-    kw = {k: v for k, v in processor_dict().items()
+def pil_processor(size):
+    kw = {k: v for k, v in processor_dict(size).items()
           if k not in ("image_processor_type", "processor_class")}
     return PilSiglipImageProcessor(**kw)
 
 
 def make_config(spec, ids, vocab):
     vc = SiglipVisionConfig(hidden_size=36, intermediate_size=60, num_hidden_layers=3,
-                            num_attention_heads=3, image_size=IMAGE_SIZE, patch_size=PATCH,
+                            num_attention_heads=3, image_size=spec["image_size"],
+                            patch_size=spec["patch"],
                             hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
                             vision_use_head=False)
     tc = Qwen2Config(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
@@ -136,11 +151,11 @@ def make_config(spec, ids, vocab):
         rp["rope_theta"] = float(spec["rope_theta"])
     return LlavaConfig(vision_config=vc, text_config=tc, image_token_id=ids["<image>"],
                        projector_hidden_act="gelu", vision_feature_layer=spec["feature_layer"],
-                       vision_feature_select_strategy="full", image_seq_length=GRID * GRID,
+                       vision_feature_select_strategy="full", image_seq_length=grid(spec) ** 2,
                        tie_word_embeddings=spec["tied"])
 
 
-def save_model(model, cfg, model_dir: Path, tok_dir: Path):
+def save_model(model, cfg, spec, model_dir: Path, tok_dir: Path):
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model_dir.mkdir(parents=True)
@@ -155,8 +170,8 @@ def save_model(model, cfg, model_dir: Path, tok_dir: Path):
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(tok_dir / f, model_dir / f)
     (model_dir / "preprocessor_config.json").write_text(
-        json.dumps(processor_dict(), indent=2) + "\n")
-    proc = {"image_token": "<image>", "num_additional_image_tokens": 0, "patch_size": PATCH,
+        json.dumps(processor_dict(spec["image_size"]), indent=2) + "\n")
+    proc = {"image_token": "<image>", "num_additional_image_tokens": 0, "patch_size": spec["patch"],
             "processor_class": "LlavaProcessor", "vision_feature_select_strategy": "full"}
     (model_dir / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
 
@@ -171,13 +186,13 @@ def load_saved(model_dir: Path):
 
 
 @torch.no_grad()
-def run_oracle(model, processor, image, question):
+def run_oracle(model, processor, image, question, visual):
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conv, add_generation_prompt=True)
     enc = processor(images=image, text=prompt, return_tensors="pt")
     ids, pixels = enc["input_ids"], enc["pixel_values"].to(torch.float32)
     cfg = model.config
-    assert int((ids == cfg.image_token_id).sum()) == GRID * GRID
+    assert int((ids == cfg.image_token_id).sum()) == visual
     out = model(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
                 use_cache=False)
     tower = model.model.vision_tower
@@ -201,6 +216,8 @@ def run_oracle(model, processor, image, question):
                   use_cache=False)
         top2 = torch.topk(o.logits[0, -1], 2)
         tokens.append(int(top2.indices[0]))
+        if tokens[-1] == cfg.image_token_id:
+            return None  # a generated <image> would need features of its own: another seed
         margins.append(float(top2.values[0] - top2.values[1]))
         cur = torch.cat([cur, torch.tensor([[tokens[-1]]])], dim=1)
     return {"prompt": prompt, "input_ids": ids[0], "pixel_values": pixels[0].contiguous(),
@@ -210,7 +227,7 @@ def run_oracle(model, processor, image, question):
             "keys": keys.contiguous(), "attn": attn.contiguous()}
 
 
-def reductions(res, heads):
+def reductions(res, heads, side):
     """numpy's equivalent-token scores and kept sets at the reducing layer."""
     keys = res["keys"].numpy().astype(np.float64)
     n, d = keys.shape
@@ -221,7 +238,7 @@ def reductions(res, heads):
     attn = res["attn"].numpy()
     positions = np.arange(n)
     fv = rr.reduce("ficoco-v", np.zeros((n, 1), np.float32), attn, positions, REDUCE_DROP,
-                   keys=k_mean.astype(np.float32), grid=GRID)
+                   keys=k_mean.astype(np.float32), grid=side)
     fv_scores = np.sort(np.asarray(fv.scores))[::-1]
     order = np.argsort(-scores, kind="stable")
     return {
@@ -240,8 +257,9 @@ def reductions(res, heads):
 
 
 def build(spec, root: Path, tok_dir: Path, ids, vocab, log):
-    model_dir = root / "tests/fixtures/models" / spec["name"]
-    image_path = "tests/fixtures/images/shapes_97x61.png"
+    model_dir = root / spec["dir"]
+    image_path = spec["image"]
+    size, side = spec["image_size"], grid(spec)
     image = mf.load_image(root / image_path)
     cfg = make_config(spec, ids, vocab)
     for attempt in range(40):
@@ -249,19 +267,25 @@ def build(spec, root: Path, tok_dir: Path, ids, vocab, log):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(cfg)
         mf.init_weights(model, seed, **spec["init"])
-        save_model(model, cfg, model_dir, tok_dir)
+        save_model(model, cfg, spec, model_dir, tok_dir)
         loaded = load_saved(model_dir)
-        processor = LlavaProcessor(image_processor=pil_processor(),
+        processor = LlavaProcessor(image_processor=pil_processor(size),
                                    tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
-                                   patch_size=PATCH, vision_feature_select_strategy="full",
+                                   patch_size=spec["patch"],
+                                   vision_feature_select_strategy="full",
                                    num_additional_image_tokens=0, image_token="<image>",
                                    chat_template=CHAT_TEMPLATE)
-        res = run_oracle(loaded, processor, image, spec["question"])
-        red = reductions(res, cfg.vision_config.num_attention_heads)
+        res = run_oracle(loaded, processor, image, spec["question"], side * side)
+        if res is None:
+            log(f"  {spec['name']}: seed {seed}: generates <image> -> retry")
+            continue
+        red = reductions(res, cfg.vision_config.num_attention_heads, side)
         scale = float(res["prefill_logits_last"].abs().max())
         rel = [m / scale for m in res["margins"]]
         distinct = len(set(res["greedy_tokens"].tolist()))
         gaps = (red["meta"]["ficoco_v_cut_gap"], red["meta"]["topk_cls_cut_gap"])
+        if not spec["reductions"]:
+            gaps = (1.0, 1.0)
         ok = (min(rel) >= 0.01 and rel[0] >= 0.05 and distinct >= 3 and min(gaps) >= 1e-3
               and math.isfinite(scale))
         log(f"  {spec['name']}: seed {seed}: min margin {min(rel):.3f}, first {rel[0]:.3f}, "
@@ -271,17 +295,20 @@ def build(spec, root: Path, tok_dir: Path, ids, vocab, log):
             break
     else:
         raise RuntimeError(f"{spec['name']}: no seed met the margin criteria")
-    # Another image through the same processor, for the preprocessing check.
-    rgba = mf.load_image(root / "tests/fixtures/images/rgba_90x60.png")
-    rgba_pixels = pil_processor()(rgba, return_tensors="pt")["pixel_values"][0].float()
-    tensors = {k: res[k] for k in ("input_ids", "pixel_values", "vision_features",
-                                   "image_features", "prefill_logits_last", "greedy_tokens",
-                                   "keys", "attn")}
+    tensors = {k: res[k] for k in ("input_ids", "vision_features", "image_features",
+                                   "prefill_logits_last", "greedy_tokens")}
     tensors["input_ids"] = tensors["input_ids"].to(torch.int64)
     tensors["greedy_tokens"] = tensors["greedy_tokens"].to(torch.int64)
-    tensors["keys_head_mean"] = red["k_mean"]
-    tensors["equivalent_scores"] = red["scores"]
-    tensors["rgba_90x60_pixel_values"] = rgba_pixels.contiguous()
+    if spec["reductions"]:
+        # Another image through the same processor, for the preprocessing check.
+        rgba = mf.load_image(root / "tests/fixtures/images/rgba_90x60.png")
+        rgba_pixels = pil_processor(size)(rgba, return_tensors="pt")["pixel_values"][0].float()
+        tensors["rgba_90x60_pixel_values"] = rgba_pixels.contiguous()
+        tensors["pixel_values"] = res["pixel_values"]
+        tensors["keys"] = res["keys"]
+        tensors["attn"] = res["attn"]
+        tensors["keys_head_mean"] = red["k_mean"]
+        tensors["equivalent_scores"] = red["scores"]
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(model_dir / "oracle.safetensors"),
               metadata={"generator": "scripts/make_siglip_fixtures.py"})
     meta = {
@@ -289,10 +316,10 @@ def build(spec, root: Path, tok_dir: Path, ids, vocab, log):
         "rgba_image": "tests/fixtures/images/rgba_90x60.png",
         "max_new_tokens": MAX_NEW_TOKENS, "greedy_tokens": res["greedy_tokens"].tolist(),
         "greedy_margins": [round(m, 6) for m in res["margins"]], "seed": seed,
-        "image_token_id": ids["<image>"], "visual_tokens": GRID * GRID, "grid": GRID,
+        "image_token_id": ids["<image>"], "visual_tokens": side * side, "grid": side,
         "vision_feature_layer": spec["feature_layer"], "weights_dtype": "f16",
         "oracle_dtype": "float32 (weights loaded from the saved files and upcast)",
-        "layout": "llava_hf_4x", "reduce": red["meta"],
+        "layout": "llava_hf_4x", "reduce": red["meta"] if spec["reductions"] else None,
         "transformers_version": transformers.__version__, "torch_version": torch.__version__,
     }
     (model_dir / "oracle.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,7 +1,8 @@
 //! The SigLIP + Qwen2 LLaVA family (llava-interleave-qwen's layout) against HF transformers: the
 //! fixtures in tests/fixtures/models/siglip_qwen2_* were written by
 //! scripts/make_siglip_fixtures.py (transformers f32 CPU on the saved f16 weights; numpy for the
-//! equivalent-token scores and scripts/reduce_reference.py for the kept sets).
+//! equivalent-token scores and scripts/reduce_reference.py for the kept sets), and the demo model
+//! assets/llava-interleave-tiny-random at llava-interleave-qwen's geometry (384 / 14: 729 tokens).
 mod common;
 use common::*;
 use ficoco::gpu::DType;
@@ -12,21 +13,27 @@ use ficoco::reduce::{
     self, FicocoV, KvReduceSpec, ProjectorReduction, ReduceSpec, Reduction, ReductionPlan,
     SiteReduction, Spans, KV_METHODS, METHODS,
 };
+use image::DynamicImage;
 use std::path::{Path, PathBuf};
 
-const MODELS: [&str; 2] = ["siglip_qwen2_tied", "siglip_qwen2_untied"];
+const MODELS: [&str; 2] = [
+    "tests/fixtures/models/siglip_qwen2_tied",
+    "tests/fixtures/models/siglip_qwen2_untied",
+];
+const DEMO: &str = "assets/llava-interleave-tiny-random";
 
 struct Fixture {
     dir: PathBuf,
     json: serde_json::Value,
     tensors: Vec<u8>,
     tok: Tokenizer,
+    image: DynamicImage,
     pixels: PixelValues,
 }
 
 impl Fixture {
     fn load(name: &str) -> Self {
-        let dir = root().join("tests/fixtures/models").join(name);
+        let dir = root().join(name);
         let json = std::fs::read_to_string(dir.join("oracle.json")).expect("oracle.json");
         let json: serde_json::Value = serde_json::from_str(&json).unwrap();
         let image = preprocess::load_image(root().join(json["image"].as_str().unwrap())).unwrap();
@@ -37,6 +44,7 @@ impl Fixture {
                 .unwrap()
                 .preprocess(&image)
                 .unwrap(),
+            image,
             dir,
             json,
         }
@@ -68,7 +76,17 @@ impl Fixture {
     }
 
     fn model(&self) -> Llava {
-        Llava::load(gpu().clone(), &self.dir, &opts()).unwrap()
+        Llava::load(gpu().clone(), &self.dir, &self.opts()).unwrap()
+    }
+
+    /// Room for the prompt and the generated tokens.
+    fn opts(&self) -> LoadOptions {
+        let visual = self.json["visual_tokens"].as_u64().unwrap() as usize;
+        LoadOptions {
+            dtype: DType::F32,
+            max_prompt_tokens: visual + 64,
+            max_context: visual + 96,
+        }
     }
 
     fn prompt(&self, model: &Llava) -> PromptIds {
@@ -80,14 +98,6 @@ impl Fixture {
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn opts() -> LoadOptions {
-    LoadOptions {
-        dtype: DType::F32,
-        max_prompt_tokens: 128,
-        max_context: 160,
-    }
 }
 
 fn greedy(n: usize) -> GenerateOptions {
@@ -109,11 +119,11 @@ fn sorted(mut v: Vec<i32>) -> Vec<i32> {
     v
 }
 
-/// The ChatML prompt, its ids, the pixels, the tower's features, the logits and the greedy
-/// tokens all match transformers.
+/// The ChatML prompt, its ids, the pixels (fixtures), the tower's features, the logits and the
+/// greedy tokens all match transformers.
 #[test]
 fn generation_matches_transformers() {
-    for name in MODELS {
+    for name in MODELS.into_iter().chain([DEMO]) {
         let f = Fixture::load(name);
         let question = f.json["question"].as_str().unwrap();
         assert_eq!(ChatTemplate::detect(&f.tok), ChatTemplate::ChatMl);
@@ -122,15 +132,24 @@ fn generation_matches_transformers() {
             f.json["prompt"].as_str().unwrap(),
             "{name}: the chat template's rendering"
         );
-        assert_close(
-            &format!("{name}: pixels"),
-            &f.pixels.data,
-            &f.f32("pixel_values"),
-            1e-6,
-            0.0,
-        );
+        let visual = f.json["visual_tokens"].as_u64().unwrap() as usize;
+        if name != DEMO {
+            assert_close(
+                &format!("{name}: pixels"),
+                &f.pixels.data,
+                &f.f32("pixel_values"),
+                1e-6,
+                0.0,
+            );
+            assert_eq!(visual, 64, "8 x 8 patches of the 34-pixel image, no [CLS]");
+        } else {
+            assert_eq!(
+                visual, 729,
+                "27 x 27 patches of the 384-pixel image, no [CLS]"
+            );
+        }
         let mut model = f.model();
-        assert_eq!(model.visual_tokens(), 64, "8 x 8 patches, no [CLS]");
+        assert_eq!(model.visual_tokens(), visual);
         let prompt = f.prompt(&model);
         assert_eq!(prompt.ids, f.ids("input_ids"), "{name}: prompt ids");
         let n = f.json["max_new_tokens"].as_u64().unwrap() as usize;
@@ -205,7 +224,7 @@ fn embeddings_without_cls_match_a_cpu_convolution() {
         .get("vision.embeddings.position_embedding.weight", &[64, d])
         .unwrap()
         .data;
-    let mut model = Llava::from_weights(gpu().clone(), cfg, &wf, &opts()).unwrap();
+    let mut model = Llava::from_weights(gpu().clone(), cfg, &wf, &f.opts()).unwrap();
     model.encode_image(&f.pixels).unwrap();
     let got = gpu().read_f32(&model.selected_vision_features()).unwrap();
     let px = &f.pixels.data;
@@ -299,8 +318,13 @@ fn run_prepared(model: &mut Llava, f: &Fixture, spec: &str, kv: Option<&str>, n:
         .unwrap_or_else(|e| panic!("{spec:?} {kv:?}: {e}"));
     assert_eq!(out.tokens.len(), n);
     assert!(out.prefill_logits.unwrap().iter().all(|v| v.is_finite()));
+    let patches = f.json["visual_tokens"].as_u64().unwrap() as usize;
     let owners = pollster::block_on(model.patch_owners()).unwrap();
-    assert_eq!(owners.len(), 64);
+    assert_eq!(owners.len(), patches);
+    let proc = ImageProcessor::from_dir(&f.dir).unwrap();
+    let overlay = pollster::block_on(pipeline::kept_overlay(model, &proc, &f.image)).unwrap();
+    let side = f.pixels.width as u32;
+    assert_eq!(overlay.dimensions(), (side, side));
     out.visual_tokens
 }
 
@@ -370,7 +394,7 @@ fn every_method_runs_at_every_site() {
 }
 
 fn config_error(edit: impl FnOnce(&mut serde_json::Value)) -> String {
-    let dir = root().join("tests/fixtures/models").join(MODELS[0]);
+    let dir = root().join(MODELS[0]);
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     edit(&mut v);
@@ -414,7 +438,7 @@ fn unsupported_inputs_are_refused() {
     assert!(cfg.text_config.qkv_bias());
 
     // A tokenizer that lacks the model's image token.
-    let dir = root().join("tests/fixtures/models").join(MODELS[0]);
+    let dir = root().join(MODELS[0]);
     let mut tj: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("tokenizer.json")).unwrap()).unwrap();
     tj["added_tokens"]
@@ -426,4 +450,22 @@ fn unsupported_inputs_are_refused() {
     let text = ChatTemplate::ChatMl.prompt("What?");
     let e = preprocess::build_prompt_ids(&tok, &text, cfg.image_token_index, 64).unwrap_err();
     assert!(e.to_string().contains("image token id"), "{e}");
+}
+
+/// At llava-interleave-qwen's 27 x 27 grid: pooling keeps 81 (3 x 3 windows) or 9, FiCoCo-V
+/// and the equivalent-token methods reach their budgets.
+#[test]
+fn demo_model_reduces_its_729_tokens() {
+    let f = Fixture::load(DEMO);
+    let mut model = f.model();
+    for (spec, kept) in [
+        ("pool:81", 81),
+        ("pool:9", 9),
+        ("ficoco-v:64", 64),
+        ("visionzip:64", 64),
+        ("evit:64", 64),
+        ("tome:400", 400),
+    ] {
+        assert_eq!(run_prepared(&mut model, &f, spec, None, 2), kept, "{spec}");
+    }
 }
