@@ -249,62 +249,88 @@ fn embeddings_without_cls_match_a_cpu_convolution() {
 
 /// The equivalent token a_i = -cos(mu, K_i) on the tower's keys (transformers), averaged over
 /// heads, against numpy: the step's scores, and the kept sets of top-k [CLS] and FiCoCo-V in the
-/// model (one step after layer 1) against numpy and scripts/reduce_reference.py.
+/// model (one step after layer 1, and at the projector where it reads layer 1) against numpy and
+/// scripts/reduce_reference.py.
 #[test]
 fn equivalent_token_and_ficoco_v_match_numpy() {
-    let f = Fixture::load(MODELS[0]);
-    let (layer, drop) = (
-        f.json["reduce"]["layer"].as_u64().unwrap() as usize,
-        f.json["reduce"]["drop"].as_u64().unwrap() as usize,
-    );
-    let keys = f.f32("keys_head_mean");
-    let attn = f.f32("attn");
-    let positions: Vec<i32> = (0..64).collect();
-    let spans = Spans {
-        cls: None,
-        grid: Some(8),
-        ..Spans::default()
-    };
-    let step = pollster::block_on(reduce::run_once(
-        gpu(),
-        &Reduction::topk_cls(),
-        &spans,
-        &keys,
-        12,
-        Some(&keys),
-        &attn,
-        &positions,
-        None,
-        drop,
-    ))
-    .unwrap();
-    assert_close(
-        "equivalent-token scores",
-        &step.scores,
-        &f.f32("equivalent_scores"),
-        1e-5,
-        1e-5,
-    );
-    let want_topk = f.list(&["reduce", "topk_cls_kept"]);
-    assert_eq!(sorted(step.positions.clone()), want_topk, "run_once top-k");
+    for name in MODELS {
+        let f = Fixture::load(name);
+        let (layer, drop) = (
+            f.json["reduce"]["layer"].as_u64().unwrap() as usize,
+            f.json["reduce"]["drop"].as_u64().unwrap() as usize,
+        );
+        let keys = f.f32("keys_head_mean");
+        let attn = f.f32("attn");
+        let positions: Vec<i32> = (0..64).collect();
+        let spans = Spans {
+            cls: None,
+            grid: Some(8),
+            ..Spans::default()
+        };
+        let step = pollster::block_on(reduce::run_once(
+            gpu(),
+            &Reduction::topk_cls(),
+            &spans,
+            &keys,
+            12,
+            Some(&keys),
+            &attn,
+            &positions,
+            None,
+            drop,
+        ))
+        .unwrap();
+        assert_close(
+            &format!("{name}: equivalent-token scores"),
+            &step.scores,
+            &f.f32("equivalent_scores"),
+            1e-5,
+            1e-5,
+        );
+        let want_topk = f.list(&["reduce", "topk_cls_kept"]);
+        assert_eq!(
+            sorted(step.positions.clone()),
+            want_topk,
+            "{name}: run_once"
+        );
 
-    let mut model = f.model();
-    for (reduction, key) in [
-        (Reduction::topk_cls(), "topk_cls_kept"),
-        (Reduction::ficoco_v(FicocoV::default()), "ficoco_v_kept"),
-    ] {
-        model
-            .set_reduction(ReductionPlan {
+        let mut model = f.model();
+        // The untied model's projector reads layer 1's output: its projector site scores with
+        // the same keys and attention (the kept set does not depend on the hidden states).
+        let at_projector = model.config().vision_layers_to_run() == layer + 1;
+        for (reduction, key) in [
+            (Reduction::topk_cls(), "topk_cls_kept"),
+            (Reduction::ficoco_v(FicocoV::default()), "ficoco_v_kept"),
+        ] {
+            let vision = ReductionPlan {
                 vision: Some(SiteReduction {
-                    reduction,
+                    reduction: reduction.clone(),
                     drops: vec![(layer, drop)],
                 }),
                 ..ReductionPlan::default()
-            })
-            .unwrap();
-        model.encode_image(&f.pixels).unwrap();
-        let kept = pollster::block_on(model.kept_patches()).unwrap();
-        assert_eq!(sorted(kept), f.list(&["reduce", key]), "{key} in the model");
+            };
+            let projector = ReductionPlan {
+                projector: Some(ProjectorReduction { reduction, drop }),
+                ..ReductionPlan::default()
+            };
+            let plans = if at_projector {
+                vec![vision, projector]
+            } else {
+                vec![vision]
+            };
+            for plan in plans {
+                let site = if plan.vision.is_some() {
+                    "vision"
+                } else {
+                    "projector"
+                };
+                model.set_reduction(plan).unwrap();
+                model.encode_image(&f.pixels).unwrap();
+                let kept = pollster::block_on(model.kept_patches()).unwrap();
+                let want = f.list(&["reduce", key]);
+                assert_eq!(sorted(kept), want, "{name}: {key} at the {site} site");
+            }
+        }
     }
 }
 
