@@ -37,7 +37,7 @@ impl Default for VisionConfig {
             num_channels: 3,
             layer_norm_eps: 1e-5,
             hidden_act: "quick_gelu".into(),
-            model_type: "clip_vision_model".into(),
+            model_type: CLIP_VISION.into(),
         }
     }
 }
@@ -148,7 +148,7 @@ impl Default for TextConfig {
     /// LlamaConfig's defaults (Llama-2-7B shapes).
     fn default() -> Self {
         Self {
-            model_type: "llama".into(),
+            model_type: LLAMA.into(),
             hidden_size: 4096,
             intermediate_size: 11008,
             num_hidden_layers: 32,
