@@ -19,7 +19,8 @@ use std::sync::Arc;
 const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT | --raw-prompt TEXT)
   --model DIR            model directory (default assets/llava-vqa, the trained demo model)
   --image PATH           input image (PNG or JPEG)
-  --prompt TEXT          question, wrapped in the llava-1.5 chat template
+  --prompt TEXT          question, wrapped in the model's chat template (llava-1.5, or
+                         ChatML when the tokenizer has <|im_start|> / <|im_end|>)
   --raw-prompt TEXT      full prompt used as given; must contain <image> once
   --max-new-tokens N     default 64
   --greedy               greedy decoding (the default)
@@ -164,7 +165,7 @@ fn run(args: Args) -> ficoco::Result<()> {
     let image = preprocess::load_image(&args.image)?;
     let pixels = processor.preprocess(&image)?;
     let text = match (&args.prompt, &args.raw_prompt) {
-        (Some(q), _) => preprocess::chat_prompt(q),
+        (Some(q), _) => preprocess::PromptFormat::detect(&tokenizer).prompt(q),
         (_, Some(raw)) => raw.clone(),
         _ => unreachable!("checked in parse_args"),
     };

@@ -1,7 +1,7 @@
 // elementwise.wgsl: memory-bound per-element kernels over f32 tensors, one invocation per
 // element (index = (wid.x + wid.y * nwg.x) * WG + lid, so grids above 65535 groups fold into y).
 // Entry points and bindings (0 is always the params uniform):
-//   activate   1 x [n] (read), 2 out [n]            out = act(x), ACT: 0 gelu, 1 quick_gelu, 2 silu
+//   activate   1 x [n] (read), 2 out [n]            out = act(x), ACT_* flag: gelu, gelu_tanh, quick_gelu, silu
 //   add        1 a [n], 2 out [n], 3 c [n]           out = a + c
 //   silu_mul   1 up [n], 2 gate [n]                  gate = silu(gate) * up (in place)
 //   copy_rows  1 src [rows, d], 2 dst [.., d]        dst[row0 + r] = src[r]
@@ -30,6 +30,9 @@ fn activate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let x = src[i];
 #ifdef ACT_GELU
     dst[i] = gelu_erf(x);
+#endif
+#ifdef ACT_GELU_TANH
+    dst[i] = gelu_tanh(x);
 #endif
 #ifdef ACT_QUICK_GELU
     dst[i] = quick_gelu(x);

@@ -4,7 +4,8 @@
 // ldo, n_off}; 1 x f32 [m, k] (array<vec4<f32>> with X_VEC4, else array<f32>); 3 out f32
 // [m, ldo] (read_write; the chunk's columns land at n_off ..); 4 bias f32 [n_off + n] (with
 // HAS_BIAS). The includer declares binding 2, the weights.
-// Epilogue flags: EPI_GELU (erf GELU), EPI_QUICK_GELU, EPI_ACCUMULATE (out += result).
+// Epilogue flags: EPI_GELU (erf GELU), EPI_GELU_TANH (tanh GELU), EPI_QUICK_GELU,
+// EPI_ACCUMULATE (out += result).
 
 #include "erf"
 
@@ -34,6 +35,9 @@ fn finish(v: f32, col: u32) -> f32 {
 #endif
 #ifdef EPI_GELU
     r = gelu_erf(r);
+#endif
+#ifdef EPI_GELU_TANH
+    r = gelu_tanh(r);
 #endif
 #ifdef EPI_QUICK_GELU
     r = quick_gelu(r);

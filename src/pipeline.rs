@@ -126,16 +126,23 @@ pub async fn kept_overlay(
     Ok(draw_overlay(
         &planes,
         vc.image_size,
-        vc.image_size / vc.patch_size,
+        vc.patch_size,
         &kept,
         &owners,
     ))
 }
 
 /// `planes`: `[3, side, side]` 8-bit; `kept`: grid indices of surviving tokens (-1 for [CLS]);
-/// `owners[patch]`: the owning token, -1 if pruned.
-fn draw_overlay(planes: &[u8], side: usize, grid: usize, kept: &[i32], owners: &[i32]) -> RgbImage {
-    let patch = side / grid;
+/// `owners[patch]`: the owning token, -1 if pruned. Pixels past the last whole patch (the
+/// convolution drops them when `patch` does not divide `side`) are dimmed like pruned ones.
+fn draw_overlay(
+    planes: &[u8],
+    side: usize,
+    patch: usize,
+    kept: &[i32],
+    owners: &[i32],
+) -> RgbImage {
+    let grid = side / patch;
     let mut keep = vec![false; grid * grid];
     for &k in kept.iter().filter(|&&k| k >= 0) {
         keep[k as usize] = true;
@@ -145,12 +152,17 @@ fn draw_overlay(planes: &[u8], side: usize, grid: usize, kept: &[i32], owners: &
     for (x, y, px) in img.enumerate_pixels_mut() {
         let (x, y) = (x as usize, y as usize);
         let i = y * side + x;
-        let cell = (y / patch) * grid + x / patch;
+        let (gx, gy) = (x / patch, y / patch);
+        let cell = if gx < grid && gy < grid {
+            gy * grid + gx
+        } else {
+            usize::MAX
+        };
         let edge =
             x % patch == 0 || y % patch == 0 || x % patch == patch - 1 || y % patch == patch - 1;
         let rgb = [planes[i], planes[plane + i], planes[2 * plane + i]];
         *px = match owners.get(cell).copied().unwrap_or(-1) {
-            _ if keep[cell] && edge => Rgb([255, 255, 255]),
+            _ if keep.get(cell) == Some(&true) && edge => Rgb([255, 255, 255]),
             o if o < 0 => Rgb(rgb.map(|v| v / 4)),
             o => {
                 // Half image, half the owner's colour.

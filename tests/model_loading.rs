@@ -119,7 +119,8 @@ fn bad_configs_name_the_problem() {
         ),
         (
             with(LLAVA_15_7B, |v| {
-                v["vision_config"]["image_size"] = 330.into()
+                // Smaller than one patch (a remainder is fine: the convolution truncates).
+                v["vision_config"]["image_size"] = 10.into()
             }),
             "image_size",
         ),

@@ -10,6 +10,7 @@ fn epi(v: f64, e: Epilogue, old: f64) -> f64 {
     match e {
         Epilogue::None => v,
         Epilogue::Gelu => 0.5 * v * (1.0 + erf64(v / 2f64.sqrt())),
+        Epilogue::GeluTanh => gelu_tanh64(v),
         Epilogue::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
         Epilogue::Accumulate => old + v,
     }
@@ -61,9 +62,10 @@ fn check(
     assert_close(&what, &got, &want, 2e-5 * (k as f32).sqrt(), 1e-5);
 }
 
-const EPIS: [Epilogue; 4] = [
+const EPIS: [Epilogue; 5] = [
     Epilogue::None,
     Epilogue::Gelu,
+    Epilogue::GeluTanh,
     Epilogue::QuickGelu,
     Epilogue::Accumulate,
 ];

@@ -23,6 +23,7 @@ fn activations_match_f64() {
                 Activation::Gelu,
                 (|v: f64| 0.5 * v * (1.0 + erf64(v / 2f64.sqrt()))) as fn(f64) -> f64,
             ),
+            (Activation::GeluTanh, gelu_tanh64),
             (Activation::QuickGelu, |v| v / (1.0 + (-1.702 * v).exp())),
             (Activation::Silu, |v| v / (1.0 + (-v).exp())),
         ] {
@@ -152,7 +153,9 @@ fn im2col_and_vision_embed_match_cpu() {
         g.upload_f32(&pos, &[np + 1, d], "pos").unwrap(),
     );
     let out = g.zeros(&[np + 1, d], DType::F32, "o").unwrap();
-    run1(g, |b| ops::vision_embed(b, &tpa, &tcl, &tpo, &out).unwrap());
+    run1(g, |b| {
+        ops::vision_embed(b, &tpa, Some(&tcl), &tpo, &out).unwrap()
+    });
     let mut want: Vec<f32> = class.iter().zip(&pos).map(|(a, b)| a + b).collect();
     want.extend(patches.iter().zip(&pos[d..]).map(|(a, b)| a + b));
     assert_eq!(g.read_f32(&out).unwrap(), want);

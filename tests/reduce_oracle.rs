@@ -256,8 +256,9 @@ fn bad_steps_are_refused() {
         ..Spans::default()
     };
     assert!(run(&v, &cls, 10).contains("only 9 are candidates"));
-    let topk = reduce::by_name("topk-cls").unwrap().unwrap();
-    assert!(run(&topk, &Spans::default(), 2).contains("[CLS]"));
+    // An explicit [CLS]-attention term needs [CLS] (the methods' ClsOrEquivalent does not).
+    let by_cls = Reduction::prune_by_attention(reduce::Rows::Cls);
+    assert!(run(&by_cls, &Spans::default(), 2).contains("[CLS]"));
     let no_grid = Spans {
         cls: Some(0),
         ..Spans::default()

@@ -1,13 +1,15 @@
 //! `config.json` of a llava-hf checkpoint, field names as in the file. Published configs omit
 //! fields equal to transformers' defaults, so every missing field takes the default of
-//! `LlavaConfig`, `CLIPVisionConfig` or `LlamaConfig` (transformers 5.x values).
+//! `LlavaConfig` or of the sub-config's own class, chosen by its `model_type`:
+//! `CLIPVisionConfig` or `SiglipVisionConfig`, `LlamaConfig` or `Qwen2Config` (transformers 5.x
+//! values).
 
 use crate::ops::RopeScaling;
 use crate::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct VisionConfig {
     pub hidden_size: usize,
@@ -35,12 +37,58 @@ impl Default for VisionConfig {
             num_channels: 3,
             layer_norm_eps: 1e-5,
             hidden_act: "quick_gelu".into(),
-            model_type: "clip_vision_model".into(),
+            model_type: CLIP_VISION.into(),
         }
     }
 }
 
+/// The vision towers this crate runs, by `vision_config.model_type`.
+const CLIP_VISION: &str = "clip_vision_model";
+const SIGLIP_VISION: &str = "siglip_vision_model";
+
 impl VisionConfig {
+    /// SiglipVisionConfig's own defaults (base, patch 16 at 224).
+    fn siglip_default() -> Self {
+        Self {
+            patch_size: 16,
+            layer_norm_eps: 1e-6,
+            hidden_act: "gelu_pytorch_tanh".into(),
+            model_type: SIGLIP_VISION.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The given fields over the defaults of the tower class `model_type` names.
+    fn from_value(v: &serde_json::Value) -> std::result::Result<Self, String> {
+        let base = match v.get("model_type").and_then(|t| t.as_str()) {
+            None | Some(CLIP_VISION) => Self::default(),
+            Some(SIGLIP_VISION) => Self::siglip_default(),
+            Some(other) => {
+                return Err(format!(
+                    "vision_config.model_type {other:?}: supported are {CLIP_VISION:?} and \
+                     {SIGLIP_VISION:?} (a full \"siglip\"/\"clip\" config must be reduced to its \
+                     vision part)"
+                ))
+            }
+        };
+        overlay(base, v)
+    }
+
+    /// CLIP prepends a [CLS] token; SigLIP has none (its tokens are the patches).
+    pub fn has_class_token(&self) -> bool {
+        self.model_type != SIGLIP_VISION
+    }
+
+    /// Patch grid side: the stride-`patch_size` convolution drops a remainder of the image.
+    pub fn grid_side(&self) -> usize {
+        self.image_size / self.patch_size.max(1)
+    }
+
+    /// Tokens the tower carries: the patches, plus [CLS] for CLIP.
+    pub fn tokens(&self) -> usize {
+        self.num_patches() + usize::from(self.has_class_token())
+    }
+
     /// LlavaConfig's vision tower when `vision_config` is absent: CLIP ViT-L/14-336.
     fn llava_default() -> Self {
         Self {
@@ -55,11 +103,11 @@ impl VisionConfig {
     }
 
     pub fn num_patches(&self) -> usize {
-        (self.image_size / self.patch_size).pow(2)
+        self.grid_side().pow(2)
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 struct RawRope {
     #[serde(alias = "type")]
     rope_type: Option<String>,
@@ -70,7 +118,7 @@ struct RawRope {
     original_max_position_embeddings: Option<usize>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TextConfig {
     pub model_type: String,
@@ -92,13 +140,15 @@ pub struct TextConfig {
     pub tie_word_embeddings: Option<bool>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<serde_json::Value>,
+    /// Qwen2's sliding-window attention (off in the published checkpoints).
+    pub use_sliding_window: bool,
 }
 
 impl Default for TextConfig {
     /// LlamaConfig's defaults (Llama-2-7B shapes).
     fn default() -> Self {
         Self {
-            model_type: "llama".into(),
+            model_type: LLAMA.into(),
             hidden_size: 4096,
             intermediate_size: 11008,
             num_hidden_layers: 32,
@@ -116,8 +166,57 @@ impl Default for TextConfig {
             tie_word_embeddings: None,
             bos_token_id: Some(1),
             eos_token_id: None,
+            use_sliding_window: false,
         }
     }
+}
+
+/// The text models this crate runs, by `text_config.model_type`.
+const LLAMA: &str = "llama";
+const QWEN2: &str = "qwen2";
+
+impl TextConfig {
+    /// Qwen2Config's own defaults (Qwen2-7B-like shapes, no BOS).
+    fn qwen2_default() -> Self {
+        Self {
+            model_type: QWEN2.into(),
+            vocab_size: 151_936,
+            intermediate_size: 22_016,
+            num_key_value_heads: Some(32),
+            max_position_embeddings: 32_768,
+            bos_token_id: None,
+            ..Self::default()
+        }
+    }
+
+    /// The given fields over the defaults of the decoder class `model_type` names.
+    fn from_value(v: &serde_json::Value) -> std::result::Result<Self, String> {
+        let base = match v.get("model_type").and_then(|t| t.as_str()) {
+            None | Some(LLAMA) => Self::default(),
+            Some(QWEN2) => Self::qwen2_default(),
+            Some(other) => {
+                return Err(format!(
+                    "text_config.model_type {other:?}: supported are {LLAMA:?} and {QWEN2:?}"
+                ))
+            }
+        };
+        overlay(base, v)
+    }
+}
+
+/// `base` with every non-null field of the JSON object `given` written over it.
+fn overlay<T: Serialize + serde::de::DeserializeOwned>(
+    base: T,
+    given: &serde_json::Value,
+) -> std::result::Result<T, String> {
+    let mut merged = serde_json::to_value(base).map_err(|e| e.to_string())?;
+    let (Some(out), Some(fields)) = (merged.as_object_mut(), given.as_object()) else {
+        return Err(format!("expected an object, found {given}"));
+    };
+    for (k, v) in fields.iter().filter(|(_, v)| !v.is_null()) {
+        out.insert(k.clone(), v.clone());
+    }
+    serde_json::from_value(merged).map_err(|e| e.to_string())
 }
 
 impl TextConfig {
@@ -132,7 +231,7 @@ impl TextConfig {
 
     /// Qwen2 always has q/k/v biases; Llama has them when `attention_bias` is set.
     pub fn qkv_bias(&self) -> bool {
-        self.model_type == "qwen2" || self.attention_bias
+        self.model_type == QWEN2 || self.attention_bias
     }
 
     pub fn theta(&self) -> f32 {
@@ -186,8 +285,8 @@ struct RawConfig {
     vision_feature_select_strategy: Option<String>,
     multimodal_projector_bias: Option<bool>,
     tie_word_embeddings: Option<bool>,
-    vision_config: Option<VisionConfig>,
-    text_config: Option<TextConfig>,
+    vision_config: Option<serde_json::Value>,
+    text_config: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -221,6 +320,16 @@ impl LlavaConfig {
         let raw: RawConfig = serde_json::from_str(text)
             .map_err(|e| Error::file(source, format!("invalid config: {e}")))?;
         let model_type = raw.model_type.clone().unwrap_or_default();
+        if model_type.starts_with("llava_") {
+            return Err(Error::file(
+                source,
+                format!(
+                    "model_type {model_type:?}: any-resolution tiling (anyres) and the multi-image \
+                     inputs of LLaVA-NeXT / LLaVA-OneVision are not supported; use a \
+                     LlavaForConditionalGeneration checkpoint (model_type \"llava\")"
+                ),
+            ));
+        }
         let is_llava = model_type == "llava"
             || raw
                 .architectures
@@ -245,18 +354,29 @@ impl LlavaConfig {
                 ))
             }
         };
-        let text_config = raw.text_config.clone().unwrap_or_default();
+        let text_config = match &raw.text_config {
+            Some(v) => TextConfig::from_value(v).map_err(|e| Error::file(source, e))?,
+            None => TextConfig::default(),
+        };
+        let vision_config = match &raw.vision_config {
+            Some(v) => VisionConfig::from_value(v).map_err(|e| Error::file(source, e))?,
+            None => VisionConfig::llava_default(),
+        };
+        let image_token_index = raw.image_token_index.ok_or_else(|| {
+            Error::file(
+                source,
+                "image_token_index (or image_token_id) is missing: it names the token the image \
+                 features replace; add the id of the tokenizer's <image> token",
+            )
+        })?;
         let cfg = Self {
-            vision_config: raw
-                .vision_config
-                .clone()
-                .unwrap_or_else(VisionConfig::llava_default),
+            vision_config,
             tie_word_embeddings: text_config
                 .tie_word_embeddings
                 .or(raw.tie_word_embeddings)
                 .unwrap_or(false),
             text_config,
-            image_token_index: raw.image_token_index.unwrap_or(32000),
+            image_token_index,
             projector_hidden_act: raw.projector_hidden_act.clone().unwrap_or("gelu".into()),
             vision_feature_layer: layer,
             vision_feature_select_strategy: raw
@@ -275,13 +395,19 @@ impl LlavaConfig {
             |field: &str, msg: String| Err(Error::file(&self.source, format!("{field}: {msg}")));
         let v = &self.vision_config;
         let t = &self.text_config;
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || v.image_size < v.patch_size {
             return err(
                 "vision_config.image_size",
                 format!(
-                    "{} is not a multiple of patch_size {}",
+                    "{} holds no patch of patch_size {}",
                     v.image_size, v.patch_size
                 ),
+            );
+        }
+        if v.num_channels != 3 {
+            return err(
+                "vision_config.num_channels",
+                format!("{}: only RGB (3) images are supported", v.num_channels),
             );
         }
         if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
@@ -337,10 +463,20 @@ impl LlavaConfig {
                 ),
             );
         }
-        if !matches!(t.model_type.as_str(), "llama" | "qwen2") {
+        if !v.has_class_token() && self.drops_cls() {
             return err(
-                "text_config.model_type",
-                format!("{:?}: supported are llama and qwen2", t.model_type),
+                "vision_feature_select_strategy",
+                format!(
+                    "\"default\" drops the tower's first token, but the {} tower has no [CLS]: \
+                     it would drop a patch; SigLIP LLaVA checkpoints use \"full\"",
+                    v.model_type
+                ),
+            );
+        }
+        if t.use_sliding_window {
+            return err(
+                "text_config.use_sliding_window",
+                "sliding-window attention is not supported; set it to false".into(),
             );
         }
         if self.image_token_index as usize >= t.vocab_size {
@@ -366,13 +502,14 @@ impl LlavaConfig {
         k.max(0) as usize
     }
 
-    /// The `default` strategy drops [CLS]; `full` keeps it.
+    /// The `default` strategy drops [CLS]; `full` keeps it (a tower without [CLS] only runs
+    /// with `full`).
     pub fn drops_cls(&self) -> bool {
         self.vision_feature_select_strategy == "default"
     }
 
     pub fn visual_tokens(&self) -> usize {
-        self.vision_config.num_patches() + usize::from(!self.drops_cls())
+        self.vision_config.tokens() - usize::from(self.drops_cls())
     }
 
     pub fn tied_embeddings(&self) -> bool {

@@ -1,5 +1,5 @@
-//! The LLaVA model: configuration and weights, the CLIP vision tower, the projector, the
-//! Llama-family decoder with its KV cache, and generation.
+//! The LLaVA model: configuration and weights, the vision tower (CLIP or SigLIP), the
+//! projector, the Llama-family decoder (Llama, Qwen2) with its KV cache, and generation.
 
 pub mod config;
 mod decoder;

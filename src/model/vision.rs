@@ -1,5 +1,8 @@
-//! The CLIP vision tower (pre-LN ViT): patch embedding as im2col + matmul, [CLS] and position
-//! embeddings, pre-layernorm, then encoder layers up to the one whose output LLaVA reads.
+//! The vision tower (pre-LN ViT), CLIP or SigLIP: patch embedding as im2col + matmul, then
+//! CLIP's [CLS] and position embeddings and pre-layernorm, or SigLIP's learned position
+//! embeddings alone (no [CLS], no pre-layernorm), then encoder layers up to the one whose output
+//! LLaVA reads. SigLIP's post-layernorm and pooling head are not loaded: LLaVA reads a hidden
+//! state (`vision_feature_layer`), which is taken before them.
 
 use super::config::{LlavaConfig, VisionConfig};
 use super::linear::{Linear, Norm};
@@ -32,6 +35,9 @@ struct Workspace {
     v: Tensor,
     mlp: Tensor,
     attn: AttentionScratch,
+    /// Keys averaged over heads `[tokens, head_dim]` (towers without [CLS]), see
+    /// [`VisionTower::head_mean`].
+    keys_mean: Option<Tensor>,
     /// Grid index of every token (-1 for [CLS]), and two buffers for the survivors' indices.
     grid: Tensor,
     kept_grid: [Tensor; 2],
@@ -46,7 +52,7 @@ struct Workspace {
 
 /// Buffers of the merge attribution: which output token absorbed each patch.
 struct MergeTrace {
-    /// `p + 1` for patch p (its token index, [CLS] being 0), copied into `owner` per pass.
+    /// The token index of patch p (`p + 1` when [CLS] is token 0), copied into `owner` per pass.
     init: Tensor,
     /// Output row of each input token of the last step, -1 if pruned.
     route: Tensor,
@@ -54,7 +60,8 @@ struct MergeTrace {
     owner: Tensor,
 }
 
-/// The tower's output: `hidden [tokens, D]` with [CLS] first, and each token's grid index.
+/// The tower's output: `hidden [tokens, D]` ([CLS] first where the tower has one), and each
+/// token's grid index.
 pub struct VisionOutput {
     pub hidden: Tensor,
     pub grid: Tensor,
@@ -68,11 +75,21 @@ pub struct VisionTower {
     cfg: VisionConfig,
     /// Encoder layers to run: the output of the last one is the feature LLaVA reads.
     layers_to_run: usize,
-    quick_gelu: bool,
+    /// The MLP activation as the fc1 epilogue.
+    act: Epilogue,
     patch: WeightMatrix,
-    class: Tensor,
+    /// SigLIP's convolution has a bias; CLIP's has none.
+    patch_bias: Option<Tensor>,
+    /// CLIP's [CLS] embedding and pre-layernorm; SigLIP has neither.
+    class: Option<Tensor>,
     positions: Tensor,
-    pre_norm: Norm,
+    pre_norm: Option<Norm>,
+    /// Without [CLS], the reductions' similarity metric is the keys averaged over heads (the
+    /// FiCoCo note's K for the equivalent-token score a_i = -cos(mu, K_i), also what ToMe's,
+    /// PruMerge's and VisionZip's similarities use on this tower): `k @ head_mean^T` with
+    /// `head_mean [head_dim, D]` holding 1 / heads at `(j, h * head_dim + j)`. CLIP keeps the
+    /// full keys.
+    head_mean: Option<WeightMatrix>,
     layers: Vec<VisionLayer>,
     ws: Workspace,
 }
@@ -81,7 +98,7 @@ impl VisionTower {
     /// Shapes of the workspace tensors x, a, q, k, v, mlp, x_alt: the activation slots this
     /// tower views (see [`Gpu::shared_activations`]).
     pub fn workspace_shapes(vc: &VisionConfig) -> [Vec<usize>; 7] {
-        let t = vc.num_patches() + 1;
+        let t = vc.tokens();
         let d = vc.hidden_size;
         let cols = vc.num_channels * vc.patch_size * vc.patch_size;
         let (a, mlp) = (vec![t, d], vec![t * vc.intermediate_size.max(cols)]);
@@ -108,23 +125,56 @@ impl VisionTower {
         let d = vc.hidden_size;
         let p = vc.patch_size;
         let c = vc.num_channels;
-        let tokens = vc.num_patches() + 1;
-        let quick_gelu = match vc.hidden_act.as_str() {
-            "quick_gelu" => true,
-            "gelu" => false,
+        let tokens = vc.tokens();
+        let cls = vc.has_class_token();
+        let act = match vc.hidden_act.as_str() {
+            "quick_gelu" => Epilogue::QuickGelu,
+            "gelu" => Epilogue::Gelu,
+            // transformers' gelu_new is the same tanh formula.
+            "gelu_pytorch_tanh" | "gelu_new" => Epilogue::GeluTanh,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "vision_config.hidden_act {other:?}: supported are quick_gelu and gelu"
+                    "vision_config.hidden_act {other:?}: supported are quick_gelu, gelu and \
+                     gelu_pytorch_tanh"
                 )))
             }
         };
         let conv = wf.get("vision.embeddings.patch_embedding.weight", &[d, c, p, p])?;
         let patch =
             WeightMatrix::from_out_in(gpu, &conv.data, d, c * p * p, dtype, "patch_embedding")?;
-        let class = super::linear::load_vector(gpu, wf, "vision.embeddings.class_embedding", d)?;
+        let patch_bias = (!cls)
+            .then(|| {
+                super::linear::load_vector(gpu, wf, "vision.embeddings.patch_embedding.bias", d)
+            })
+            .transpose()?;
+        let class = cls
+            .then(|| super::linear::load_vector(gpu, wf, "vision.embeddings.class_embedding", d))
+            .transpose()?;
         let pos = wf.get("vision.embeddings.position_embedding.weight", &[tokens, d])?;
         let positions = gpu.upload_f32(&pos.data, &[tokens, d], "position_embedding")?;
-        let pre_norm = Norm::load(gpu, wf, "vision.pre_layrnorm", d, true)?;
+        let pre_norm = cls
+            .then(|| Norm::load(gpu, wf, "vision.pre_layrnorm", d, true))
+            .transpose()?;
+        let heads = vc.num_attention_heads;
+        let hd = d / heads;
+        let head_mean = if cls {
+            None
+        } else {
+            let mut w = vec![0f32; hd * d];
+            for j in 0..hd {
+                for h in 0..heads {
+                    w[j * d + h * hd + j] = 1.0 / heads as f32;
+                }
+            }
+            Some(WeightMatrix::from_out_in(
+                gpu,
+                &w,
+                hd,
+                d,
+                DType::F32,
+                "key head mean",
+            )?)
+        };
         let layers_to_run = cfg.vision_layers_to_run();
         let inter = vc.intermediate_size;
         let layers = (0..layers_to_run)
@@ -150,7 +200,8 @@ impl VisionTower {
                 .expect("one activation slot per workspace tensor")
                 .view(&s)
         });
-        let grid: Vec<i32> = (-1..tokens as i32 - 1).collect();
+        let first = -i32::from(cls);
+        let grid: Vec<i32> = (first..first + tokens as i32).collect();
         let kept = |i| gpu.zeros(&[tokens], DType::I32, &format!("vision kept grid {i}"));
         let ws = Workspace {
             x,
@@ -161,6 +212,10 @@ impl VisionTower {
             v,
             mlp,
             attn: AttentionScratch::new(gpu, tokens, vc.num_attention_heads)?,
+            keys_mean: head_mean
+                .is_some()
+                .then(|| gpu.zeros(&[tokens, hd], DType::F32, "vision keys head mean"))
+                .transpose()?,
             grid: gpu.upload_i32(&grid, &[tokens], "vision grid index")?,
             kept_grid: [kept(0)?, kept(1)?],
             reduce: None,
@@ -170,11 +225,13 @@ impl VisionTower {
         Ok(Self {
             cfg: vc,
             layers_to_run,
-            quick_gelu,
+            act,
             patch,
+            patch_bias,
             class,
             positions,
             pre_norm,
+            head_mean,
             layers,
             ws,
         })
@@ -184,9 +241,31 @@ impl VisionTower {
         &self.cfg
     }
 
-    /// Tokens in the sequence: patches plus [CLS].
+    /// Tokens in the sequence: the patches, plus [CLS] where the tower has one.
     pub fn tokens(&self) -> usize {
-        self.cfg.num_patches() + 1
+        self.cfg.tokens()
+    }
+
+    /// Where the step finds [CLS] and the patch grid.
+    fn spans(&self) -> Spans {
+        Spans {
+            cls: self.class.is_some().then_some(0),
+            grid: Some(self.cfg.grid_side()),
+            ..Spans::default()
+        }
+    }
+
+    /// The reductions' similarity metric from the keys `k [t, D]` of a scored layer: the keys
+    /// themselves, or (without [CLS]) their mean over heads.
+    fn metric(&self, b: &mut Batch, k: &Tensor, t: usize) -> Result<Tensor> {
+        match (&self.head_mean, &self.ws.keys_mean) {
+            (Some(w), Some(m)) => {
+                let m = m.view(&[t, m.shape()[1]]);
+                ops::matmul(b, k, w, None, Epilogue::None, &m)?;
+                Ok(m)
+            }
+            _ => Ok(k.clone()),
+        }
     }
 
     pub fn layers_to_run(&self) -> usize {
@@ -215,7 +294,14 @@ impl VisionTower {
         if let Some(r) = reduce {
             self.check_reduction(r)?;
         }
-        let last = self.layers_to_run - 1;
+        if (reduce.is_some() || score_output) && self.layers_to_run == 0 {
+            return Err(Error::InvalidArgument(
+                "vision_feature_layer 0 reads the embeddings: no tower layer to reduce after \
+                 or to score with"
+                    .into(),
+            ));
+        }
+        let last = self.layers_to_run.saturating_sub(1);
         if (reduce.is_some() || score_output) && ws.reduce.is_none() {
             return Err(Error::InvalidArgument(
                 "call prepare_reduction before reducing in the vision tower".into(),
@@ -226,12 +312,19 @@ impl VisionTower {
                 "the tower's output is reduced at the projector: layer {last} cannot also reduce"
             )));
         }
-        let cols = ws.mlp.view(&[t - 1, vc.num_channels * p * p]);
-        let patches = ws.q.view(&[t - 1, d]);
+        let np = vc.num_patches();
+        let cols = ws.mlp.view(&[np, vc.num_channels * p * p]);
+        let patches = ws.q.view(&[np, d]);
         ops::im2col(b, pixels, p, &cols)?;
-        ops::matmul(b, &cols, &self.patch, None, Epilogue::None, &patches)?;
-        ops::vision_embed(b, &patches, &self.class, &self.positions, &ws.a)?;
-        self.pre_norm.forward(b, &ws.a, eps, &ws.x)?;
+        let bias = self.patch_bias.as_ref();
+        ops::matmul(b, &cols, &self.patch, bias, Epilogue::None, &patches)?;
+        match &self.pre_norm {
+            Some(norm) => {
+                ops::vision_embed(b, &patches, self.class.as_ref(), &self.positions, &ws.a)?;
+                norm.forward(b, &ws.a, eps, &ws.x)?;
+            }
+            None => ops::vision_embed(b, &patches, self.class.as_ref(), &self.positions, &ws.x)?,
+        }
         let heads = vc.num_attention_heads;
         let hd = d / heads;
         let shape = AttentionShape {
@@ -241,16 +334,8 @@ impl VisionTower {
             causal: false,
             scale: (hd as f32).powf(-0.5),
         };
-        let act = if self.quick_gelu {
-            Epilogue::QuickGelu
-        } else {
-            Epilogue::Gelu
-        };
-        let spans = Spans {
-            cls: Some(0),
-            grid: Some(vc.image_size / vc.patch_size),
-            ..Spans::default()
-        };
+        let act = self.act;
+        let spans = self.spans();
         let (mut x, mut x_alt) = (&ws.x, &ws.x_alt);
         let mut grid = ws.grid.clone();
         if let Some(tr) = &ws.trace {
@@ -307,9 +392,10 @@ impl VisionTower {
                 let kept_buf = &ws.kept_grid[usize::from(grid.same_buffer(&ws.kept_grid[0]))];
                 let kept = kept_buf.view(&[t - drop]);
                 let carried = sizes.map(|z| z.view(&[t]));
+                let metric = self.metric(b, &k, t)?;
                 let input = StepInput {
                     hidden: &xt,
-                    keys: Some(&k),
+                    keys: Some(&metric),
                     attn: probs,
                     positions: &grid.view(&[t]),
                     sizes: carried.as_ref(),
@@ -341,7 +427,7 @@ impl VisionTower {
     }
 
     /// Reduce the tower's output after projection: `projected [t, D]` (the output tokens in
-    /// the LLM's width, row 0 [CLS]) becomes `reduced [t - drop, D]`, scored by the attention
+    /// the LLM's width, row 0 [CLS] where the tower has one) becomes `reduced [t - drop, D]`, scored by the attention
     /// and keys of the last layer (a [`Self::forward`] with `score_output` in the same batch).
     /// Returns the survivors' grid indices.
     pub fn reduce_output(
@@ -362,14 +448,11 @@ impl VisionTower {
         let (t, d) = (out.tokens, self.cfg.hidden_size);
         let kept_buf = &ws.kept_grid[usize::from(out.grid.same_buffer(&ws.kept_grid[0]))];
         let kept = kept_buf.view(&[t - drop]);
-        let spans = Spans {
-            cls: Some(0),
-            grid: Some(self.cfg.image_size / self.cfg.patch_size),
-            ..Spans::default()
-        };
+        let spans = self.spans();
+        let metric = self.metric(b, &ws.k.view(&[t, d]), t)?;
         let input = StepInput {
             hidden: projected,
-            keys: Some(&ws.k.view(&[t, d])),
+            keys: Some(&metric),
             attn: &scratch.probs.view(&[t, t]),
             positions: &out.grid,
             sizes: None,
@@ -397,8 +480,9 @@ impl VisionTower {
         if !on {
             self.ws.trace = None;
         } else if self.ws.trace.is_none() {
-            let (t, patches) = (self.tokens(), self.tokens() - 1);
-            let init: Vec<i32> = (1..=patches as i32).collect();
+            let (t, patches) = (self.tokens(), self.cfg.num_patches());
+            let first = i32::from(self.class.is_some());
+            let init: Vec<i32> = (first..first + patches as i32).collect();
             self.ws.trace = Some(MergeTrace {
                 init: gpu.upload_i32(&init, &[patches], "merge owner init")?,
                 route: gpu.zeros(&[t], DType::I32, "merge routes")?,
@@ -426,12 +510,11 @@ impl VisionTower {
         if let Some(&(layer, _)) = r.drops.iter().find(|(l, _)| *l >= self.layers_to_run) {
             return Err(Error::InvalidArgument(format!(
                 "a vision reduction after layer {layer}, but only layers 0..{} run (the \
-                 projector reads layer {})",
-                self.layers_to_run,
-                self.layers_to_run - 1
+                 projector reads the output of the first {} layers)",
+                self.layers_to_run, self.layers_to_run
             )));
         }
-        let patches = self.tokens() - 1;
+        let patches = self.cfg.num_patches();
         if r.total() >= patches {
             return Err(Error::InvalidArgument(format!(
                 "the vision reduction drops {} of {patches} patch tokens; keep at least one",
@@ -456,8 +539,9 @@ impl VisionTower {
             .sum();
         layers
             + self.patch.bytes()
-            + self.class.buffer_bytes()
+            + self.patch_bias.as_ref().map_or(0, |b| b.buffer_bytes())
+            + self.class.as_ref().map_or(0, |c| c.buffer_bytes())
             + self.positions.buffer_bytes()
-            + self.pre_norm.bytes()
+            + self.pre_norm.as_ref().map_or(0, |n| n.bytes())
     }
 }

@@ -20,6 +20,8 @@ const WG: u32 = 256;
 pub enum Activation {
     /// Exact (erf) GELU, as torch `nn.GELU()`.
     Gelu,
+    /// The tanh approximation, as torch `nn.GELU(approximate="tanh")` (SigLIP's).
+    GeluTanh,
     /// `x * sigmoid(1.702 x)`, CLIP's.
     QuickGelu,
     Silu,
@@ -29,6 +31,7 @@ impl Activation {
     pub(crate) fn flag(self) -> &'static str {
         match self {
             Activation::Gelu => "ACT_GELU",
+            Activation::GeluTanh => "ACT_GELU_TANH",
             Activation::QuickGelu => "ACT_QUICK_GELU",
             Activation::Silu => "ACT_SILU",
         }

@@ -182,6 +182,8 @@ pub enum Epilogue {
     None,
     /// Exact (erf) GELU.
     Gelu,
+    /// Tanh-approximated GELU (`gelu_pytorch_tanh`).
+    GeluTanh,
     QuickGelu,
     /// `out += result` (residual adds).
     Accumulate,
@@ -190,6 +192,7 @@ pub enum Epilogue {
 impl Epilogue {
     fn flags(self, k: Kernel) -> Kernel {
         k.flag_if("EPI_GELU", self == Epilogue::Gelu)
+            .flag_if("EPI_GELU_TANH", self == Epilogue::GeluTanh)
             .flag_if("EPI_QUICK_GELU", self == Epilogue::QuickGelu)
             .flag_if("EPI_ACCUMULATE", self == Epilogue::Accumulate)
     }

@@ -1,4 +1,4 @@
-//! CLIP's patch embedding as im2col + matmul, and the [CLS] + position embedding step
+//! The ViT patch embedding as im2col + matmul, and the ([CLS] +) position embedding step
 //! (`shaders/patch.wgsl`).
 
 use super::{dims2, expect_shape};
@@ -18,7 +18,9 @@ struct Params {
 
 const WG: u32 = 256;
 
-/// `pixels [3, H, W]` -> `out [P, 3*patch*patch]`, patches in row-major grid order.
+/// `pixels [3, H, W]` -> `out [P, 3*patch*patch]`, patches in row-major grid order over the
+/// `(H / patch) x (W / patch)` grid (the remainder rows and columns are dropped, as the unpadded
+/// stride-`patch` convolution does).
 pub fn im2col(b: &mut Batch, pixels: &Tensor, patch: usize, out: &Tensor) -> Result<()> {
     let [c, h, w] = pixels.shape() else {
         return Err(Error::shape(
@@ -27,10 +29,10 @@ pub fn im2col(b: &mut Batch, pixels: &Tensor, patch: usize, out: &Tensor) -> Res
             format!("{:?}", pixels.shape()),
         ));
     };
-    if *c != 3 || patch == 0 || h % patch != 0 || w % patch != 0 {
+    if *c != 3 || patch == 0 || *h < patch || *w < patch {
         return Err(Error::shape(
             "pixels",
-            format!("[3, H, W] with H and W multiples of {patch}"),
+            format!("[3, H, W] with H and W at least {patch}"),
             format!("{:?}", pixels.shape()),
         ));
     }
@@ -50,18 +52,22 @@ pub fn im2col(b: &mut Batch, pixels: &Tensor, patch: usize, out: &Tensor) -> Res
     b.dispatch(&k, &p, &[Bind::R(pixels), Bind::W(out)], grid)
 }
 
-/// `out[0] = class + positions[0]`, `out[1 + p] = patches[p] + positions[1 + p]`.
+/// With `class` (CLIP): `out[0] = class + positions[0]`, `out[1 + p] = patches[p] +
+/// positions[1 + p]`; without (SigLIP): `out[p] = patches[p] + positions[p]`.
 pub fn vision_embed(
     b: &mut Batch,
     patches: &Tensor,
-    class: &Tensor,
+    class: Option<&Tensor>,
     positions: &Tensor,
     out: &Tensor,
 ) -> Result<()> {
     let (np, d) = dims2("patch embeddings", patches)?;
-    expect_shape("class embedding", class, &[d])?;
-    expect_shape("position embeddings", positions, &[np + 1, d])?;
-    expect_shape("vision embeddings", out, &[np + 1, d])?;
+    let t = np + usize::from(class.is_some());
+    if let Some(class) = class {
+        expect_shape("class embedding", class, &[d])?;
+    }
+    expect_shape("position embeddings", positions, &[t, d])?;
+    expect_shape("vision embeddings", out, &[t, d])?;
     let n = out.numel() as u32;
     let p = Params {
         n,
@@ -72,16 +78,13 @@ pub fn vision_embed(
         _pad: [0; 3],
     };
     let grid = b.gpu().grid(n.div_ceil(WG));
-    let k = Kernel::new("patch", "vision_embed").define("WG", format!("{WG}u"));
-    b.dispatch(
-        &k,
-        &p,
-        &[
-            Bind::R(patches),
-            Bind::W(out),
-            Bind::R(class),
-            Bind::R(positions),
-        ],
-        grid,
-    )
+    let k = Kernel::new("patch", "vision_embed")
+        .define("WG", format!("{WG}u"))
+        .flag_if("CLASS_TOKEN", class.is_some());
+    let mut binds = vec![Bind::R(patches), Bind::W(out)];
+    if let Some(class) = class {
+        binds.push(Bind::R(class));
+    }
+    binds.push(Bind::R(positions));
+    b.dispatch(&k, &p, &binds, grid)
 }

@@ -1,6 +1,7 @@
-//! CLIP image preprocessing as transformers' PIL-based `CLIPImageProcessor` does it: RGB
-//! conversion (RGBA composited onto white), shortest-edge resize with Pillow's fixed-point
-//! separable filters, centre crop, rescale and normalise. The resize reproduces Pillow bit for
+//! CLIP and SigLIP image preprocessing as transformers' PIL-based `CLIPImageProcessor` and
+//! `SiglipImageProcessor` do it: RGB conversion (RGBA composited onto white), resize with
+//! Pillow's fixed-point separable filters (CLIP: shortest edge, then centre crop; SigLIP: to a
+//! square, no crop), rescale and normalise. The resize reproduces Pillow bit for
 //! bit because a one-level difference in a uint8 pixel is ~0.015 after normalisation, far above
 //! the 1e-4 the oracle tests allow.
 
@@ -143,10 +144,15 @@ struct RawProcessorConfig {
 
 const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+/// transformers' IMAGENET_STANDARD_MEAN / _STD, SigLIP's defaults.
+const STANDARD_MEAN: [f32; 3] = [0.5; 3];
+const STANDARD_STD: [f32; 3] = [0.5; 3];
 
 impl ImageProcessorConfig {
     /// Parse a `preprocessor_config.json` text; `source` names it in errors. Missing fields take
-    /// transformers' `CLIPImageProcessor` defaults.
+    /// the defaults of the processor class `image_processor_type` names: `CLIPImageProcessor`'s
+    /// (also when unnamed) or `SiglipImageProcessor`'s (224 x 224 square resize, no centre crop,
+    /// mean = std = 0.5).
     pub fn from_json_str(text: &str, source: &Path) -> Result<Self, PreprocessError> {
         let bad = |field: &str, message: String| PreprocessError::Config {
             path: source.to_path_buf(),
@@ -155,6 +161,10 @@ impl ImageProcessorConfig {
         };
         let raw: RawProcessorConfig =
             serde_json::from_str(text).map_err(|e| bad("(json)", e.to_string()))?;
+        let siglip = raw
+            .image_processor_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("SiglipImageProcessor"));
         if let Some(t) = &raw.image_processor_type {
             if !t.starts_with("CLIPImageProcessor") && !t.starts_with("SiglipImageProcessor") {
                 return Err(bad(
@@ -171,6 +181,10 @@ impl ImageProcessorConfig {
         }
         let resize = if raw.do_resize.unwrap_or(true) {
             let to = match &raw.size {
+                None if siglip => ResizeTo::Exact {
+                    height: 224,
+                    width: 224,
+                },
                 None => ResizeTo::ShortestEdge(224),
                 Some(v) => parse_size(v).ok_or_else(|| {
                     bad(
@@ -192,7 +206,7 @@ impl ImageProcessorConfig {
         } else {
             None
         };
-        let center_crop = if raw.do_center_crop.unwrap_or(true) {
+        let center_crop = if raw.do_center_crop.unwrap_or(!siglip) {
             match &raw.crop_size {
                 None => Some((224, 224)),
                 Some(v) => Some(parse_crop(v).ok_or_else(|| {
@@ -216,8 +230,12 @@ impl ImageProcessorConfig {
                 Some(v) if v.len() == 1 => Ok([v[0]; 3]),
                 Some(v) => Err(bad(field, format!("{} values; expected 3", v.len()))),
             };
-            let mean = three(raw.image_mean, OPENAI_CLIP_MEAN, "image_mean")?;
-            let std = three(raw.image_std, OPENAI_CLIP_STD, "image_std")?;
+            let (mean0, std0) = match siglip {
+                true => (STANDARD_MEAN, STANDARD_STD),
+                false => (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+            };
+            let mean = three(raw.image_mean, mean0, "image_mean")?;
+            let std = three(raw.image_std, std0, "image_std")?;
             if std.contains(&0.0) {
                 return Err(bad("image_std", "contains 0".into()));
             }

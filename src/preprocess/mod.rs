@@ -1,7 +1,8 @@
 //! Turning an image and a question into model inputs, exactly as the HF `LlavaProcessor` does:
-//! [`ImageProcessor`] (CLIP resize, crop, rescale, normalise; Pillow-exact bicubic),
-//! [`Tokenizer`] (`tokenizer.json`), and the llava-1.5 prompt with `<image>` expanded to the
-//! number of visual tokens ([`chat_prompt`], [`build_prompt_ids`]).
+//! [`ImageProcessor`] (CLIP's resize and crop or SigLIP's square resize, rescale, normalise;
+//! Pillow-exact bicubic), [`Tokenizer`] (`tokenizer.json`), and the chat prompt (llava-1.5 or
+//! ChatML, [`PromptFormat`]) with `<image>` expanded to the number of visual tokens
+//! ([`chat_prompt`], [`build_prompt_ids`]).
 
 mod chat;
 mod gguf_vocab;
@@ -11,7 +12,7 @@ mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use image::{decode_image, load_image, ImageProcessor, ImageProcessorConfig};
-pub use prompt::{build_prompt_ids, chat_prompt, PromptIds, IMAGE_PLACEHOLDER};
+pub use prompt::{build_prompt_ids, chat_prompt, PromptFormat, PromptIds, IMAGE_PLACEHOLDER};
 pub use tokenizer::{TextStream, Tokenizer};
 
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! The llava-1.5 prompt and its token ids with the image placeholder expanded.
+//! The chat prompts (llava-1.5's, and ChatML for Qwen2-based models) and their token ids with
+//! the image placeholder expanded.
 
 use super::{PreprocessError, Tokenizer};
 
@@ -18,7 +19,42 @@ pub struct PromptIds {
 
 /// `USER: <image>\n{question} ASSISTANT:`, the llava-1.5 chat template.
 pub fn chat_prompt(question: &str) -> String {
-    format!("USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
+    PromptFormat::Llava15.prompt(question)
+}
+
+/// The single-turn, single-image prompt of a model's chat template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptFormat {
+    /// `USER: <image>\n{question} ASSISTANT:` (llava-1.5, Vicuna).
+    Llava15,
+    /// `<|im_start|>user\n<image>\n{question}<|im_end|>\n<|im_start|>assistant\n`: what the
+    /// ChatML template of llava-interleave-qwen renders for one user turn holding an image and a
+    /// text (images first), with the generation prompt and no system turn.
+    ChatMl,
+}
+
+impl PromptFormat {
+    /// ChatML when the tokenizer has ChatML's turn tokens (Qwen2's), else llava-1.5.
+    pub fn detect(tokenizer: &Tokenizer) -> Self {
+        let chatml = ["<|im_start|>", "<|im_end|>"]
+            .iter()
+            .all(|t| tokenizer.token_id(t).is_some());
+        if chatml {
+            PromptFormat::ChatMl
+        } else {
+            PromptFormat::Llava15
+        }
+    }
+
+    pub fn prompt(self, question: &str) -> String {
+        match self {
+            PromptFormat::Llava15 => format!("USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:"),
+            PromptFormat::ChatMl => format!(
+                "<|im_start|>user\n{IMAGE_PLACEHOLDER}\n{question}<|im_end|>\n\
+                 <|im_start|>assistant\n"
+            ),
+        }
+    }
 }
 
 /// Tokenize `text`, which holds the image token (`<image>`) exactly once, after expanding it to

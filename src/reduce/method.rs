@@ -119,7 +119,7 @@ pub struct RandomDrop {
 
 impl Reduction {
     /// FiCoCo-V: redundancy from received attention minus [CLS] attention (without [CLS], plus
-    /// the metric's cosine to the mean token), local penalty, attention correlation with
+    /// the metric's cosine to the mean token: the equivalent token), local penalty, attention correlation with
     /// adaptive K, self-preserving compress.
     pub fn ficoco_v(p: FicocoV) -> Self {
         Reduction {
@@ -184,9 +184,16 @@ impl Reduction {
         Self::prune_by_attention(Rows::LastText)
     }
 
-    /// Keep the tokens [CLS] attends to most.
+    /// Keep the tokens [CLS] attends to most (without [CLS]: the equivalent token's highest
+    /// `a_i = -cos(mu, K_i)`, the keys least like the mean key).
     pub fn topk_cls() -> Self {
-        Self::prune_by_attention(Rows::Cls)
+        Reduction {
+            filter: Filter::Importance {
+                score: Score::ClsOrEquivalent,
+            },
+            correlate: Correlate::None,
+            compress: Compress::SelfPreserving,
+        }
     }
 
     /// ToMe: bipartite split by candidate position, set A's tokens most similar to set B merge
@@ -207,11 +214,13 @@ impl Reduction {
     }
 
     /// EViT: keep the tokens [CLS] attends to most; the others fuse into one new token
-    /// weighted by their [CLS] attention.
+    /// weighted by their [CLS] attention. Without [CLS] the equivalent token ranks (see
+    /// [`Score::ClsOrEquivalent`]) and the fused token is the plain mean: a cosine is no
+    /// attention weight.
     pub fn evit() -> Self {
         Reduction {
             filter: Filter::Importance {
-                score: Score::Attention(Rows::Cls),
+                score: Score::ClsOrEquivalent,
             },
             correlate: Correlate::Group(Grouping::One),
             compress: Compress::ScoreWeighted { renormalise: false },
@@ -235,11 +244,12 @@ impl Reduction {
     }
 
     /// LLaVA-PruMerge (fixed drop): keep the tokens [CLS] attends to most; each kept token
-    /// absorbs its `knn` most similar discarded tokens, weighted by [CLS] attention.
+    /// absorbs its `knn` most similar discarded tokens, weighted by [CLS] attention. Without
+    /// [CLS] the equivalent token ranks and the merge is the plain mean (as for EViT).
     pub fn prumerge(p: PruMerge) -> Self {
         Reduction {
             filter: Filter::Importance {
-                score: Score::Attention(Rows::Cls),
+                score: Score::ClsOrEquivalent,
             },
             correlate: Correlate::Similarity {
                 targets: TargetRule::TopK(p.knn),
@@ -250,12 +260,12 @@ impl Reduction {
         }
     }
 
-    /// VisionZip: dominant tokens by [CLS] attention plus contextual tokens averaged around
-    /// evenly spaced centres of the rest.
+    /// VisionZip: dominant tokens by [CLS] attention (without [CLS]: by the equivalent token)
+    /// plus contextual tokens averaged around evenly spaced centres of the rest.
     pub fn visionzip(p: VisionZip) -> Self {
         Reduction {
             filter: Filter::Importance {
-                score: Score::Attention(Rows::Cls),
+                score: Score::ClsOrEquivalent,
             },
             correlate: Correlate::Group(Grouping::Spaced {
                 contextual: p.contextual,

@@ -32,7 +32,11 @@ pub enum Score {
     /// `mean over rows of A[row, i]`.
     Attention(Rows),
     /// `A[cls, i]`; without a [CLS] token FiCoCo's equivalent-token score
-    /// `a_i = -cos(mu, M_i)`, `mu` the candidates' mean metric row (reference F1).
+    /// `a_i = -cos(mu, M_i)`, `mu` the candidates' mean metric row (reference F1). The one
+    /// implementation of "[CLS] attention" for every method that reads it (FiCoCo-V's semantic
+    /// term, EViT, PruMerge, VisionZip, top-k [CLS]); on a tower without [CLS] (SigLIP) the
+    /// model's metric is the keys averaged over heads, as the FiCoCo note defines K. A
+    /// score-weighted compress cannot weight by a cosine: without [CLS] it averages.
     ClsOrEquivalent,
     /// ToMe's bipartite split: candidates at even positions (set A) score their highest metric
     /// cosine to the candidates at odd positions (set B); set B is never discarded.

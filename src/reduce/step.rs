@@ -321,7 +321,9 @@ impl ReductionStep {
         let n_out = n - drop;
         let scores = self.scores.view(&[np]);
         let sizes = self.sizes.view(&[n_out]);
-        let weighting = weighting(r.compress);
+        // The equivalent token's cosines are no attention weights: average instead.
+        let by_cosine = spans.cls.is_none() && r.filter.has(Score::ClsOrEquivalent);
+        let weighting = weighting(r.compress, by_cosine);
         let average = r.compress != Compress::SelfPreserving;
         let norms = self.norms.view(&[n]);
         // Only ToMe's size-weighted average reads the sizes carried from earlier steps.
@@ -648,9 +650,15 @@ fn check_method(
     Ok(())
 }
 
-fn weighting(c: Compress) -> Weighting {
+/// How the compress weighs merged tokens; `by_cosine`: the scores are the equivalent token's
+/// cosines, which cannot weigh, so a score-weighted compress averages.
+fn weighting(c: Compress, by_cosine: bool) -> Weighting {
     match c {
         Compress::SelfPreserving | Compress::Average | Compress::SizeWeighted => Weighting {
+            normalise: true,
+            ..Weighting::default()
+        },
+        Compress::ScoreWeighted { .. } if by_cosine => Weighting {
             normalise: true,
             ..Weighting::default()
         },

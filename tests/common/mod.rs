@@ -69,6 +69,12 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     }
 }
 
+/// torch's `gelu(x, approximate="tanh")` in f64.
+pub fn gelu_tanh64(x: f64) -> f64 {
+    let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3));
+    0.5 * x * (1.0 + u.tanh())
+}
+
 /// erf in f64: Taylor series near 0, the Laplace continued fraction for erfc beyond 2.5
 /// (the series cancels catastrophically there).
 pub fn erf64(x: f64) -> f64 {
