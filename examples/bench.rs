@@ -250,6 +250,8 @@ fn run() -> ficoco::Result<()> {
     let mut methods: Vec<String> = Vec::new();
     let mut budgets: Vec<usize> = vec![192, 128, 64];
     let mut runs = 2;
+    let mut gguf: Option<std::path::PathBuf> = None;
+    let mut peers = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -262,6 +264,8 @@ fn run() -> ficoco::Result<()> {
                 }
             }
             "--json" => json = true,
+            "--gguf" => gguf = args.next().map(Into::into),
+            "--peers" => peers = true,
             "--reduce" => {
                 let list = args.next().unwrap_or_default();
                 methods = if list == "all" {
@@ -297,10 +301,13 @@ fn run() -> ficoco::Result<()> {
             }
             other => {
                 return Err(ficoco::Error::InvalidArgument(format!(
-                    "unknown option {other}; usage: bench [--preset xs|tinyllava] [--dtype f16|f32] [--json] [--reduce all|M1,M2] [--budgets 192,128,64] [--runs N]"
+                    "unknown option {other}; usage: bench [--preset xs|tinyllava] [--dtype f16|f32] [--json] [--reduce all|M1,M2] [--budgets 192,128,64] [--runs N] | bench --gguf FILE [--peers] [--runs N] [--json]"
                 )))
             }
         }
+    }
+    if let Some(file) = gguf {
+        return gguf_bench(&file, dtype, runs, peers, json);
     }
     let p = PRESETS.iter().find(|p| p.name == preset).ok_or_else(|| {
         ficoco::Error::InvalidArgument(format!("preset {preset:?}: known are xs, tinyllava"))
@@ -680,4 +687,120 @@ fn reduction_overhead_ms(
         total += best;
     }
     Ok(total)
+}
+
+/// A real GGUF decoder: prefill of a 128-token prompt and 32 decode steps (best of `runs`), GPU
+/// memory against the file's tensor bytes plus the KV cache, weight bytes read per decode step
+/// as GB/s; with `--peers`, transformers, llama.cpp (when installed) and numpy's matvec
+/// bandwidth on the same file and machine (scripts/bench_gguf_peers.py, `FICOCO_PYTHON`).
+fn gguf_bench(
+    file: &Path,
+    dtype: DType,
+    runs: usize,
+    peers: bool,
+    json: bool,
+) -> ficoco::Result<()> {
+    use ficoco::model::{GenerateOptions, Gguf, Sampling, TextModel};
+    const PROMPT: usize = 128;
+    const DECODE: usize = 32;
+    let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
+    if !json {
+        eprintln!("adapter: {}", gpu.describe());
+        eprintln!("loading {} ...", file.display());
+    }
+    let g = Gguf::open(file)?;
+    let tensor_bytes = g.tensor_bytes();
+    let vocab = g.text_config()?.vocab_size;
+    gpu.reset_peak();
+    let opts = LoadOptions {
+        dtype,
+        quantize: None,
+        max_prompt_tokens: PROMPT,
+        max_context: PROMPT + DECODE,
+    };
+    let mut model = TextModel::from_gguf(gpu.clone(), g, &opts)?;
+    // The ids the peers script uses: ordinary tokens away from the special ones.
+    let span = vocab.min(30000) - 200;
+    let ids: Vec<u32> = (0..PROMPT)
+        .map(|i| (100 + (i * 7919) % span) as u32)
+        .collect();
+    let gen = GenerateOptions {
+        max_new_tokens: DECODE + 1,
+        sampling: Sampling::Greedy,
+        stop_tokens: vec![],
+        keep_prefill_logits: false,
+    };
+    let (mut prefill, mut decode) = (f64::MAX, f64::MAX);
+    for run in 0..runs.max(1) {
+        let out = pollster::block_on(model.generate(&ids, &gen, |_| true))?;
+        prefill = prefill.min(out.timings.prefill_ms);
+        decode = decode.min(out.timings.decode_ms / DECODE as f64);
+        if !json {
+            eprintln!(
+                "run {run}: prefill {:.0} ms, decode {:.1} ms/token",
+                out.timings.prefill_ms,
+                out.timings.decode_ms / DECODE as f64
+            );
+        }
+    }
+    let (_, peak) = gpu.memory();
+    let kv = model.kv_cache_bytes();
+    let read = model.decode_read_bytes();
+    let gbps = read as f64 / (decode / 1e3) / 1e9;
+    let peers = if peers {
+        let py = std::env::var("FICOCO_PYTHON").unwrap_or(".venv/bin/python".into());
+        let out = std::process::Command::new(&py)
+            .args([
+                "scripts/bench_gguf_peers.py",
+                &file.to_string_lossy(),
+                "--bytes",
+                &read.to_string(),
+            ])
+            .output()
+            .map_err(|e| {
+                ficoco::Error::InvalidArgument(format!("{py}: {e} (set FICOCO_PYTHON)"))
+            })?;
+        if !out.status.success() {
+            return Err(ficoco::Error::InvalidArgument(format!(
+                "scripts/bench_gguf_peers.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| ficoco::Error::InvalidArgument(e.to_string()))?
+    } else {
+        serde_json::Value::Null
+    };
+    let report = serde_json::json!({
+        "file": file.display().to_string(),
+        "adapter": gpu.describe(),
+        "matvec_variant": "qmatmul_lanes on CPU adapters, qmatvec_split elsewhere",
+        "prompt_tokens": PROMPT,
+        "prefill_tokens_per_s": PROMPT as f64 / (prefill / 1e3),
+        "decode_tokens_per_s": 1e3 / decode,
+        "decode_read_bytes": read,
+        "decode_gb_per_s": gbps,
+        "gguf_tensor_bytes": tensor_bytes,
+        "kv_cache_bytes": kv,
+        "peak_gpu_bytes": peak,
+        "peak_over_tensors_kv": peak as f64 / (tensor_bytes + kv) as f64,
+        "peers": peers,
+    });
+    if json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!("| file | prefill tokens/s ({PROMPT}) | decode tokens/s | decode GB/s | peak / (tensors + KV) |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {:.1} | {:.2} | {gbps:.2} | {:.3} |",
+        file.display(),
+        PROMPT as f64 / (prefill / 1e3),
+        1e3 / decode,
+        peak as f64 / (tensor_bytes + kv) as f64
+    );
+    if !peers.is_null() {
+        println!("peers: {peers}");
+    }
+    Ok(())
 }

@@ -1,24 +1,30 @@
-//! Answer a question about an image with a LLaVA model.
+//! Answer a question about an image with a LLaVA model, or chat with a llama.cpp GGUF decoder.
 //!
 //! cargo run --release --example generate -- --model assets/llava-vqa \
 //!     --image assets/vqa-test/images/000004.png --prompt "What character is on the label?"
+//! cargo run --release --example generate -- \
+//!     --model weights/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --prompt "Write a haiku."
 
 #[path = "common/cli.rs"]
 mod cli;
 
 use ficoco::gpu::{DType, Gpu, GpuOptions};
-use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::model::{GenerateOptions, Gguf, Llava, LoadOptions, Sampling, TextModel};
+use ficoco::ops::GgmlType;
 use ficoco::pipeline;
-use ficoco::preprocess::{self, ImageProcessor, TextStream, Tokenizer};
+use ficoco::preprocess::{self, ChatMessage, ChatTemplate, ImageProcessor, TextStream, Tokenizer};
 use ficoco::reduce::budget::Budget;
 use ficoco::reduce::{KvReduceSpec, ReduceSpec};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT | --raw-prompt TEXT)
-  --model DIR            model directory (default assets/llava-vqa, the trained demo model)
-  --image PATH           input image (PNG or JPEG)
+const USAGE: &str =
+    "usage: generate [--model DIR|FILE.gguf] [--image PATH] (--prompt TEXT | --raw-prompt TEXT)
+  --model DIR            llava-hf model directory (default assets/llava-vqa, the trained demo
+                         model), or a llama.cpp GGUF file (llama or qwen2 decoder): text-only
+                         generation with the file's tokenizer and chat template
+  --image PATH           input image (PNG or JPEG); required for LLaVA models
   --prompt TEXT          question, wrapped in the model's chat template (llava-1.5, or
                          ChatML when the tokenizer has <|im_start|> / <|im_end|>)
   --raw-prompt TEXT      full prompt used as given; must contain <image> once
@@ -27,7 +33,9 @@ const USAGE: &str = "usage: generate [--model DIR] --image PATH (--prompt TEXT |
   --temperature T        sample at temperature T (with --top-p, --seed)
   --top-p P              nucleus mass, default 1.0
   --seed S               sampling seed, default 0
-  --dtype f16|f32        weight storage type, default f16
+  --dtype f16|f32        storage type of dense weights, default f16
+  --quantize q8_0|q4_k   quantise the decoder's dense matrices while loading (GGUF tensors that
+                         are already quantised stay as they are)
   --json                 print one JSON object instead of streaming text
   --dump-logits FILE     write the prefill's last-position logits (safetensors, `logits`)
   --reduce METHOD[:B]    visual-token reduction: ficoco-v, ficoco-l, ficoco-vl, tome, evit,
@@ -54,6 +62,7 @@ struct Args {
     top_p: f32,
     seed: u64,
     dtype: DType,
+    quantize: Option<GgmlType>,
     json: bool,
     dump_logits: Option<PathBuf>,
     reduce: ReduceSpec,
@@ -73,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         top_p: 1.0,
         seed: 0,
         dtype: DType::F16,
+        quantize: None,
         json: false,
         dump_logits: None,
         reduce: ReduceSpec {
@@ -116,6 +126,13 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--dtype {other}: expected f16 or f32")),
                 }
             }
+            "--quantize" => {
+                a.quantize = Some(match value()?.as_str() {
+                    "q8_0" => GgmlType::Q8_0,
+                    "q4_k" => GgmlType::Q4K,
+                    other => return Err(format!("--quantize {other}: expected q8_0 or q4_k")),
+                })
+            }
             "--json" => a.json = true,
             "--dump-logits" => a.dump_logits = Some(value()?.into()),
             "--reduce" => a.reduce = value()?.parse().map_err(|e| format!("--reduce: {e}"))?,
@@ -126,8 +143,15 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    if a.image.as_os_str().is_empty() {
-        return Err("--image is required".into());
+    if is_gguf(&a) {
+        if !a.image.as_os_str().is_empty() {
+            return Err("a GGUF model runs text-only here: leave out --image (llama.cpp's mmproj vision files are not supported yet)".into());
+        }
+        if a.reduce.method != "none" || a.reduce_kv.is_some() || a.show_kept.is_some() {
+            return Err("--reduce, --reduce-kv and --show-kept need an image: they do not apply to a text-only GGUF model".into());
+        }
+    } else if a.image.as_os_str().is_empty() {
+        return Err("--image is required for a LLaVA model directory".into());
     }
     match (&a.prompt, &a.raw_prompt) {
         (None, None) => return Err("give --prompt or --raw-prompt".into()),
@@ -147,13 +171,121 @@ fn main() {
     cli::main_with(USAGE, parse_args, run);
 }
 
+fn is_gguf(a: &Args) -> bool {
+    a.model.extension().is_some_and(|e| e == "gguf")
+}
+
+fn sampling(args: &Args) -> Sampling {
+    match args.temperature {
+        None => Sampling::Greedy,
+        Some(temperature) => Sampling::TopP {
+            temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+    }
+}
+
+/// Text-only generation from a GGUF file: its tokenizer, chat template and decoder.
+fn run_gguf(args: Args) -> ficoco::Result<()> {
+    let clock = std::time::Instant::now();
+    let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
+    let file = Gguf::open(&args.model)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let text = match (&args.prompt, &args.raw_prompt) {
+        (Some(q), _) => {
+            let token = |id: Option<u32>| id.and_then(|i| tokenizer.token(i));
+            ChatTemplate::from_gguf(&file).render(
+                &[ChatMessage::new("user", q)],
+                true,
+                token(tokenizer.bos_id()).as_deref(),
+                token(tokenizer.eos_id()).as_deref(),
+            )?
+        }
+        (_, Some(raw)) => raw.clone(),
+        _ => unreachable!("checked in parse_args"),
+    };
+    let ids = tokenizer.encode(&text, true)?;
+    let opts = LoadOptions {
+        dtype: args.dtype,
+        quantize: args.quantize,
+        max_prompt_tokens: ids.len().max(1),
+        max_context: ids.len().max(1) + args.max_new_tokens,
+    };
+    if !args.json {
+        eprintln!("adapter: {}", gpu.describe());
+        eprintln!("loading {} ...", args.model.display());
+    }
+    let mut model = TextModel::from_gguf(gpu.clone(), file, &opts)?;
+    let load_ms = clock.elapsed().as_secs_f64() * 1e3;
+    let gen_opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: sampling(&args),
+        stop_tokens: tokenizer.eos_id().into_iter().collect(),
+        keep_prefill_logits: args.dump_logits.is_some(),
+    };
+    let mut stream = TextStream::new(&tokenizer);
+    let json = args.json;
+    let out = pollster::block_on(model.generate(&ids, &gen_opts, |t| {
+        if !json {
+            if let Ok(piece) = stream.push(t) {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+        true
+    }))?;
+    if let (Some(path), Some(logits)) = (&args.dump_logits, &out.prefill_logits) {
+        write_logits(path, logits)?;
+    }
+    let t = out.timings;
+    let decoded = out.tokens.len().max(2) - 1;
+    let prefill_tps = ids.len() as f64 / (t.prefill_ms / 1e3);
+    let decode_tps = decoded as f64 / (t.decode_ms / 1e3);
+    if json {
+        let report = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "adapter": gpu.describe(),
+            "prompt_tokens": ids.len(),
+            "generated_tokens": out.tokens.len(),
+            "tokens": out.tokens,
+            "text": tokenizer.decode(&out.tokens, true)?,
+            "stop": format!("{:?}", out.stop),
+            "weight_bytes": model.weight_bytes(),
+            "kv_cache_bytes": model.kv_cache_bytes(),
+            "timings": {
+                "load_ms": load_ms,
+                "prefill_ms": t.prefill_ms,
+                "decode_ms": t.decode_ms,
+                "prefill_tokens_per_s": prefill_tps,
+                "decode_tokens_per_s": decode_tps,
+            },
+        });
+        println!("{report}");
+    } else {
+        println!();
+        eprintln!(
+            "{} prompt tokens, {} generated; load {load_ms:.0} ms, prefill {:.0} ms ({prefill_tps:.1} tokens/s), decode {:.1} ms/token ({decode_tps:.2} tokens/s)",
+            ids.len(),
+            out.tokens.len(),
+            t.prefill_ms,
+            t.decode_ms / decoded as f64
+        );
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> ficoco::Result<()> {
+    if is_gguf(&args) {
+        return run_gguf(args);
+    }
     let clock = std::time::Instant::now();
     let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let processor = ImageProcessor::from_dir(&args.model)?;
     let opts = LoadOptions {
         dtype: args.dtype,
+        quantize: args.quantize,
         ..LoadOptions::default()
     };
     let mut model = Llava::load(gpu.clone(), &args.model, &opts)?;
@@ -184,17 +316,9 @@ fn run(args: Args) -> ficoco::Result<()> {
             args.reduce.method, prepared.schedule, prepared.flops, prepared.flops_unreduced
         );
     }
-    let sampling = match args.temperature {
-        None => Sampling::Greedy,
-        Some(temperature) => Sampling::TopP {
-            temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-    };
     let gen_opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        sampling,
+        sampling: sampling(&args),
         stop_tokens: tokenizer.eos_id().into_iter().collect(),
         keep_prefill_logits: args.dump_logits.is_some(),
     };

@@ -604,7 +604,23 @@ impl Decoder {
                     + l.norm2.bytes()
             })
             .sum();
-        layers + self.embed.bytes() + self.head.bytes() + self.norm.bytes()
+        let embed = if self.embed.shares_matrix() {
+            0
+        } else {
+            self.embed.bytes()
+        };
+        layers + embed + self.head.bytes() + self.norm.bytes()
+    }
+
+    /// Weight bytes one decode step reads: every matrix and norm, but of an embedding table
+    /// that is not the LM head only the one row it gathers.
+    pub fn decode_read_bytes(&self) -> u64 {
+        let table = if self.embed.shares_matrix() {
+            0
+        } else {
+            self.embed.bytes()
+        };
+        self.weight_bytes() - table + table / self.cfg.vocab_size.max(1) as u64
     }
 }
 

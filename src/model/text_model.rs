@@ -75,6 +75,11 @@ impl TextModel {
         self.decoder.weight_bytes()
     }
 
+    /// Weight bytes one decode step reads (see [`Decoder::decode_read_bytes`]).
+    pub fn decode_read_bytes(&self) -> u64 {
+        self.decoder.decode_read_bytes()
+    }
+
     pub fn kv_cache_bytes(&self) -> u64 {
         self.cache.bytes()
     }

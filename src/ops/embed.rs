@@ -11,6 +11,8 @@ pub struct EmbeddingTable {
     vocab: usize,
     dim: usize,
     format: WeightFormat,
+    /// The chunks are a [`WeightMatrix`]'s buffers (see [`EmbeddingTable::from_matrix`]).
+    shared: bool,
     /// (first row, rows) of each chunk.
     chunks: Vec<(usize, Tensor)>,
 }
@@ -88,6 +90,7 @@ impl EmbeddingTable {
             vocab,
             dim,
             format: WeightFormat::Dense(dtype),
+            shared: false,
             chunks,
         })
     }
@@ -113,7 +116,12 @@ impl EmbeddingTable {
             };
             return Self::from_rows(gpu, &values, vocab, dim, dtype, label);
         }
-        Self::from_matrix(&WeightMatrix::from_ggml(gpu, ty, bytes, vocab, dim, label)?)
+        let table =
+            Self::from_matrix(&WeightMatrix::from_ggml(gpu, ty, bytes, vocab, dim, label)?)?;
+        Ok(Self {
+            shared: false,
+            ..table
+        })
     }
 
     /// A table gathering from the buffers of a quantised `[dim, vocab]` matrix (a tied LM head
@@ -128,6 +136,7 @@ impl EmbeddingTable {
             vocab: m.n(),
             dim: m.k(),
             format: WeightFormat::Blocks(ty),
+            shared: true,
             chunks,
         })
     }
@@ -144,8 +153,14 @@ impl EmbeddingTable {
         self.chunks.len()
     }
 
+    /// GPU bytes of the table's buffers (also counted by the matrix when it shares them).
     pub fn bytes(&self) -> u64 {
         self.chunks.iter().map(|(_, t)| t.buffer_bytes()).sum()
+    }
+
+    /// Whether the buffers belong to a [`WeightMatrix`] (a tied LM head).
+    pub fn shares_matrix(&self) -> bool {
+        self.shared
     }
 }
 
