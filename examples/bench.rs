@@ -716,7 +716,7 @@ fn gguf_bench(
         dtype,
         quantize: None,
         max_prompt_tokens: PROMPT,
-        max_context: PROMPT + DECODE,
+        max_context: PROMPT + DECODE + 1,
     };
     let mut model = TextModel::from_gguf(gpu.clone(), g, &opts)?;
     // The ids the peers script uses: ordinary tokens away from the special ones.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plain-numpy reference ("oracle") of ONE visual-token reduction step per method.
 
-Written from ../shared/reference/ficoco-method.md (FiCoCo, authoritative for this project) and the
+Written from docs/method.md (FiCoCo as this project implements it) and the
 papers' descriptions of ToMe, EViT, FastV, PyramidDrop, SparseVLM, LLaVA-PruMerge and VisionZip.
 It mirrors the crate's tensor-level runner
 
