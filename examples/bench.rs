@@ -17,8 +17,9 @@ use ficoco::model::{
 use ficoco::ops::matmul::RegisterTile;
 use ficoco::ops::{self, matmul_with, Epilogue, MatmulPath, WeightMatrix};
 use ficoco::preprocess::{PixelValues, PromptIds};
-use ficoco::reduce::budget::{Budget, Schedule};
+use ficoco::reduce::budget::Budget;
 use ficoco::reduce::flops::Flops;
+use ficoco::reduce::schedule::Schedule;
 use ficoco::reduce::{
     PositionKind, ReduceSpec, ReductionPlan, ReductionStep, Spans, StepInput, METHODS,
 };

@@ -5,8 +5,8 @@
 
 use crate::model::{Generation, Llava};
 use crate::preprocess::{self, ImageProcessor, PromptIds, Tokenizer};
-use crate::reduce::budget::Schedule;
 use crate::reduce::flops::Flops;
+use crate::reduce::schedule::Schedule;
 use crate::reduce::{KvReduceSpec, ReduceSpec, ReductionPlan};
 use crate::Result;
 use image::{DynamicImage, Rgb, RgbImage};

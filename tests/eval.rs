@@ -4,8 +4,8 @@
 //! by `scripts/eval_transformers.py` from the same weights), a reduced run reports the
 //! reduction it ran, and the model's FLOPs match a hand count.
 use ficoco::model::LlavaConfig;
-use ficoco::reduce::budget::Schedule;
 use ficoco::reduce::flops::Flops;
+use ficoco::reduce::schedule::Schedule;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

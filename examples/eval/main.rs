@@ -12,6 +12,7 @@ mod plot;
 
 use ficoco::gpu::{Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+use ficoco::ops::GgmlType;
 use ficoco::pipeline;
 use ficoco::preprocess::{self, ImageProcessor, PixelValues, Tokenizer};
 use ficoco::reduce::budget::Budget;
@@ -30,6 +31,7 @@ const USAGE: &str = "usage: eval --model DIR --set FILE [--reduce SPEC] [--limit
                      relative to the file)
   --reduce SPEC      METHOD[:BUDGET] as in generate (default none)
   --limit N          evaluate the first N questions only
+  --quantize q8_0|q4_k  quantise the decoder's matrices while loading (as in generate)
   --json             print one JSON object (accuracy in 0..1, per type, visual tokens, FLOPs,
                      prefill time, every answer)
   --sweep            every method at every budget; writes DIR/sweep.md and DIR/sweep.png
@@ -50,6 +52,7 @@ struct Args {
     methods: Vec<String>,
     out: PathBuf,
     replot: Option<PathBuf>,
+    quantize: Option<GgmlType>,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -57,6 +60,7 @@ fn parse_args() -> std::result::Result<Args, String> {
         model: PathBuf::from("assets/llava-vqa"),
         set: PathBuf::new(),
         reduce: none(),
+        quantize: None,
         limit: None,
         json: false,
         sweep: false,
@@ -85,6 +89,13 @@ fn parse_args() -> std::result::Result<Args, String> {
                 );
             }
             "--json" => a.json = true,
+            "--quantize" => {
+                a.quantize = Some(match value()?.as_str() {
+                    "q8_0" => GgmlType::Q8_0,
+                    "q4_k" => GgmlType::Q4K,
+                    other => return Err(format!("--quantize {other}: expected q8_0 or q4_k")),
+                })
+            }
             "--sweep" => a.sweep = true,
             "--budgets" => {
                 a.budgets = value()?
@@ -254,7 +265,11 @@ impl Evaluator {
         let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
         let tokenizer = Tokenizer::from_dir(&args.model)?;
         let processor = ImageProcessor::from_dir(&args.model)?;
-        let model = Llava::load(gpu.clone(), &args.model, &LoadOptions::default())?;
+        let opts = LoadOptions {
+            quantize: args.quantize,
+            ..LoadOptions::default()
+        };
+        let model = Llava::load(gpu.clone(), &args.model, &opts)?;
         let items = read_set(&args.set, args.limit)?;
         eprintln!(
             "{} questions; model {}; adapter {}",

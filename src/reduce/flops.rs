@@ -8,7 +8,7 @@
 //! Both leave out element-wise work (norms, activations, softmax, RoPE, bias adds): it grows with
 //! tokens x width, not width squared, and is far below 1% of the matmuls.
 
-use super::budget::Schedule;
+use super::schedule::Schedule;
 use crate::model::{LlavaConfig, TextConfig};
 use crate::Result;
 use std::fmt;

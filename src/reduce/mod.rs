@@ -15,6 +15,7 @@ pub mod budget;
 pub mod flops;
 pub mod method;
 pub mod random;
+pub mod schedule;
 pub mod sites;
 pub mod spec;
 pub mod stages;

@@ -4,7 +4,7 @@
 //! (vision) or RoPE position (LLM) through every step, so later layers, the KV cache and
 //! decoding agree.
 
-use super::budget::Schedule;
+use super::schedule::Schedule;
 use super::stages::Reduction;
 
 /// One reduction applied after the attention of some layers of one site.

@@ -1,8 +1,9 @@
 //! `--reduce METHOD[:BUDGET]`: a method by name, the layers it reduces at (the papers' layers,
 //! scaled to the model's depth) and the budget, planned into a [`ReductionPlan`].
 
-use super::budget::{after_each_site, plan, Budget, Family, Schedule, Spread, Stages};
+use super::budget::{after_each_site, plan, Budget, Family, Spread, Stages};
 use super::method::{by_name, Pool, METHODS};
+use super::schedule::Schedule;
 use super::sites::{KvReduction, ReductionPlan};
 use super::stages::Reduction;
 use crate::model::LlavaConfig;
