@@ -171,6 +171,20 @@ fn main() {
     cli::main_with(USAGE, parse_args, run);
 }
 
+/// Prints each generated token's text as it completes (nothing when `quiet`).
+fn printer(tokenizer: &Tokenizer, quiet: bool) -> impl FnMut(u32) -> bool + '_ {
+    let mut stream = TextStream::new(tokenizer);
+    move |t| {
+        if !quiet {
+            if let Ok(piece) = stream.push(t) {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+        true
+    }
+}
+
 fn is_gguf(a: &Args) -> bool {
     a.model.extension().is_some_and(|e| e == "gguf")
 }
@@ -224,17 +238,8 @@ fn run_gguf(args: Args) -> ficoco::Result<()> {
         stop_tokens: tokenizer.eos_id().into_iter().collect(),
         keep_prefill_logits: args.dump_logits.is_some(),
     };
-    let mut stream = TextStream::new(&tokenizer);
     let json = args.json;
-    let out = pollster::block_on(model.generate(&ids, &gen_opts, |t| {
-        if !json {
-            if let Ok(piece) = stream.push(t) {
-                print!("{piece}");
-                let _ = std::io::stdout().flush();
-            }
-        }
-        true
-    }))?;
+    let out = pollster::block_on(model.generate(&ids, &gen_opts, printer(&tokenizer, json)))?;
     if let (Some(path), Some(logits)) = (&args.dump_logits, &out.prefill_logits) {
         write_logits(path, logits)?;
     }
@@ -322,17 +327,13 @@ fn run(args: Args) -> ficoco::Result<()> {
         stop_tokens: tokenizer.eos_id().into_iter().collect(),
         keep_prefill_logits: args.dump_logits.is_some(),
     };
-    let mut stream = TextStream::new(&tokenizer);
     let json = args.json;
-    let out = pollster::block_on(model.generate(&pixels, &prepared.prompt, &gen_opts, |t| {
-        if !json {
-            if let Ok(piece) = stream.push(t) {
-                print!("{piece}");
-                let _ = std::io::stdout().flush();
-            }
-        }
-        true
-    }))?;
+    let out = pollster::block_on(model.generate(
+        &pixels,
+        &prepared.prompt,
+        &gen_opts,
+        printer(&tokenizer, json),
+    ))?;
     let text = tokenizer.decode(&out.tokens, true)?;
     if let (Some(path), Some(logits)) = (&args.dump_logits, &out.prefill_logits) {
         write_logits(path, logits)?;

@@ -3,8 +3,8 @@
 //! the planner for every budget kind, including the budgets it must refuse.
 use ficoco::model::LlavaConfig;
 use ficoco::reduce::budget::{plan, Budget, Family, Spread, Stages};
-use ficoco::reduce::schedule::Schedule;
 use ficoco::reduce::flops::{ficoco_l_overhead, ficoco_v_overhead, paper_llm_prefill_flops, Flops};
+use ficoco::reduce::schedule::Schedule;
 use ficoco::Error;
 use std::path::Path;
 
