@@ -23,6 +23,12 @@
 
 fn row_base(c: u32) -> u32 { return min(c, p.n - 1u) * p.ldw4; }
 
+// The dot products of 8 x values with 8 values of each of 4 W rows.
+fn mac8(x: V8, w0: V8, w1: V8, w2: V8, w3: V8) -> vec4<f32> {
+    return vec4<f32>(dot(w0.a, x.a) + dot(w0.b, x.b), dot(w1.a, x.a) + dot(w1.b, x.b),
+                     dot(w2.a, x.a) + dot(w2.b, x.b), dot(w3.a, x.a) + dot(w3.b, x.b));
+}
+
 fn dot8(v: V8, base: u32, k: u32) -> f32 {
     return dot(v.a, x4(base, k)) + dot(v.b, x4(base, k + 4u));
 }
@@ -53,16 +59,11 @@ fn qmatmul_lanes(@builtin(global_invocation_id) g: vec3<u32>) {
             let w1 = deq8(b1 + blk, j);
             let w2 = deq8(b2 + blk, j);
             let w3 = deq8(b3 + blk, j);
-            acc0 += vec4<f32>(dot8(w0, x0, k), dot8(w1, x0, k), dot8(w2, x0, k), dot8(w3, x0, k));
-            if (XR > 1u) {
-                acc1 += vec4<f32>(dot8(w0, x1, k), dot8(w1, x1, k), dot8(w2, x1, k), dot8(w3, x1, k));
-            }
-            if (XR > 2u) {
-                acc2 += vec4<f32>(dot8(w0, x2, k), dot8(w1, x2, k), dot8(w2, x2, k), dot8(w3, x2, k));
-            }
-            if (XR > 3u) {
-                acc3 += vec4<f32>(dot8(w0, x3, k), dot8(w1, x3, k), dot8(w2, x3, k), dot8(w3, x3, k));
-            }
+            // Each x row's 8 values are loaded once and used by the 4 W rows.
+            acc0 += mac8(V8(x4(x0, k), x4(x0, k + 4u)), w0, w1, w2, w3);
+            if (XR > 1u) { acc1 += mac8(V8(x4(x1, k), x4(x1, k + 4u)), w0, w1, w2, w3); }
+            if (XR > 2u) { acc2 += mac8(V8(x4(x2, k), x4(x2, k + 4u)), w0, w1, w2, w3); }
+            if (XR > 3u) { acc3 += mac8(V8(x4(x3, k), x4(x3, k + 4u)), w0, w1, w2, w3); }
         }
     }
     store4(r0, g.x, acc0);
