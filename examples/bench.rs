@@ -10,6 +10,7 @@
 //! cargo run --release --example bench -- [--preset xs|tinyllava] [--dtype f16|f32] [--json]
 //!     [--reduce all|M1,M2,...] [--budgets 192,128,64] [--runs N (timed runs, best kept; 2)]
 
+use clap::Parser;
 use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
 use ficoco::model::{
     GenerateOptions, HostTensor, Llava, LlavaConfig, LoadOptions, Sampling, WeightFile,
@@ -23,7 +24,7 @@ use ficoco::reduce::schedule::Schedule;
 use ficoco::reduce::{
     PositionKind, ReduceSpec, ReductionPlan, ReductionStep, Spans, StepInput, METHODS,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -237,78 +238,70 @@ fn numpy_gflops(m: usize, k: usize, n: usize) -> Option<f64> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+#[path = "common/cli.rs"]
+mod cli;
+
+/// Benchmark presets with random weights (vision, prefill, decode, matmul GFLOP/s against the
+/// roof, memory, cold start, reduction methods), or a real GGUF decoder.
+#[derive(Parser)]
+#[command(name = "bench", after_help = cli::methods_help())]
+struct Args {
+    /// Shape preset
+    #[arg(long, default_value = "xs", value_parser = ["xs", "tinyllava"])]
+    preset: String,
+    /// Storage type of dense weights: f16 or f32
+    #[arg(long, default_value = "f16", value_parser = cli::parse_dtype)]
+    dtype: DType,
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+    /// Time these reduction methods (comma-separated, or `all`) at each budget
+    #[arg(long, value_delimiter = ',', value_name = "all|M1,M2,...")]
+    reduce: Vec<String>,
+    /// Visual-token budgets of --reduce, of 576 (scaled to the preset)
+    #[arg(long, value_delimiter = ',', default_value = "192,128,64")]
+    budgets: Vec<usize>,
+    /// Timed runs; the best is kept
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Benchmark this llama.cpp GGUF decoder (prompt and decode tokens/s, GB/s) instead
+    #[arg(long, value_name = "FILE.gguf", conflicts_with_all = ["preset", "reduce"])]
+    gguf: Option<PathBuf>,
+    /// With --gguf: also run transformers and llama.cpp on the same file (scripts/bench_gguf_peers.py)
+    #[arg(long, requires = "gguf")]
+    peers: bool,
+}
+
+impl Args {
+    /// The --reduce methods; `all` is every method, ficoco-vl (the two-site composition) third.
+    fn methods(&self) -> Result<Vec<String>, String> {
+        if self.reduce.iter().any(|m| m == "all") {
+            let mut all: Vec<String> = METHODS
+                .iter()
+                .filter(|&&m| m != "none")
+                .map(|m| m.to_string())
+                .collect();
+            all.insert(2, "ficoco-vl".into());
+            return Ok(all);
+        }
+        for m in &self.reduce {
+            m.parse::<ReduceSpec>().map_err(|e| e.to_string())?;
+        }
+        Ok(self.reduce.clone())
     }
 }
 
-fn run() -> ficoco::Result<()> {
-    let mut preset = "xs".to_string();
-    let mut dtype = DType::F16;
-    let mut json = false;
-    let mut methods: Vec<String> = Vec::new();
-    let mut budgets: Vec<usize> = vec![192, 128, 64];
-    let mut runs = 2;
-    let mut gguf: Option<std::path::PathBuf> = None;
-    let mut peers = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--preset" => preset = args.next().unwrap_or_default(),
-            "--dtype" => {
-                dtype = match args.next().as_deref() {
-                    Some("f32") => DType::F32,
-                    Some("f16") => DType::F16,
-                    other => return Err(ficoco::Error::InvalidArgument(format!("--dtype {other:?}: f16 or f32"))),
-                }
-            }
-            "--json" => json = true,
-            "--gguf" => gguf = args.next().map(Into::into),
-            "--peers" => peers = true,
-            "--reduce" => {
-                let list = args.next().unwrap_or_default();
-                methods = if list == "all" {
-                    // Every method has a model site; ficoco-vl is the two-site composition.
-                    let mut all: Vec<String> = METHODS
-                        .iter()
-                        .filter(|&&m| m != "none")
-                        .map(|m| m.to_string())
-                        .collect();
-                    all.insert(2, "ficoco-vl".into());
-                    all
-                } else {
-                    list.split(',').map(str::to_string).collect()
-                };
-            }
-            "--runs" => {
-                runs = args
-                    .next()
-                    .and_then(|r| r.parse().ok())
-                    .filter(|&r| r > 0)
-                    .ok_or_else(|| {
-                        ficoco::Error::InvalidArgument("--runs: a positive count".into())
-                    })?;
-            }
-            "--budgets" => {
-                budgets = args
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|b| b.parse())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| ficoco::Error::InvalidArgument(format!("--budgets: {e}")))?;
-            }
-            other => {
-                return Err(ficoco::Error::InvalidArgument(format!(
-                    "unknown option {other}; usage: bench [--preset xs|tinyllava] [--dtype f16|f32] [--json] [--reduce all|M1,M2] [--budgets 192,128,64] [--runs N] | bench --gguf FILE [--peers] [--runs N] [--json]"
-                )))
-            }
-        }
-    }
-    if let Some(file) = gguf {
-        return gguf_bench(&file, dtype, runs, peers, json);
+fn main() {
+    cli::main_with(|a: &Args| a.methods().map(drop), run);
+}
+
+fn run(args: Args) -> ficoco::Result<()> {
+    let methods = args.methods().expect("checked before run");
+    let (preset, dtype, json, budgets) =
+        (&args.preset, args.dtype, args.json, args.budgets.clone());
+    let runs = args.runs as usize;
+    if let Some(file) = &args.gguf {
+        return gguf_bench(file, dtype, runs, args.peers, json);
     }
     let p = PRESETS.iter().find(|p| p.name == preset).ok_or_else(|| {
         ficoco::Error::InvalidArgument(format!("preset {preset:?}: known are xs, tinyllava"))

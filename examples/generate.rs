@@ -8,155 +8,96 @@
 #[path = "common/cli.rs"]
 mod cli;
 
+use clap::Parser;
 use ficoco::gpu::{DType, Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Gguf, Llava, LoadOptions, Sampling, TextModel};
 use ficoco::ops::GgmlType;
 use ficoco::pipeline;
 use ficoco::preprocess::{self, ChatMessage, ChatTemplate, ImageProcessor, TextStream, Tokenizer};
-use ficoco::reduce::budget::Budget;
 use ficoco::reduce::{KvReduceSpec, ReduceSpec};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-const USAGE: &str =
-    "usage: generate [--model DIR|FILE.gguf] [--image PATH] (--prompt TEXT | --raw-prompt TEXT)
-  --model DIR            llava-hf model directory (default assets/llava-vqa, the trained demo
-                         model), or a llama.cpp GGUF file (llama or qwen2 decoder): text-only
-                         generation with the file's tokenizer and chat template
-  --image PATH           input image (PNG or JPEG); required for LLaVA models
-  --prompt TEXT          question, wrapped in the model's chat template (llava-1.5, or
-                         ChatML when the tokenizer has <|im_start|> / <|im_end|>)
-  --raw-prompt TEXT      full prompt used as given; must contain <image> once
-  --max-new-tokens N     default 64
-  --greedy               greedy decoding (the default)
-  --temperature T        sample at temperature T (with --top-p, --seed)
-  --top-p P              nucleus mass, default 1.0
-  --seed S               sampling seed, default 0
-  --dtype f16|f32        storage type of dense weights, default f16
-  --quantize q8_0|q4_k   quantise the decoder's dense matrices while loading (GGUF tensors that
-                         are already quantised stay as they are)
-  --json                 print one JSON object instead of streaming text
-  --dump-logits FILE     write the prefill's last-position logits (safetensors, `logits`)
-  --reduce METHOD[:B]    visual-token reduction: ficoco-v, ficoco-l, ficoco-vl, tome, evit,
-                         fastv, pdrop, sparsevlm, prumerge, visionzip, random, topk-cls, pool
-                         or none; budget B = visual tokens left (64), a fraction (0.11) or
-                         LLM-prefill TFLOPs (1.5T); default 64/576 of the visual tokens
-  --reduce-kv M[:K][@N]  while decoding, every N generated tokens (default 16) compress each
-                         layer's visual KV entries with method M (ficoco-l, fastv, pdrop,
-                         sparsevlm, tome, random), scored by the attention the generated tokens
-                         paid, halving the excess over K entries (count or fraction; default 0.5)
-  --renumber-positions   after an LLM-side reduction, renumber RoPE positions contiguously
-                         (default: tokens keep their original positions)
-  --show-kept FILE.png   write the preprocessed image with the kept and merged patches drawn
-                         over it: each patch tinted by the token that absorbed it, patches
-                         whose own token survived outlined, pruned ones dimmed";
-
+/// Answer a question about an image with a LLaVA model, or chat with a llama.cpp GGUF decoder.
+#[derive(Parser)]
+#[command(name = "generate", after_help = cli::methods_help())]
 struct Args {
+    /// llava-hf model directory (the trained demo model by default), or a llama.cpp GGUF file
+    /// (llama or qwen2 decoder): text-only generation with the file's tokenizer and chat template
+    #[arg(long, default_value = "assets/llava-vqa")]
     model: PathBuf,
-    image: PathBuf,
+    /// Input image (PNG or JPEG); required for LLaVA models
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Question, wrapped in the model's chat template (llava-1.5, or ChatML when the tokenizer
+    /// has <|im_start|> / <|im_end|>)
+    #[arg(
+        long,
+        required_unless_present = "raw_prompt",
+        conflicts_with = "raw_prompt"
+    )]
     prompt: Option<String>,
+    /// Full prompt used as given; must contain <image> once for a LLaVA model
+    #[arg(long)]
     raw_prompt: Option<String>,
+    #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
+    /// Greedy decoding (the default)
+    #[arg(long, conflicts_with = "temperature")]
+    greedy: bool,
+    /// Sample at this temperature (> 0), with --top-p and --seed
+    #[arg(long)]
     temperature: Option<f32>,
+    /// Nucleus mass in (0, 1]
+    #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Sampling seed
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Storage type of dense weights: f16 or f32
+    #[arg(long, default_value = "f16", value_parser = cli::parse_dtype)]
     dtype: DType,
+    /// Quantise the decoder's dense matrices while loading: q8_0 or q4_k (GGUF tensors that are
+    /// already quantised stay as they are)
+    #[arg(long, value_parser = cli::parse_quantize)]
     quantize: Option<GgmlType>,
+    /// Print one JSON object instead of streaming text
+    #[arg(long)]
     json: bool,
+    /// Write the prefill's last-position logits (safetensors, tensor `logits`)
+    #[arg(long, value_name = "FILE")]
     dump_logits: Option<PathBuf>,
+    /// Visual-token reduction METHOD[:BUDGET] (methods below); without a budget 64/576 of the
+    /// visual tokens are kept
+    #[arg(long, default_value = "none")]
     reduce: ReduceSpec,
+    /// While decoding, every EVERY generated tokens (default 16) compress each layer's visual KV
+    /// entries with METHOD, scored by the attention the generated tokens paid, halving the
+    /// excess over KEEP entries (count or fraction; default 0.5)
+    #[arg(long, value_name = "METHOD[:KEEP][@EVERY]")]
     reduce_kv: Option<KvReduceSpec>,
-    show_kept: Option<PathBuf>,
+    /// After an LLM-side reduction, renumber RoPE positions contiguously (by default tokens keep
+    /// their original positions)
+    #[arg(long)]
     renumber_positions: bool,
+    /// Write the preprocessed image with the kept and merged patches drawn over it: each patch
+    /// tinted by the token that absorbed it, survivors outlined, pruned patches dimmed
+    #[arg(long, value_name = "FILE.png")]
+    show_kept: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        model: PathBuf::from("assets/llava-vqa"),
-        image: PathBuf::new(),
-        prompt: None,
-        raw_prompt: None,
-        max_new_tokens: 64,
-        temperature: None,
-        top_p: 1.0,
-        seed: 0,
-        dtype: DType::F16,
-        quantize: None,
-        json: false,
-        dump_logits: None,
-        reduce: ReduceSpec {
-            method: "none".into(),
-            budget: Budget::Fraction(1.0),
-        },
-        reduce_kv: None,
-        show_kept: None,
-        renumber_positions: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let num_err = |v: &str| format!("{flag}: cannot parse {v:?}");
-        match flag.as_str() {
-            "--model" => a.model = value()?.into(),
-            "--image" => a.image = value()?.into(),
-            "--prompt" => a.prompt = Some(value()?),
-            "--raw-prompt" => a.raw_prompt = Some(value()?),
-            "--max-new-tokens" => {
-                let v = value()?;
-                a.max_new_tokens = v.parse().map_err(|_| num_err(&v))?;
-            }
-            "--greedy" => a.temperature = None,
-            "--temperature" => {
-                let v = value()?;
-                a.temperature = Some(v.parse().map_err(|_| num_err(&v))?);
-            }
-            "--top-p" => {
-                let v = value()?;
-                a.top_p = v.parse().map_err(|_| num_err(&v))?;
-            }
-            "--seed" => {
-                let v = value()?;
-                a.seed = v.parse().map_err(|_| num_err(&v))?;
-            }
-            "--dtype" => {
-                a.dtype = match value()?.as_str() {
-                    "f16" => DType::F16,
-                    "f32" => DType::F32,
-                    other => return Err(format!("--dtype {other}: expected f16 or f32")),
-                }
-            }
-            "--quantize" => {
-                a.quantize = Some(match value()?.as_str() {
-                    "q8_0" => GgmlType::Q8_0,
-                    "q4_k" => GgmlType::Q4K,
-                    other => return Err(format!("--quantize {other}: expected q8_0 or q4_k")),
-                })
-            }
-            "--json" => a.json = true,
-            "--dump-logits" => a.dump_logits = Some(value()?.into()),
-            "--reduce" => a.reduce = value()?.parse().map_err(|e| format!("--reduce: {e}"))?,
-            "--reduce-kv" => a.reduce_kv = Some(value()?.parse().map_err(|e| format!("{e}"))?),
-            "--show-kept" => a.show_kept = Some(value()?.into()),
-            "--renumber-positions" => a.renumber_positions = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    if is_gguf(&a) {
-        if !a.image.as_os_str().is_empty() {
+/// What clap cannot say: which options need an image, and value ranges.
+fn check(a: &Args) -> Result<(), String> {
+    if is_gguf(a) {
+        if a.image.is_some() {
             return Err("a GGUF model runs text-only here: leave out --image (llama.cpp's mmproj vision files are not supported yet)".into());
         }
         if a.reduce.method != "none" || a.reduce_kv.is_some() || a.show_kept.is_some() {
             return Err("--reduce, --reduce-kv and --show-kept need an image: they do not apply to a text-only GGUF model".into());
         }
-    } else if a.image.as_os_str().is_empty() {
+    } else if a.image.is_none() {
         return Err("--image is required for a LLaVA model directory".into());
-    }
-    match (&a.prompt, &a.raw_prompt) {
-        (None, None) => return Err("give --prompt or --raw-prompt".into()),
-        (Some(_), Some(_)) => return Err("give only one of --prompt and --raw-prompt".into()),
-        _ => {}
     }
     if a.temperature.is_some_and(|t| t <= 0.0) {
         return Err("--temperature must be > 0 (use --greedy for argmax)".into());
@@ -164,11 +105,11 @@ fn parse_args() -> Result<Args, String> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err("--top-p must be in (0, 1]".into());
     }
-    Ok(a)
+    Ok(())
 }
 
 fn main() {
-    cli::main_with(USAGE, parse_args, run);
+    cli::main_with(check, run);
 }
 
 /// Prints each generated token's text as it completes (nothing when `quiet`).
@@ -217,7 +158,7 @@ fn run_gguf(args: Args) -> ficoco::Result<()> {
             )?
         }
         (_, Some(raw)) => raw.clone(),
-        _ => unreachable!("checked in parse_args"),
+        _ => unreachable!("clap requires one of them"),
     };
     let ids = tokenizer.encode(&text, true)?;
     let opts = LoadOptions {
@@ -299,12 +240,12 @@ fn run(args: Args) -> ficoco::Result<()> {
         eprintln!("adapter: {}", gpu.describe());
     }
 
-    let image = preprocess::load_image(&args.image)?;
+    let image = preprocess::load_image(args.image.as_ref().expect("checked"))?;
     let pixels = processor.preprocess(&image)?;
     let text = match (&args.prompt, &args.raw_prompt) {
         (Some(q), _) => preprocess::PromptFormat::detect(&tokenizer).prompt(q),
         (_, Some(raw)) => raw.clone(),
-        _ => unreachable!("checked in parse_args"),
+        _ => unreachable!("clap requires one of them"),
     };
     let prepared = pipeline::prepare(
         &mut model,

@@ -11,85 +11,60 @@
 //! [N - R, D]), `kept` (i64 [N - R], input index of each output token, -1 for a new one),
 //! `positions` (i32) and `scores` (f32, each scored candidate's filter score).
 
+use clap::Parser;
 use ficoco::gpu::{Gpu, GpuOptions};
 use ficoco::reduce::{self, run_once, PositionKind, Spans, NEW_TOKEN};
 use ficoco::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-const USAGE: &str = "usage: reduce --method M --drop R --input IN.safetensors --out OUT.safetensors
-  [--cls I] [--grid SIDE] [--visual START:LEN --text START:LEN] [--rope-positions]
-  methods: ficoco-v ficoco-l tome evit fastv pdrop sparsevlm prumerge visionzip random topk-cls pool none";
+#[path = "common/cli.rs"]
+mod cli;
 
+/// One reduction step on the GPU on tensors from a safetensors file (see the file's docs).
+#[derive(Parser)]
+#[command(name = "reduce", after_help = cli::methods_help())]
 struct Args {
+    /// Single-step method (every --reduce method but ficoco-vl, which is two steps)
+    #[arg(long)]
     method: String,
+    /// Net number of tokens the step removes
+    #[arg(long)]
     drop: usize,
+    /// Input tensors: hidden, attn, positions, optionally keys and sizes
+    #[arg(long, value_name = "IN.safetensors")]
     input: PathBuf,
+    /// Output tensors: hidden, kept, positions, scores
+    #[arg(long, value_name = "OUT.safetensors")]
     out: PathBuf,
-    spans: Spans,
+    /// Index of the [CLS] token
+    #[arg(long, value_name = "I")]
+    cls: Option<usize>,
+    /// Side of the square patch grid the positions index
+    #[arg(long, value_name = "SIDE")]
+    grid: Option<usize>,
+    /// The visual span of an LLM sequence
+    #[arg(long, value_name = "START:LEN", value_parser = span)]
+    visual: Option<Range<usize>>,
+    /// The text span the LLM-side scores read (the instruction after the image)
+    #[arg(long, value_name = "START:LEN", value_parser = span)]
+    text: Option<Range<usize>>,
+    /// Positions are RoPE positions (LLM) rather than grid indices
+    #[arg(long)]
+    rope_positions: bool,
 }
 
-fn span(flag: &str, v: &str) -> Result<std::ops::Range<usize>> {
-    let bad = || Error::InvalidArgument(format!("{flag} {v:?}: expected START:LEN"));
+fn span(v: &str) -> std::result::Result<Range<usize>, String> {
+    let bad = || format!("{v:?}: expected START:LEN");
     let (s, l) = v.split_once(':').ok_or_else(bad)?;
     let s: usize = s.parse().map_err(|_| bad())?;
     let l: usize = l.parse().map_err(|_| bad())?;
     Ok(s..s + l)
 }
 
-fn parse() -> Result<Args> {
-    let mut method = None;
-    let mut drop = None;
-    let mut input = None;
-    let mut out = None;
-    let mut spans = Spans::default();
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--rope-positions" {
-            spans.positions = PositionKind::Rope;
-            continue;
-        }
-        if flag == "-h" || flag == "--help" {
-            return Err(Error::InvalidArgument(USAGE.into()));
-        }
-        let v = it
-            .next()
-            .ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value\n{USAGE}")))?;
-        let num = |v: &str| {
-            v.parse::<usize>()
-                .map_err(|_| Error::InvalidArgument(format!("{flag} {v:?}: expected a number")))
-        };
-        match flag.as_str() {
-            "--method" => method = Some(v),
-            "--drop" => drop = Some(num(&v)?),
-            "--input" => input = Some(PathBuf::from(v)),
-            "--out" => out = Some(PathBuf::from(v)),
-            "--cls" => spans.cls = Some(num(&v)?),
-            "--grid" => spans.grid = Some(num(&v)?),
-            "--visual" => spans.visual = Some(span(&flag, &v)?),
-            "--text" => spans.text = Some(span(&flag, &v)?),
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown option {other}\n{USAGE}"
-                )))
-            }
-        }
-    }
-    let need = |what: &str| Error::InvalidArgument(format!("{what} is required\n{USAGE}"));
-    Ok(Args {
-        method: method.ok_or_else(|| need("--method"))?,
-        drop: drop.ok_or_else(|| need("--drop"))?,
-        input: input.ok_or_else(|| need("--input"))?,
-        out: out.ok_or_else(|| need("--out"))?,
-        spans,
-    })
-}
-
 fn main() {
-    if let Err(e) = parse().and_then(run) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::main_with(|_: &Args| Ok(()), run);
 }
 
 /// A tensor of `dtype` with `rank` dimensions, as raw bytes and shape.
@@ -114,6 +89,17 @@ fn tensor(
 }
 
 fn run(a: Args) -> Result<()> {
+    let spans = Spans {
+        cls: a.cls,
+        grid: a.grid,
+        visual: a.visual.clone(),
+        text: a.text.clone(),
+        positions: if a.rope_positions {
+            PositionKind::Rope
+        } else {
+            PositionKind::default()
+        },
+    };
     let bytes = std::fs::read(&a.input).map_err(|e| Error::file(&a.input, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::file(&a.input, e))?;
     let (hidden, hs) = tensor(&st, &a.input, "hidden", Dtype::F32, 2)?;
@@ -164,7 +150,7 @@ fn run(a: Args) -> Result<()> {
     let out = pollster::block_on(run_once(
         &gpu,
         &r,
-        &a.spans,
+        &spans,
         &f32s(&hidden),
         d,
         keys.as_deref(),

@@ -3,6 +3,8 @@
 //! answer priors and as transformers does (`assets/llava-vqa/transformers_eval.json`, written
 //! by `scripts/eval_transformers.py` from the same weights), a reduced run reports the
 //! reduction it ran, and the model's FLOPs match a hand count.
+mod common;
+
 use ficoco::model::LlavaConfig;
 use ficoco::reduce::flops::Flops;
 use ficoco::reduce::schedule::Schedule;
@@ -18,14 +20,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `target/<profile>/examples/eval`, next to this test's `deps/` directory.
 fn eval_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/eval")
+    common::example("eval")
 }
 
 fn eval(extra: &[&str]) -> serde_json::Value {

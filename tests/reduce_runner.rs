@@ -1,5 +1,7 @@
 //! The tensor-level runner (`examples/reduce.rs`, built by `cargo test`) on fixture inputs:
 //! its output file must hold the numpy reference's result.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -7,11 +9,8 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reduce")
 }
 
-/// `target/<profile>/examples/reduce`, next to this test's `deps/` directory.
 fn runner() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    profile_dir.join("examples").join("reduce")
+    common::example("reduce")
 }
 
 fn tensor<T: bytemuck::Pod>(bytes: &[u8], name: &str) -> Vec<T> {

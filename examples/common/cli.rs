@@ -1,24 +1,79 @@
-//! What every command-line example does around its work: parse the arguments, run, and exit with
-//! status 2 and the usage after a bad argument (only the usage for `--help`, whose parse error is
-//! empty) or with status 1 and the error when the run fails.
+//! What every command-line example shares: clap parsing with checks that span several arguments,
+//! exit statuses (2 for a bad command line, 1 for a failed run), the method list for `--help`,
+//! the value parsers of options several examples take, and progress bars on stderr.
+//! Each example includes this file as a module and uses the part it needs.
+#![allow(dead_code)]
 
-pub fn main_with<A, E: std::fmt::Display>(
-    usage: &str,
-    parse: impl FnOnce() -> Result<A, String>,
+use clap::Parser;
+use ficoco::gpu::DType;
+use ficoco::ops::GgmlType;
+use ficoco::reduce::{KV_METHODS, METHODS, PLANNED_METHODS};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Duration;
+
+/// Parses `A`, applies `check` (errors reported like clap's own, exit 2), then runs (errors
+/// exit 1).
+pub fn main_with<A: Parser, E: std::fmt::Display>(
+    check: impl FnOnce(&A) -> Result<(), String>,
     run: impl FnOnce(A) -> Result<(), E>,
 ) {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{usage}");
-            std::process::exit(2);
-        }
-    };
+    let args = A::parse();
+    if let Err(e) = check(&args) {
+        A::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit();
+    }
     if let Err(e) = run(args) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// The `--help` epilogue: every reduction method name, and the ones that also compress the KV
+/// cache while decoding.
+pub fn methods_help() -> String {
+    let all: Vec<&str> = METHODS.iter().chain(PLANNED_METHODS).copied().collect();
+    format!(
+        "Reduction methods (--reduce METHOD[:BUDGET]): {}\n\
+         KV-cache methods (--reduce-kv METHOD[:KEEP][@EVERY]): {}\n\
+         BUDGET: visual tokens left (64), a fraction of them (0.11) or LLM-prefill TFLOPs (1.5T).",
+        all.join(", "),
+        KV_METHODS.join(", ")
+    )
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f16" => Ok(DType::F16),
+        "f32" => Ok(DType::F32),
+        _ => Err("expected f16 or f32".into()),
+    }
+}
+
+pub fn parse_quantize(s: &str) -> Result<GgmlType, String> {
+    match s {
+        "q8_0" => Ok(GgmlType::Q8_0),
+        "q4_k" => Ok(GgmlType::Q4K),
+        _ => Err("expected q8_0 or q4_k".into()),
+    }
+}
+
+/// A bar over `len` steps, labelled; hidden when stderr is not a terminal.
+pub fn progress(len: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len} {elapsed}<{eta} {prefix}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+/// A spinner for work of unknown length (loading a model).
+pub fn spinner(label: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(label.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
 }

@@ -10,6 +10,7 @@ mod cli;
 
 mod plot;
 
+use clap::Parser;
 use ficoco::gpu::{Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
 use ficoco::ops::GgmlType;
@@ -17,116 +18,67 @@ use ficoco::pipeline;
 use ficoco::preprocess::{self, ImageProcessor, PixelValues, Tokenizer};
 use ficoco::reduce::budget::Budget;
 use ficoco::reduce::flops::Flops;
-use ficoco::reduce::{ReduceSpec, METHODS};
+use ficoco::reduce::{ReduceSpec, METHODS, PLANNED_METHODS};
 use ficoco::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const USAGE: &str = "usage: eval --model DIR --set FILE [--reduce SPEC] [--limit N] [--json]
-       eval --model DIR --set FILE --sweep [--budgets LIST] [--methods LIST] [--limit N] [--out DIR]
-       eval --replot DIR
-  --model DIR        model directory (default assets/llava-vqa)
-  --set FILE         questions JSONL ({\"image\",\"question\",\"answer\",\"type\"}; image paths
-                     relative to the file)
-  --reduce SPEC      METHOD[:BUDGET] as in generate (default none)
-  --limit N          evaluate the first N questions only
-  --quantize q8_0|q4_k  quantise the decoder's matrices while loading (as in generate)
-  --json             print one JSON object (accuracy in 0..1, per type, visual tokens, FLOPs,
-                     prefill time, every answer)
-  --sweep            every method at every budget; writes DIR/sweep.md and DIR/sweep.png
-  --budgets LIST     sweep budgets in visual tokens (default 192,128,64,32; the unreduced
-                     model is always the first row)
-  --methods LIST     sweep methods (default all)
-  --out DIR          where the sweep writes (default .)
-  --replot DIR       redraw DIR/sweep.png from DIR/sweep.md (no model run)";
-
+/// Accuracy of a LLaVA model on a visual-QA set, unreduced or with a reduction, or a sweep of
+/// every reduction method over visual-token budgets.
+#[derive(Parser)]
+#[command(name = "eval", after_help = cli::methods_help())]
 struct Args {
+    /// Model directory
+    #[arg(long, default_value = "assets/llava-vqa")]
     model: PathBuf,
-    set: PathBuf,
+    /// Questions JSONL ({"image","question","answer","type"}; image paths relative to the file)
+    #[arg(long, required_unless_present = "replot")]
+    set: Option<PathBuf>,
+    /// METHOD[:BUDGET] as in generate
+    #[arg(long, default_value = "none")]
     reduce: ReduceSpec,
-    limit: Option<usize>,
-    json: bool,
-    sweep: bool,
-    budgets: Vec<usize>,
-    methods: Vec<String>,
-    out: PathBuf,
-    replot: Option<PathBuf>,
+    /// Evaluate the first N questions only
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Quantise the decoder's matrices while loading: q8_0 or q4_k
+    #[arg(long, value_parser = cli::parse_quantize)]
     quantize: Option<GgmlType>,
+    /// Print one JSON object (accuracy in 0..1, per type, visual tokens, FLOPs, prefill time,
+    /// every answer)
+    #[arg(long)]
+    json: bool,
+    /// Every method at every budget; writes OUT/sweep.md and OUT/sweep.png
+    #[arg(long, conflicts_with_all = ["reduce", "json"])]
+    sweep: bool,
+    /// Sweep budgets in visual tokens (the unreduced model is always the first row)
+    #[arg(long, value_delimiter = ',', default_value = "192,128,64,32")]
+    budgets: Vec<usize>,
+    /// Sweep methods (default: every method)
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<ReduceSpec>,
+    /// Where the sweep writes
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Redraw DIR/sweep.png from DIR/sweep.md (no model run)
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["set", "sweep"])]
+    replot: Option<PathBuf>,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut a = Args {
-        model: PathBuf::from("assets/llava-vqa"),
-        set: PathBuf::new(),
-        reduce: none(),
-        quantize: None,
-        limit: None,
-        json: false,
-        sweep: false,
-        budgets: vec![192, 128, 64, 32],
-        methods: METHODS
-            .iter()
-            .filter(|m| **m != "none")
-            .map(|m| m.to_string())
-            .chain(["ficoco-vl".to_string()])
-            .collect(),
-        out: PathBuf::from("."),
-        replot: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = value()?.into(),
-            "--set" => a.set = value()?.into(),
-            "--reduce" => a.reduce = value()?.parse().map_err(|e| format!("--reduce: {e}"))?,
-            "--limit" => {
-                let v = value()?;
-                a.limit = Some(
-                    v.parse()
-                        .map_err(|_| format!("--limit {v:?}: not a count"))?,
-                );
-            }
-            "--json" => a.json = true,
-            "--quantize" => {
-                a.quantize = Some(match value()?.as_str() {
-                    "q8_0" => GgmlType::Q8_0,
-                    "q4_k" => GgmlType::Q4K,
-                    other => return Err(format!("--quantize {other}: expected q8_0 or q4_k")),
-                })
-            }
-            "--sweep" => a.sweep = true,
-            "--budgets" => {
-                a.budgets = value()?
-                    .split(',')
-                    .map(|b| {
-                        b.trim()
-                            .parse()
-                            .map_err(|_| format!("--budgets: bad count {b:?}"))
-                    })
-                    .collect::<std::result::Result<_, _>>()?;
-            }
-            "--methods" => {
-                a.methods = value()?.split(',').map(|m| m.trim().to_string()).collect();
-                for m in &a.methods {
-                    m.parse::<ReduceSpec>()
-                        .map_err(|e| format!("--methods: {e}"))?;
-                }
-            }
-            "--out" => a.out = value()?.into(),
-            "--replot" => a.replot = Some(value()?.into()),
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown option {other}")),
+impl Args {
+    /// The sweep's methods: as given, or every method but `none`.
+    fn methods(&self) -> Vec<String> {
+        if self.methods.is_empty() {
+            METHODS
+                .iter()
+                .chain(PLANNED_METHODS)
+                .filter(|m| **m != "none")
+                .map(|m| m.to_string())
+                .collect()
+        } else {
+            self.methods.iter().map(|m| m.method.clone()).collect()
         }
     }
-    if a.set.as_os_str().is_empty() && a.replot.is_none() {
-        return Err("--set is required".into());
-    }
-    if a.limit == Some(0) {
-        return Err("--limit must be at least 1".into());
-    }
-    Ok(a)
 }
 
 fn none() -> ReduceSpec {
@@ -137,7 +89,7 @@ fn none() -> ReduceSpec {
 }
 
 fn main() {
-    cli::main_with(USAGE, parse_args, run);
+    cli::main_with(|_: &Args| Ok(()), run);
 }
 
 /// One question of the set.
@@ -148,7 +100,7 @@ struct Item {
     kind: String,
 }
 
-fn read_set(path: &Path, limit: Option<usize>) -> Result<Vec<Item>> {
+fn read_set(path: &Path, limit: Option<u64>) -> Result<Vec<Item>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut items = Vec::new();
@@ -170,7 +122,7 @@ fn read_set(path: &Path, limit: Option<usize>) -> Result<Vec<Item>> {
             answer: field("answer")?,
             kind: field("type")?,
         });
-        if limit.is_some_and(|n| items.len() >= n) {
+        if limit.is_some_and(|n| items.len() as u64 >= n) {
             break;
         }
     }
@@ -269,18 +221,29 @@ impl Evaluator {
             quantize: args.quantize,
             ..LoadOptions::default()
         };
+        let loading = cli::spinner(&format!("loading {}", args.model.display()));
         let model = Llava::load(gpu.clone(), &args.model, &opts)?;
-        let items = read_set(&args.set, args.limit)?;
+        loading.finish_and_clear();
+        let set = args
+            .set
+            .as_ref()
+            .expect("clap requires --set without --replot");
+        let items = read_set(set, args.limit)?;
         eprintln!(
             "{} questions; model {}; adapter {}",
             items.len(),
             args.model.display(),
             gpu.describe()
         );
+        let bar = cli::progress(items.len() as u64, "images");
         let pixels = items
             .iter()
-            .map(|it| Ok(processor.preprocess(&preprocess::load_image(&it.image)?)?))
+            .map(|it| {
+                bar.inc(1);
+                Ok(processor.preprocess(&preprocess::load_image(&it.image)?)?)
+            })
             .collect::<Result<Vec<_>>>()?;
+        bar.finish_and_clear();
         let mut ev = Self {
             model,
             tokenizer,
@@ -313,7 +276,8 @@ impl Evaluator {
             answers: Vec::new(),
         };
         let n = self.items.len();
-        for (i, (item, pixels)) in self.items.iter().zip(&self.pixels).enumerate() {
+        let bar = cli::progress(n as u64, label);
+        for (item, pixels) in self.items.iter().zip(&self.pixels) {
             let text = preprocess::chat_prompt(&item.question);
             let p = pipeline::prepare(
                 &mut self.model,
@@ -339,15 +303,10 @@ impl Evaluator {
             add_mean(&mut s.flops, &p.flops, n);
             add_mean(&mut s.flops_unreduced, &p.flops_unreduced, n);
             s.prefill_ms += (out.timings.vision_ms + out.timings.prefill_ms) / n as f64;
-            if (i + 1) % 10 == 0 || i + 1 == n {
-                eprint!(
-                    "\r{label}: {}/{n} answered, {:.1}% right   ",
-                    i + 1,
-                    100.0 * s.accuracy()
-                );
-            }
+            bar.inc(1);
+            bar.set_prefix(format!("{:.1}% right", 100.0 * s.accuracy()));
         }
-        eprintln!();
+        bar.finish();
         Ok(s)
     }
 }
@@ -396,15 +355,17 @@ struct Row {
 
 fn sweep(ev: &mut Evaluator, args: &Args) -> Result<()> {
     let full = ev.model.config().visual_tokens();
-    let base = ev.score(&none(), "none")?;
+    let methods = args.methods();
+    let runs = 1 + methods.len() * args.budgets.len();
+    let base = ev.score(&none(), &format!("[1/{runs}] none"))?;
     let mut rows = Vec::new();
-    for method in &args.methods {
+    for method in &methods {
         for &budget in &args.budgets {
             let spec = ReduceSpec {
                 method: method.clone(),
                 budget: Budget::Tokens(budget),
             };
-            let label = format!("{method}:{budget}");
+            let label = format!("[{}/{runs}] {method}:{budget}", rows.len() + 2);
             let result = match ev.score(&spec, &label) {
                 Ok(s) => Ok(s),
                 // A budget the method cannot meet is a row of the table, not a failure.
@@ -423,12 +384,14 @@ fn sweep(ev: &mut Evaluator, args: &Args) -> Result<()> {
     let table = markdown(&base, &rows, full);
     std::fs::write(&md, &table).map_err(|e| Error::file(&md, e))?;
     let png = args.out.join("sweep.png");
+    let tflops = |s: &Score| s.flops.llm_prefill / 1e12;
     let points = rows.iter().filter_map(|r| {
         let s = r.result.as_ref().ok()?;
-        Some((r.method.clone(), s.visual_tokens_kept, s.accuracy()))
+        let p = (s.visual_tokens_kept as f64, tflops(s), s.accuracy());
+        Some((r.method.clone(), p))
     });
-    let lines = plot_lines(base.accuracy(), points, full);
-    plot::accuracy_vs_tokens(&png, &lines, full).map_err(|e| Error::file(&png, e))?;
+    let lines = plot_lines((full as f64, tflops(&base), base.accuracy()), points);
+    plot::sweep(&png, &lines).map_err(|e| Error::file(&png, e))?;
     println!("{table}");
     eprintln!("wrote {} and {}", md.display(), png.display());
     Ok(())
@@ -469,26 +432,24 @@ fn markdown(base: &Score, rows: &[Row], full: usize) -> String {
     t
 }
 
-/// Accuracy against the visual tokens kept per method, each line starting from the unreduced
-/// point; `points` are (method, visual tokens kept, accuracy in 0..1).
+/// One line per method, each starting from the unreduced point `base`.
 fn plot_lines(
-    base: f64,
-    points: impl Iterator<Item = (String, usize, f64)>,
-    full: usize,
+    base: plot::Point,
+    points: impl Iterator<Item = (String, plot::Point)>,
 ) -> Vec<plot::Line> {
     let mut lines: Vec<plot::Line> = Vec::new();
-    for (method, kept, accuracy) in points {
+    for (method, point) in points {
         let at = match lines.iter().position(|l| l.name == method) {
             Some(i) => i,
             None => {
                 lines.push(plot::Line {
                     name: method,
-                    points: vec![(full as f64, base)],
+                    points: vec![base],
                 });
                 lines.len() - 1
             }
         };
-        lines[at].points.push((kept as f64, accuracy));
+        lines[at].points.push(point);
     }
     lines
 }
@@ -498,25 +459,27 @@ fn plot_lines(
 fn replot(dir: &Path) -> Result<()> {
     let md = dir.join("sweep.md");
     let table = std::fs::read_to_string(&md).map_err(|e| Error::file(&md, e))?;
-    let rows: Vec<(String, usize, f64)> = table
+    // | method | visual tokens | accuracy % | % of unreduced | LLM-prefill TFLOPs | ...
+    let rows: Vec<(String, plot::Point)> = table
         .lines()
         .skip(2)
         .filter_map(|line| {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
             let tokens = cells.get(2)?.parse().ok()?;
             let accuracy: f64 = cells.get(3)?.parse().ok()?;
-            Some((cells[1].to_string(), tokens, accuracy / 100.0))
+            let tflops = cells.get(5)?.parse().ok()?;
+            Some((cells[1].to_string(), (tokens, tflops, accuracy / 100.0)))
         })
         .collect();
-    let Some((_, full, base)) = rows.first().cloned() else {
+    let Some((_, base)) = rows.first().cloned() else {
         return Err(Error::InvalidArgument(format!(
             "{}: no sweep rows (method | visual tokens | accuracy % ...)",
             md.display()
         )));
     };
     let png = dir.join("sweep.png");
-    let lines = plot_lines(base, rows.into_iter().skip(1), full);
-    plot::accuracy_vs_tokens(&png, &lines, full).map_err(|e| Error::file(&png, e))?;
+    let lines = plot_lines(base, rows.into_iter().skip(1));
+    plot::sweep(&png, &lines).map_err(|e| Error::file(&png, e))?;
     eprintln!("wrote {}", png.display());
     Ok(())
 }

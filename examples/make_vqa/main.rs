@@ -18,6 +18,7 @@ mod questions;
 mod rng;
 mod scene;
 
+use clap::Parser;
 use questions::{Kind, Query};
 use rng::Rng;
 use serde::Serialize;
@@ -25,80 +26,34 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const USAGE: &str = "usage: make_vqa --seed S --count N --out DIR [options]
-  --seed S                   world seed (splits: 1 train, 2 validation, 3 test)
-  --count N                  number of images
-  --out DIR                  output directory: DIR/images/*.png, DIR/questions.jsonl,
-                             DIR/scenes.jsonl
-  --questions-per-image K    distinct questions per image, 1 to 10 (default 1); the first is
-                             planned (type and answer balanced), the others drawn from what the
-                             scene answers (type, then answer, uniform)
-  --threads T                worker threads (default: the machine's); output does not depend on it
-  --force                    replace DIR's images and JSONL files if they exist";
-
+/// A seeded synthetic visual-QA world: images, questions and scene descriptions.
+#[derive(Parser)]
+#[command(name = "make_vqa")]
 struct Args {
+    /// World seed (splits: 1 train, 2 validation, 3 test)
+    #[arg(long)]
     seed: u64,
-    count: usize,
+    /// Number of images
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Output directory: DIR/images/*.png, DIR/questions.jsonl, DIR/scenes.jsonl
+    #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    per_image: usize,
-    threads: usize,
+    /// Distinct questions per image; the first is planned (type and answer balanced), the
+    /// others drawn from what the scene answers (type, then answer, uniform)
+    #[arg(long = "questions-per-image", value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=10))]
+    per_image: u64,
+    /// Worker threads (default: the machine's); the output does not depend on it
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+    /// Replace DIR's images and JSONL files if they exist
+    #[arg(long)]
     force: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let (mut seed, mut count, mut out) = (None, None, None);
-    let mut per_image = 1;
-    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut force = false;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let num_err = |v: &str| format!("{flag}: cannot parse {v:?} as a non-negative integer");
-        match flag.as_str() {
-            "--seed" => {
-                let v = value()?;
-                seed = Some(v.parse().map_err(|_| num_err(&v))?);
-            }
-            "--count" => {
-                let v = value()?;
-                count = Some(v.parse().map_err(|_| num_err(&v))?);
-            }
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "--questions-per-image" => {
-                let v = value()?;
-                per_image = v.parse().map_err(|_| num_err(&v))?;
-            }
-            "--threads" => {
-                let v = value()?;
-                threads = v.parse().map_err(|_| num_err(&v))?;
-            }
-            "--force" => force = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    let a = Args {
-        seed: seed.ok_or("--seed is required")?,
-        count: count.ok_or("--count is required")?,
-        out: out.ok_or("--out is required")?,
-        per_image,
-        threads,
-        force,
-    };
-    if a.count == 0 {
-        return Err("--count must be at least 1".into());
-    }
-    if !(1..=10).contains(&a.per_image) {
-        return Err("--questions-per-image must be 1 to 10".into());
-    }
-    if a.threads == 0 {
-        return Err("--threads must be at least 1".into());
-    }
-    Ok(a)
-}
-
 fn main() {
-    cli::main_with(USAGE, parse_args, |a| run(&a));
+    cli::main_with(|_: &Args| Ok(()), |a| run(&a));
 }
 
 #[derive(Serialize)]
@@ -269,6 +224,11 @@ fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>, String> {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    let (count, per_image) = (args.count as usize, args.per_image as usize);
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t as usize,
+    );
     let images = args.out.join("images");
     let outputs = [
         args.out.join("questions.jsonl"),
@@ -290,20 +250,20 @@ fn run(args: &Args) -> Result<(), String> {
     let mut qfile = create(&outputs[0])?;
     let mut sfile = create(&outputs[1])?;
     let start = Instant::now();
-    let mut last_report = start;
+    let bar = cli::progress(args.count, "make_vqa: images");
     let mut per_kind = [0usize; 5];
     let (mut yes, mut yes_no) = (0usize, 0usize);
-    let batch = 32 * args.threads;
+    let batch = 32 * threads;
     let mut done = 0;
-    while done < args.count {
-        let end = (done + batch).min(args.count);
+    while done < count {
+        let end = (done + batch).min(count);
         let samples: Vec<(usize, Sample)> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..args.threads)
+            let workers: Vec<_> = (0..threads)
                 .map(|t| {
                     s.spawn(move || {
                         (done + t..end)
-                            .step_by(args.threads)
-                            .map(|i| (i, generate(args.seed, i, args.per_image)))
+                            .step_by(threads)
+                            .map(|i| (i, generate(args.seed, i, per_image)))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -338,16 +298,9 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", outputs[1].display()))?;
         }
         done = end;
-        if last_report.elapsed().as_secs_f64() >= 2.0 || done == args.count {
-            last_report = Instant::now();
-            let secs = start.elapsed().as_secs_f64();
-            eprintln!(
-                "make_vqa: {done}/{} images, {:.0}/s",
-                args.count,
-                done as f64 / secs
-            );
-        }
+        bar.set_position(done as u64);
     }
+    bar.finish_and_clear();
     for (f, p) in [(qfile, &outputs[0]), (sfile, &outputs[1])] {
         f.into_inner()
             .map_err(|e| format!("{}: {e}", p.display()))?

@@ -110,3 +110,33 @@ pub const LLAVA_15_7B: &str = r#"{
     "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
   "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064
 }"#;
+
+/// The binary of example `name` in `target/<profile>/examples/`, next to this test's `deps/`,
+/// built once per test binary with the test's profile (`cargo test --test X` alone builds no
+/// examples).
+pub fn example(name: &str) -> std::path::PathBuf {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--quiet", "--example", name, "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(profile_dir.parent().unwrap());
+    if profile_dir.ends_with("release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("running cargo");
+    assert!(status.success(), "cargo build --example {name} failed");
+    let path = profile_dir.join("examples").join(name);
+    built.insert(name.to_string(), path.clone());
+    path
+}
