@@ -8,7 +8,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 #[path = "../examples/make_vqa/font.rs"]
 mod font;
