@@ -1,8 +1,9 @@
-//! The token-reduction stages as GPU kernels (`shaders/reduce.wgsl`): filter scores (attention
-//! terms, SparseVLM's raters, metric similarity, the local penalty), the source/target split,
-//! correlation (attention or metric pairs), per-source target assignment, grouping of sources
-//! into new tokens (one fused token, grid windows, nearest spaced centres, density peaks) and
-//! the compress that writes the shorter sequence. [`crate::reduce`] composes them into methods.
+//! The token-reduction stages as GPU kernels (`shaders/reduce_filter.wgsl`,
+//! `reduce_correlate.wgsl`, `reduce_compress.wgsl`, sharing `reduce_common.wgsl`): filter scores
+//! (attention terms, SparseVLM's raters, metric similarity, the local penalty), the source/target
+//! split, correlation (attention or metric pairs), per-source target assignment, grouping of
+//! sources into new tokens (one fused token, grid windows, nearest spaced centres, density peaks)
+//! and the compress that writes the shorter sequence. [`crate::reduce`] composes them into methods.
 
 use super::{dims2, expect_shape};
 use crate::gpu::{Batch, Bind, DType, Kernel, Tensor};
@@ -125,8 +126,13 @@ pub struct Split<'a> {
     pub recycled: usize,
 }
 
-fn kernel(entry: &'static str, flag: &'static str) -> Kernel {
-    Kernel::new("reduce", entry).flag(flag)
+/// The shader of each stage's kernels.
+const FILTER: &str = "reduce_filter";
+const CORRELATE: &str = "reduce_correlate";
+const COMPRESS: &str = "reduce_compress";
+
+fn kernel(shader: &'static str, entry: &'static str, flag: &'static str) -> Kernel {
+    Kernel::new(shader, entry).flag(flag)
 }
 
 fn attn_dims(attn: &Tensor, n: usize) -> Result<()> {
@@ -180,7 +186,7 @@ pub fn score_tokens(
     }
     let grid = b.gpu().grid((cand.len() as u32).div_ceil(64));
     b.dispatch(
-        &kernel("score_tokens", "E_SCORE"),
+        &kernel(FILTER, "score_tokens", "E_SCORE"),
         &p,
         &[Bind::R(attn), Bind::W(scores), Bind::R(rw)],
         grid,
@@ -211,7 +217,7 @@ pub fn rate_rows(
         ..cand.params()
     };
     b.dispatch(
-        &kernel("rate_rows", "E_RATE"),
+        &kernel(FILTER, "rate_rows", "E_RATE"),
         &p,
         &[Bind::R(attn), Bind::W(row_weights)],
         [1, 1, 1],
@@ -238,14 +244,14 @@ pub fn metric_stats(
     };
     let g = b.gpu().grid(n as u32);
     let binds = [Bind::R(metric), Bind::W(norms)];
-    b.dispatch(&kernel("metric_norms", "E_NORMS"), &p, &binds, g)?;
+    b.dispatch(&kernel(FILTER, "metric_norms", "E_NORMS"), &p, &binds, g)?;
     if let Some(mean) = mean {
         if mean.numel() < dk {
             return Err(Error::shape("metric mean", format!("[{dk}]"), mean.numel()));
         }
         let g = b.gpu().grid((dk as u32).div_ceil(64));
         let binds = [Bind::R(metric), Bind::W(mean)];
-        b.dispatch(&kernel("metric_mean", "E_MEAN"), &p, &binds, g)?;
+        b.dispatch(&kernel(FILTER, "metric_mean", "E_MEAN"), &p, &binds, g)?;
     }
     Ok(())
 }
@@ -294,7 +300,7 @@ pub fn score_similarity(
     };
     let g = b.gpu().grid(cand.len() as u32);
     b.dispatch(
-        &kernel("score_similarity", "E_SIMILARITY"),
+        &kernel(FILTER, "score_similarity", "E_SIMILARITY"),
         &p,
         &[
             Bind::R(metric),
@@ -335,7 +341,7 @@ pub fn local_penalty(
     };
     let g = b.gpu().grid((cand.len() as u32).div_ceil(64));
     b.dispatch(
-        &kernel("local_penalty", "E_PENALTY"),
+        &kernel(FILTER, "local_penalty", "E_PENALTY"),
         &p,
         &[Bind::R(raw), Bind::W(scores), Bind::R(positions)],
         g,
@@ -421,7 +427,7 @@ pub fn split_tokens<'a>(
         ..cand.params()
     };
     b.dispatch(
-        &kernel("split_tokens", "E_SPLIT"),
+        &kernel(FILTER, "split_tokens", "E_SPLIT"),
         &p,
         &[
             Bind::R(scores),
@@ -479,7 +485,7 @@ pub fn correlate(
         .gpu()
         .grid(((split.sources * split.targets) as u32).div_ceil(64));
     b.dispatch(
-        &kernel("correlate", "E_CORRELATE"),
+        &kernel(CORRELATE, "correlate", "E_CORRELATE"),
         &p,
         &[Bind::R(attn), Bind::W(corr), Bind::R(split.plan)],
         g,
@@ -554,7 +560,7 @@ pub fn metric_pairs(
     };
     let g = b.gpu().grid(((nr * nc) as u32).div_ceil(64));
     b.dispatch(
-        &kernel("metric_pairs", "E_PAIRS"),
+        &kernel(CORRELATE, "metric_pairs", "E_PAIRS"),
         &p,
         &[
             Bind::R(metric),
@@ -612,7 +618,7 @@ pub fn assign_targets(
     if rows == 0 || len == 0 {
         return Ok(());
     }
-    let k = kernel("assign_targets", "E_ASSIGN").define("SORT_N", format!("{sort_n}u"));
+    let k = kernel(CORRELATE, "assign_targets", "E_ASSIGN").define("SORT_N", format!("{sort_n}u"));
     let g = b.gpu().grid(rows as u32);
     b.dispatch(&k, &p, &[Bind::R(corr), Bind::W(weights)], g)
 }
@@ -675,7 +681,7 @@ pub fn group_sources(
     };
     let g = b.gpu().grid((split.sources as u32).div_ceil(64));
     b.dispatch(
-        &kernel("group_sources", "E_GROUP"),
+        &kernel(CORRELATE, "group_sources", "E_GROUP"),
         &p,
         &[Bind::W(split.plan), Bind::R(positions), Bind::R(pairs)],
         g,
@@ -711,7 +717,7 @@ pub fn density_peaks(
     let g = b.gpu().grid((q as u32).div_ceil(64));
     for entry in ["dpc_density", "dpc_peaks", "dpc_centres", "dpc_assign"] {
         b.dispatch(
-            &kernel(entry, "E_DPC"),
+            &kernel(CORRELATE, entry, "E_DPC"),
             &p,
             &[Bind::R(dist), Bind::W(aux), Bind::W(split.plan)],
             g,
@@ -792,7 +798,8 @@ pub fn compress(
         Bind::W(sizes),
     ];
     binds.extend(merge.sizes.map(Bind::R));
-    let k = kernel("compress", "E_COMPRESS").flag_if("CARRIED_SIZES", merge.sizes.is_some());
+    let k =
+        kernel(COMPRESS, "compress", "E_COMPRESS").flag_if("CARRIED_SIZES", merge.sizes.is_some());
     b.dispatch(&k, &p, &binds, g)
 }
 
@@ -838,7 +845,7 @@ pub fn compress_new(
     weighting.apply(&mut p);
     let g = b.gpu().grid(split.new_tokens as u32);
     b.dispatch(
-        &kernel("compress_new", "E_NEW"),
+        &kernel(COMPRESS, "compress_new", "E_NEW"),
         &p,
         &[
             Bind::R(hidden),
@@ -894,7 +901,7 @@ pub fn route_tokens(
     };
     let g = b.gpu().grid((n as u32).div_ceil(64));
     b.dispatch(
-        &kernel("route_tokens", "E_ROUTE"),
+        &kernel(COMPRESS, "route_tokens", "E_ROUTE"),
         &p,
         &[Bind::R(plan), Bind::R(weights), Bind::W(route)],
         g,
@@ -916,7 +923,7 @@ pub fn compose_routes(b: &mut Batch, route: &Tensor, owner: &Tensor) -> Result<(
     };
     let g = b.gpu().grid((count as u32).div_ceil(64).max(1));
     b.dispatch(
-        &kernel("compose_routes", "E_COMPOSE"),
+        &kernel(COMPRESS, "compose_routes", "E_COMPOSE"),
         &p,
         &[Bind::R(route), Bind::W(owner)],
         g,

@@ -4,7 +4,7 @@
 //!   with its [`Grouping`] into new tokens, [`Compress`]) and a [`Reduction`] combining them.
 //! - [`method`]: each method as a short composition of the stages, with the papers' defaults
 //!   and the ablations of FiCoCo's tables.
-//! - [`step`]: one reduction step recorded on the GPU (`shaders/reduce.wgsl`).
+//! - [`step`]: one reduction step recorded on the GPU (`shaders/reduce_{filter,correlate,compress}.wgsl`).
 //! - [`random`]: numpy's legacy permutation for the random baseline.
 //! - [`sites`]: where the steps attach to the model (vision layers, LLM prefill layers).
 //! - [`spec`]: `METHOD[:BUDGET]` planned into per-layer steps for a model.

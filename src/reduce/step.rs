@@ -128,7 +128,7 @@ impl ReductionStep {
         self.max_tokens
     }
 
-    /// The plan of the last step (layout in `shaders/reduce.wgsl`): `kept` of output row r is
+    /// The plan of the last step (layout in `shaders/reduce_common.wgsl`): `kept` of output row r is
     /// word `3 n + r` ([`NEW_TOKEN`] for a new token).
     pub fn plan(&self) -> &Tensor {
         &self.plan
