@@ -62,6 +62,11 @@ struct Args {
     /// already quantised stay as they are)
     #[arg(long, value_parser = cli::parse_quantize)]
     quantize: Option<GgmlType>,
+    /// Run the LLaVA model with its language model from this llama.cpp GGUF file (llama or
+    /// qwen2; it must be the model's own LLM, e.g. quantised): the vision tower, projector,
+    /// tokenizer and template stay the model directory's
+    #[arg(long, value_name = "FILE.gguf")]
+    decoder: Option<PathBuf>,
     /// Print one JSON object instead of streaming text
     #[arg(long)]
     json: bool,
@@ -90,6 +95,9 @@ struct Args {
 /// What clap cannot say: which options need an image, and value ranges.
 fn check(a: &Args) -> Result<(), String> {
     if is_gguf(a) {
+        if a.decoder.is_some() {
+            return Err("--decoder goes with a LLaVA model directory as --model".into());
+        }
         if a.image.is_some() {
             return Err("a GGUF model runs text-only here: leave out --image (llama.cpp's mmproj vision files are not supported yet)".into());
         }
@@ -234,7 +242,10 @@ fn run(args: Args) -> ficoco::Result<()> {
         quantize: args.quantize,
         ..LoadOptions::default()
     };
-    let mut model = Llava::load(gpu.clone(), &args.model, &opts)?;
+    let mut model = match &args.decoder {
+        Some(file) => Llava::load_with_decoder(gpu.clone(), &args.model, file, &opts)?,
+        None => Llava::load(gpu.clone(), &args.model, &opts)?,
+    };
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if !args.json {
         eprintln!("adapter: {}", gpu.describe());

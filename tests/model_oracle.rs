@@ -66,7 +66,8 @@ struct Run {
     image: Vec<f32>,
 }
 
-fn run(gpu: &Arc<Gpu>, o: &Oracle, dtype: DType) -> Run {
+/// The fixture's model, its decoder from `decoder` (a GGUF file in the fixture) if given.
+fn run(gpu: &Arc<Gpu>, o: &Oracle, dtype: DType, decoder: Option<&str>) -> Run {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tok = Tokenizer::from_dir(&o.dir).unwrap();
     let proc = ImageProcessor::from_dir(&o.dir).unwrap();
@@ -78,7 +79,11 @@ fn run(gpu: &Arc<Gpu>, o: &Oracle, dtype: DType) -> Run {
         max_context: 1100,
         quantize: None,
     };
-    let mut model = Llava::load(gpu.clone(), &o.dir, &opts).unwrap();
+    let mut model = match decoder {
+        Some(file) => Llava::load_with_decoder(gpu.clone(), &o.dir, &o.dir.join(file), &opts),
+        None => Llava::load(gpu.clone(), &o.dir, &opts),
+    }
+    .unwrap();
     let text = o.json["prompt"].as_str().unwrap();
     let prompt = preprocess::build_prompt_ids(
         &tok,
@@ -118,7 +123,7 @@ fn rel_max_diff(got: &[f32], want: &[f32]) -> f32 {
 fn f32_matches_transformers() {
     for dir in model_dirs() {
         let o = Oracle::load(&dir);
-        let r = run(gpu(), &o, DType::F32);
+        let r = run(gpu(), &o, DType::F32, None);
         let name = dir.display();
         let dv = rel_max_diff(&r.vision, &o.f32("vision_features"));
         let di = rel_max_diff(&r.image, &o.f32("image_features"));
@@ -143,7 +148,7 @@ fn f32_matches_transformers() {
 fn f16_matches_transformers_top1() {
     for dir in model_dirs() {
         let o = Oracle::load(&dir);
-        let r = run(portable_gpu(), &o, DType::F16);
+        let r = run(portable_gpu(), &o, DType::F16, None);
         let name = dir.display();
         let want = o.f32("prefill_logits_last");
         let dl = rel_max_diff(&r.logits, &want);
@@ -155,6 +160,74 @@ fn f16_matches_transformers_top1() {
             "{name}: first token"
         );
     }
+}
+
+/// LLaVA with its decoder from a llama.cpp GGUF file (scripts/make_gguf_decoder_fixtures.py
+/// writes the fixture's language model with the `gguf` package: llama.cpp's names, llama's
+/// reordered Q/K rows, the checkpoint's own float matrices): the same tolerances against
+/// transformers as the safetensors checkpoint. A Q8_0 file stays within Q8_0's rounding of the
+/// logits (measured 1.4e-2 of max |logit|).
+#[test]
+fn gguf_decoder_matches_transformers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for name in ["siglip_qwen2_untied", "siglip_qwen2_tied", "gqa_untied"] {
+        let o = Oracle::load(&root.join(name));
+        let r = run(gpu(), &o, DType::F32, Some("decoder.gguf"));
+        let dl = rel_max_diff(&r.logits, &o.f32("prefill_logits_last"));
+        eprintln!("{name} with decoder.gguf: logits {dl:.2e} (relative max)");
+        assert!(dl <= 1e-3, "{name}: prefill logits differ by {dl}");
+        assert_eq!(r.tokens, o.ids("greedy_tokens"), "{name}: greedy tokens");
+    }
+    let o = Oracle::load(&root.join("gqa_untied"));
+    let r = run(gpu(), &o, DType::F32, Some("decoder_q8_0.gguf"));
+    let dl = rel_max_diff(&r.logits, &o.f32("prefill_logits_last"));
+    eprintln!("gqa_untied with decoder_q8_0.gguf: logits {dl:.2e} (relative max)");
+    assert!(dl <= 2e-2, "Q8_0 decoder: prefill logits differ by {dl}");
+    assert_eq!(
+        r.tokens[0],
+        o.ids("greedy_tokens")[0],
+        "Q8_0 decoder: first token"
+    );
+}
+
+/// A GGUF decoder of another model is refused, naming what differs.
+#[test]
+fn gguf_decoder_of_another_model_is_refused() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let opts = LoadOptions::default();
+    let cases = [
+        (
+            "siglip_qwen2_untied",
+            "gqa_untied/decoder.gguf",
+            "architecture llama vs qwen2",
+        ),
+        (
+            "siglip_qwen2_untied",
+            "siglip_qwen2_tied/decoder.gguf",
+            "embeddings tied vs untied",
+        ),
+        (
+            "siglip_qwen2_tied",
+            "siglip_qwen2_untied/decoder.gguf",
+            "RoPE theta 10000 vs 1000000",
+        ),
+    ];
+    for (dir, file, want) in cases {
+        let err = Llava::load_with_decoder(gpu().clone(), &root.join(dir), &root.join(file), &opts)
+            .err()
+            .unwrap_or_else(|| panic!("{dir} + {file} loaded"))
+            .to_string();
+        assert!(
+            err.contains(want) && err.contains(file),
+            "{dir} + {file}: {err}"
+        );
+    }
+    let missing = root.join("gqa_untied/no-such.gguf");
+    let err = Llava::load_with_decoder(gpu().clone(), &root.join("gqa_untied"), &missing, &opts)
+        .err()
+        .expect("missing file loaded")
+        .to_string();
+    assert!(err.contains("no-such.gguf"), "{err}");
 }
 
 /// Stop tokens, cancellation through the callback, near-zero-temperature sampling and the

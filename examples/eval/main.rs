@@ -44,6 +44,11 @@ struct Args {
     /// Quantise the decoder's matrices while loading: q8_0 or q4_k
     #[arg(long, value_parser = cli::parse_quantize)]
     quantize: Option<GgmlType>,
+    /// Run the LLaVA model with its language model from this llama.cpp GGUF file (llama or
+    /// qwen2; it must be the model's own LLM, e.g. quantised): the vision tower, projector,
+    /// tokenizer and template stay the model directory's
+    #[arg(long, value_name = "FILE.gguf")]
+    decoder: Option<PathBuf>,
     /// Print one JSON object (accuracy in 0..1, per type, visual tokens, FLOPs, prefill time,
     /// every answer)
     #[arg(long)]
@@ -222,7 +227,10 @@ impl Evaluator {
             ..LoadOptions::default()
         };
         let loading = cli::spinner(&format!("loading {}", args.model.display()));
-        let model = Llava::load(gpu.clone(), &args.model, &opts)?;
+        let model = match &args.decoder {
+            Some(file) => Llava::load_with_decoder(gpu.clone(), &args.model, file, &opts)?,
+            None => Llava::load(gpu.clone(), &args.model, &opts)?,
+        };
         loading.finish_and_clear();
         let set = args
             .set

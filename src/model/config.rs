@@ -515,4 +515,76 @@ impl LlavaConfig {
     pub fn tied_embeddings(&self) -> bool {
         self.tie_word_embeddings
     }
+
+    /// Refuses a decoder (`text`, from the GGUF file at `path`) that is not the one this
+    /// config describes: the projector writes into its hidden size, the tokenizer indexes its
+    /// vocabulary, and every other shape, the norm epsilon and RoPE must agree too, since the
+    /// decoder runs with them.
+    pub fn check_decoder(&self, text: &TextConfig, path: &Path) -> Result<()> {
+        let ours = &self.text_config;
+        let mut diffs = Vec::new();
+        if ours.model_type != text.model_type {
+            diffs.push(format!(
+                "architecture {} vs {}",
+                text.model_type, ours.model_type
+            ));
+        }
+        let sizes = [
+            ("hidden size", text.hidden_size, ours.hidden_size),
+            (
+                "intermediate size",
+                text.intermediate_size,
+                ours.intermediate_size,
+            ),
+            ("layers", text.num_hidden_layers, ours.num_hidden_layers),
+            (
+                "attention heads",
+                text.num_attention_heads,
+                ours.num_attention_heads,
+            ),
+            ("KV heads", text.kv_heads(), ours.kv_heads()),
+            ("head dim", text.head_dim(), ours.head_dim()),
+            ("vocabulary", text.vocab_size, ours.vocab_size),
+        ];
+        for (what, theirs, want) in sizes {
+            if theirs != want {
+                diffs.push(format!("{what} {theirs} vs {want}"));
+            }
+        }
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * a.abs().max(b.abs());
+        if !close(text.rms_norm_eps, ours.rms_norm_eps) {
+            diffs.push(format!(
+                "RMSNorm eps {} vs {}",
+                text.rms_norm_eps, ours.rms_norm_eps
+            ));
+        }
+        if !close(text.theta(), ours.theta()) {
+            diffs.push(format!("RoPE theta {} vs {}", text.theta(), ours.theta()));
+        }
+        let (theirs, want) = (text.rope_scaling()?, ours.rope_scaling()?);
+        if format!("{theirs:?}") != format!("{want:?}") {
+            diffs.push(format!("RoPE scaling {theirs:?} vs {want:?}"));
+        }
+        let tied = text.tie_word_embeddings.unwrap_or(false);
+        if tied != self.tie_word_embeddings {
+            let says = |t: bool| if t { "tied" } else { "untied" };
+            diffs.push(format!(
+                "embeddings {} vs {}",
+                says(tied),
+                says(self.tie_word_embeddings)
+            ));
+        }
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        Err(Error::file(
+            path,
+            format!(
+                "this GGUF decoder does not match the language model of {} (GGUF vs config: {}); \
+                 use a GGUF converted from this model's own language model",
+                self.source.display(),
+                diffs.join(", ")
+            ),
+        ))
+    }
 }

@@ -3,6 +3,7 @@
 use super::config::LlavaConfig;
 use super::decoder::{Decoder, PrefillReduction};
 use super::generate::{GenerateOptions, Generation, Sampler, Timings};
+use super::gguf::Gguf;
 use super::kv_cache::KvCache;
 use super::linear::WeightStore;
 use super::projector::Projector;
@@ -92,10 +93,41 @@ impl Llava {
         Self::from_weights(gpu, config, &wf, opts)
     }
 
+    /// A llava-hf directory's vision tower and projector with the decoder of a llama.cpp GGUF
+    /// file (`llama` or `qwen2`; quantised tensors stay quantised, `opts.quantize` applies to
+    /// its dense ones). The file must hold the language model the directory's config describes
+    /// (see [`LlavaConfig::check_decoder`]); the directory's tokenizer and chat template stay in
+    /// use, and its own decoder tensors are not uploaded.
+    pub fn load_with_decoder(
+        gpu: Arc<Gpu>,
+        dir: &Path,
+        decoder: &Path,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let config = LlavaConfig::from_dir(dir)?;
+        let file = Gguf::open(decoder)?;
+        config.check_decoder(&file.text_config()?, decoder)?;
+        let tc = &config.text_config;
+        let decoder_weights = WeightFile::from_gguf(file, tc.num_attention_heads, tc.kv_heads())?;
+        let wf = WeightFile::open(dir)?;
+        Self::from_parts(gpu, config, &wf, &decoder_weights, opts)
+    }
+
     pub fn from_weights(
         gpu: Arc<Gpu>,
         config: LlavaConfig,
         wf: &WeightFile,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        Self::from_parts(gpu, config, wf, wf, opts)
+    }
+
+    /// The vision tower and projector from `wf`, the decoder from `decoder_weights`.
+    fn from_parts(
+        gpu: Arc<Gpu>,
+        config: LlavaConfig,
+        wf: &WeightFile,
+        decoder_weights: &WeightFile,
         opts: &LoadOptions,
     ) -> Result<Self> {
         opts.store().check()?;
@@ -115,7 +147,7 @@ impl Llava {
         let projector = Projector::load(g, wf, &config, opts.dtype, visual)?;
         let decoder = Decoder::load(
             g,
-            wf,
+            decoder_weights,
             &config.text_config,
             config.tied_embeddings(),
             opts.store(),
