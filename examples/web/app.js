@@ -240,9 +240,10 @@ async function main() {
       params.get('matmul') || '');
     demo = await Demo.load(settings, text(f['config.json']), f['model.safetensors'],
       f['tokenizer.json'], text(f['tokenizer_config.json']), text(f['preprocessor_config.json']),
-      text(f['processor_config.json']));
+      text(f['processor_config.json']), params.get('quantize') || '');
     gpuStatus.textContent = `WebGPU adapter: ${adapterInfo}\nficoco device: ${demo.adapter().trim()}`;
-    modelStatus.textContent = `Model ${model.manifest.name}: ${model.where}; ready ` +
+    const quantized = params.get('quantize') ? `, decoder quantised to ${params.get('quantize')}` : '';
+    modelStatus.textContent = `Model ${model.manifest.name}${quantized}: ${model.where}; ready ` +
       `(device and weights loaded in ${fmtMs(demo.load_ms())})`;
     wireControls();
     $('run').disabled = false;

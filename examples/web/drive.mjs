@@ -1,13 +1,15 @@
 // Drives the built browser demo in headless Chromium (playwright-core, Debian's chromium) for
 // examples/web/test.sh: serves the site on 127.0.0.1, asks each expected case's question through
 // the page's controls, compares the answers with the native CLI's, checks that a reload takes
-// the model from the browser cache and that the page explains a missing WebGPU, and saves a
+// the model from the browser cache, that a decoder quantised while loading (?quantize=Q)
+// answers as the CLI's --quantize Q, and that the page explains a missing WebGPU, and saves a
 // screenshot.
 //
 //   node drive.mjs --site DIR --expect FILE.json --screenshot FILE.png [--chromium PATH]
 //
 // FILE.json: {"question": ..., "max_new_tokens": N, "cases": [{"reduce": "none" | "METHOD:N",
-// "native": <generate --json output>}]}. Exits 1 on any mismatch, 2 on a setup failure.
+// "native": <generate --json output>}], "quantized": {"quantize": Q, "cases": [...]}}; the
+// quantized part may be absent. Exits 1 on any mismatch, 2 on a setup failure.
 
 import { chromium } from 'playwright-core';
 import { createServer } from 'node:http';
@@ -72,6 +74,51 @@ try {
     return page.evaluate(() => document.body.dataset.state);
   };
 
+  /** Asks each case's question in the loaded page; the number of cases that fail. */
+  const askAll = async (cases, tag) => {
+    const label = tag ? `${tag} ` : '';
+    let failed = 0;
+    for (const c of cases) {
+      const [method, budget] = c.reduce.split(':');
+      await page.fill('#question', expect.question);
+      await page.selectOption('#method', method);
+      if (budget) {
+        await page.$eval('#budget', (el, v) => {
+          el.value = v;
+          el.dispatchEvent(new Event('input'));
+        }, budget);
+      }
+      await page.fill('#max-tokens', String(expect.max_new_tokens));
+      start = Date.now();
+      await page.click('#run');
+      const state = await waitState(['done', 'error']);
+      const seconds = ((Date.now() - start) / 1000).toFixed(1);
+      if (state === 'error') {
+        failed += 1;
+        console.log(`FAIL ${label}${c.reduce}: ${await page.evaluate(() => window.ficoco.error)}`);
+        continue;
+      }
+      const report = await page.evaluate(() => window.ficoco.report);
+      const streamed = await page.textContent('#answer');
+      const same = JSON.stringify(report.tokens) === JSON.stringify(c.native.tokens) &&
+        report.text === c.native.text && streamed === report.text &&
+        report.visual_tokens === c.native.visual_tokens;
+      if (!same) failed += 1;
+      results.push({ reduce: c.reduce, quantize: tag, same, seconds: Number(seconds), web: report,
+        streamed, native: c.native });
+      console.log(`${same ? 'ok  ' : 'FAIL'} ${label}${c.reduce} (${seconds} s in the browser; ` +
+        `${report.visual_tokens} visual tokens)`);
+      console.log(`  browser: ${JSON.stringify(report.text)}`);
+      console.log(`  native:  ${JSON.stringify(c.native.text)}`);
+      if (!same) {
+        console.log(`  browser tokens: ${JSON.stringify(report.tokens)}`);
+        console.log(`  native tokens:  ${JSON.stringify(c.native.tokens)}`);
+        console.log(`  streamed text:  ${JSON.stringify(streamed)}`);
+      }
+    }
+    return failed;
+  };
+
   let start = Date.now();
   await page.goto(url);
   if ((await waitState(['ready', 'error'])) === 'error') {
@@ -84,44 +131,7 @@ try {
   await page.setInputFiles('#file', join(opt.site, 'demo.png'));
   await page.waitForFunction(() => document.body.dataset.image === 'demo.png', null,
     { timeout: 60000 });
-  for (const c of expect.cases) {
-    const [method, budget] = c.reduce.split(':');
-    await page.fill('#question', expect.question);
-    await page.selectOption('#method', method);
-    if (budget) {
-      await page.$eval('#budget', (el, v) => {
-        el.value = v;
-        el.dispatchEvent(new Event('input'));
-      }, budget);
-    }
-    await page.fill('#max-tokens', String(expect.max_new_tokens));
-    start = Date.now();
-    await page.click('#run');
-    const state = await waitState(['done', 'error']);
-    const seconds = ((Date.now() - start) / 1000).toFixed(1);
-    if (state === 'error') {
-      failures += 1;
-      console.log(`FAIL ${c.reduce}: ${await page.evaluate(() => window.ficoco.error)}`);
-      continue;
-    }
-    const report = await page.evaluate(() => window.ficoco.report);
-    const streamed = await page.textContent('#answer');
-    const same = JSON.stringify(report.tokens) === JSON.stringify(c.native.tokens) &&
-      report.text === c.native.text && streamed === report.text &&
-      report.visual_tokens === c.native.visual_tokens;
-    if (!same) failures += 1;
-    results.push({ reduce: c.reduce, same, seconds: Number(seconds), web: report,
-      streamed, native: c.native });
-    console.log(`${same ? 'ok  ' : 'FAIL'} ${c.reduce} (${seconds} s in the browser; ` +
-      `${report.visual_tokens} visual tokens)`);
-    console.log(`  browser: ${JSON.stringify(report.text)}`);
-    console.log(`  native:  ${JSON.stringify(c.native.text)}`);
-    if (!same) {
-      console.log(`  browser tokens: ${JSON.stringify(report.tokens)}`);
-      console.log(`  native tokens:  ${JSON.stringify(c.native.tokens)}`);
-      console.log(`  streamed text:  ${JSON.stringify(streamed)}`);
-    }
-  }
+  failures += await askAll(expect.cases, '');
   await mkdir(dirname(opt.screenshot), { recursive: true });
   await page.screenshot({ path: opt.screenshot, fullPage: true });
 
@@ -135,6 +145,21 @@ try {
     const cached = status.includes('from the browser cache');
     if (!cached) failures += 1;
     console.log(`${cached ? 'ok  ' : 'FAIL'} reload: ${status}`);
+  }
+
+  // A quantised decoder: the page loads with ?quantize=Q and answers as the CLI's --quantize Q.
+  if (expect.quantized) {
+    await page.goto(`${url}&quantize=${expect.quantized.quantize}`);
+    if ((await waitState(['ready', 'error'])) === 'error') {
+      failures += 1;
+      console.log(`FAIL quantize: ${await page.evaluate(() => window.ficoco.error)}`);
+    } else {
+      console.log(await page.textContent('#model-status'));
+      await page.setInputFiles('#file', join(opt.site, 'demo.png'));
+      await page.waitForFunction(() => document.body.dataset.image === 'demo.png', null,
+        { timeout: 60000 });
+      failures += await askAll(expect.quantized.cases, expect.quantized.quantize);
+    }
   }
 
   // Without WebGPU the page must say so: a browser lacking navigator.gpu, and one whose WebGPU

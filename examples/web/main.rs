@@ -6,6 +6,7 @@
 mod web {
     use ficoco::gpu::{Gpu, GpuOptions};
     use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
+    use ficoco::ops::GgmlType;
     use ficoco::pipeline::{self, Prepared};
     use ficoco::preprocess::{self, ImageProcessor, TextStream, Tokenizer};
     use ficoco::reduce::ReduceSpec;
@@ -63,7 +64,8 @@ mod web {
         /// Open the WebGPU device and load a model from its files' contents: `config.json`,
         /// `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (may be absent) and
         /// the image processor settings, `preprocessor_config.json` or else
-        /// `processor_config.json`.
+        /// `processor_config.json`. `quantize` (`q8_0`, `q4_k`; empty: none) quantises the
+        /// decoder's matrices while loading, as the CLI's `--quantize`.
         #[allow(clippy::too_many_arguments)]
         pub async fn load(
             settings: DeviceSettings,
@@ -73,6 +75,7 @@ mod web {
             tokenizer_config: Option<String>,
             preprocessor_config: Option<String>,
             processor_config: Option<String>,
+            quantize: String,
         ) -> Result<Demo, JsError> {
             console_error_panic_hook();
             let mut clock = ficoco::clock::Clock::start();
@@ -105,9 +108,21 @@ mod web {
                 .map_err(js_err)?;
             let tokenizer = Tokenizer::from_bytes(&tokenizer_json, tokenizer_config.as_deref())
                 .map_err(js_err)?;
-            let model =
-                Llava::load_from_bytes(gpu.clone(), &config_json, weights, &LoadOptions::default())
-                    .map_err(js_err)?;
+            let load = LoadOptions {
+                quantize: match quantize.as_str() {
+                    "" => None,
+                    "q8_0" => Some(GgmlType::Q8_0),
+                    "q4_k" => Some(GgmlType::Q4K),
+                    other => {
+                        return Err(JsError::new(&format!(
+                            "quantize {other:?}: expected q8_0, q4_k or nothing"
+                        )))
+                    }
+                },
+                ..LoadOptions::default()
+            };
+            let model = Llava::load_from_bytes(gpu.clone(), &config_json, weights, &load)
+                .map_err(js_err)?;
             let load_ms = clock.lap_ms();
             let config = model.config();
             Ok(Demo {
@@ -209,7 +224,7 @@ mod web {
             let image = preprocess::decode_image(image, "image").map_err(js_err)?;
             let pixels = self.processor.preprocess(&image).map_err(js_err)?;
             let spec: ReduceSpec = reduce.parse().map_err(js_err)?;
-            let text = preprocess::chat_prompt(question);
+            let text = preprocess::PromptFormat::detect(&self.tokenizer).prompt(question);
             let prepared: Prepared = pipeline::prepare(
                 &mut self.model,
                 &self.tokenizer,

@@ -27,6 +27,9 @@ question="What character is on the label?"
 max_new_tokens=32
 # The screenshot shows the last case: a vision-side reduction, so the overlay shows merges.
 cases=(none ficoco-l:64 ficoco-v:64)
+# Then the page loads again with the decoder quantised while loading (as --quantize).
+quantize=q4_k
+quantized_cases=(none ficoco-v:64)
 
 chromium="${CHROMIUM:-/usr/bin/chromium}"
 [ -x "$chromium" ] || { echo "test.sh: $chromium not found: apt-get install -y chromium (or set CHROMIUM)" >&2; exit 2; }
@@ -46,16 +49,23 @@ t0=$SECONDS
 cargo build --release --example generate
 generate="$target_dir/release/examples/generate"
 expect="$artifacts/expected.json"
-{
-  printf '{"question": "%s", "max_new_tokens": %s, "cases": [' "$question" "$max_new_tokens"
-  sep=""
-  for c in "${cases[@]}"; do
+native_cases() { # extra generate options..., then --cases and the reductions
+  local opts=() sep=""
+  while [ "$1" != --cases ]; do opts+=("$1"); shift; done
+  shift
+  for c in "$@"; do
     native=$("$generate" --model "$model" --image "$image" --prompt "$question" \
-      --max-new-tokens "$max_new_tokens" --reduce "$c" --json)
+      --max-new-tokens "$max_new_tokens" --reduce "$c" --json "${opts[@]}")
     printf '%s{"reduce": "%s", "native": %s}' "$sep" "$c" "$native"
     sep=", "
   done
-  printf ']}\n'
+}
+{
+  printf '{"question": "%s", "max_new_tokens": %s, "cases": [' "$question" "$max_new_tokens"
+  native_cases --cases "${cases[@]}"
+  printf '], "quantized": {"quantize": "%s", "cases": [' "$quantize"
+  native_cases --quantize "$quantize" --cases "${quantized_cases[@]}"
+  printf ']}}\n'
 } > "$expect"
 echo "test.sh: native answers in $((SECONDS - t0)) s"
 
