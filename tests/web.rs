@@ -27,8 +27,16 @@ fn browser_demo_answers_like_the_cli() {
     // The trained CLIP + Llama demo model, then the SigLIP + Qwen2 family (no [CLS], 27 x 27
     // patches, ChatML), each with its own artifacts folder.
     for (model, image, artifacts) in [
-        ("assets/llava-vqa", "assets/vqa-test/images/000003.png", "web-test"),
-        ("assets/llava-interleave-tiny-random", "assets/images/demo.png", "web-test-siglip"),
+        (
+            "assets/llava-vqa",
+            "assets/vqa-test/images/000003.png",
+            "web-test",
+        ),
+        (
+            "assets/llava-interleave-tiny-random",
+            "assets/images/demo.png",
+            "web-test-siglip",
+        ),
     ] {
         let status = Command::new("bash")
             .arg(Path::new(root).join("examples/web/test.sh"))
