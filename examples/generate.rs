@@ -177,9 +177,10 @@ fn run_gguf(args: Args) -> ficoco::Result<()> {
     };
     if !args.json {
         eprintln!("adapter: {}", gpu.describe());
-        eprintln!("loading {} ...", args.model.display());
     }
+    let loading = cli::spinner_unless(args.json, &format!("loading {}", args.model.display()));
     let mut model = TextModel::from_gguf(gpu.clone(), file, &opts)?;
+    loading.finish_and_clear();
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     let gen_opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
@@ -242,10 +243,12 @@ fn run(args: Args) -> ficoco::Result<()> {
         quantize: args.quantize,
         ..LoadOptions::default()
     };
+    let loading = cli::spinner_unless(args.json, &format!("loading {}", args.model.display()));
     let mut model = match &args.decoder {
         Some(file) => Llava::load_with_decoder(gpu.clone(), &args.model, file, &opts)?,
         None => Llava::load(gpu.clone(), &args.model, &opts)?,
     };
+    loading.finish_and_clear();
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if !args.json {
         eprintln!("adapter: {}", gpu.describe());

@@ -70,6 +70,15 @@ pub fn progress(len: u64, label: &str) -> ProgressBar {
     bar
 }
 
+/// A spinner for work of unknown length (loading a model); none when `quiet`.
+pub fn spinner_unless(quiet: bool, label: &str) -> ProgressBar {
+    if quiet {
+        ProgressBar::hidden()
+    } else {
+        spinner(label)
+    }
+}
+
 /// A spinner for work of unknown length (loading a model).
 pub fn spinner(label: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
