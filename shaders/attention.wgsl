@@ -12,6 +12,9 @@
 //   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
 //              strided over keys; masked entries are exactly 0.
 //              Bindings: 1 q, 2 k (read), 3 probs (write), 4 lse (read).
+//              With SCORES instead the head-averaged pre-softmax scores scale * q.k over every
+//              key, unmasked and without size bias (what the FiCoCo authors' code scores with);
+//              no lse binding.
 // KEY_SIZES (both entries): ToMe's proportional attention, key j's logit gains log(size[j]) (a
 // token standing for size[j] merged patches counts that many times). One more read binding after
 // the others: size [kv_len].
@@ -154,7 +157,9 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
 #ifdef PROBS
 @group(0) @binding(3) var<storage, read_write> probs: array<f32>;
+#ifndef SCORES
 @group(0) @binding(4) var<storage, read> lse_in: array<f32>;
+#endif
 
 @compute @workgroup_size(CHUNK)
 fn probs_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -166,6 +171,15 @@ fn probs_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let n = visible(i);
     for (var j = lid; j < p.kv_len; j += CHUNK) {
         var a = 0.0;
+#ifdef SCORES
+        for (var h = 0u; h < p.heads; h++) {
+            let qb = i * qd + h * p.hd;
+            let kb = j * kvd + kv_head(h) * p.hd;
+            var acc = 0.0;
+            for (var d = 0u; d < p.hd; d++) { acc += q[qb + d] * k[kb + d]; }
+            a += acc * p.scale;
+        }
+#else
         if (j < n) {
             for (var h = 0u; h < p.heads; h++) {
                 let qb = i * qd + h * p.hd;
@@ -175,6 +189,7 @@ fn probs_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                 a += exp(acc * p.scale + key_bias(j) - lse_in[i * p.heads + h]);
             }
         }
+#endif
         probs[i * p.kv_len + j] = a / f32(p.heads);
     }
 }

@@ -2,7 +2,8 @@
 // reduce_compress include it): the terms, the plan buffer's layout, the Params uniform at
 // binding 0 and the candidate-index helpers. No entry points, no other bindings.
 // Terms (scripts/reduce_reference.py, "Decisions"): a sequence of n tokens, hidden [n, d] f32
-// row-major; attn [n, n] f32 head-averaged softmax probabilities, row = query, column = key;
+// row-major; attn [n, n] f32 head-averaged softmax probabilities (or, for the FiCoCo authors'
+// readings, pre-softmax scores: scripts/ficoco_authors.py), row = query, column = key;
 // metric [n, dk] f32 (the keys if given, else hidden: G5); cos(u, v) = u.v / (max(|u|, 1e-12)
 // max(|v|, 1e-12)). Candidates P = the span [cand0, cand0 + ncand) without token `cls` (NONE =
 // no [CLS]), indexed c = 0..np in sequence order. Sources S (leave the sequence) and targets T
@@ -39,6 +40,7 @@ struct Params {
     rows: u32, cols: u32, nr: u32, nc: u32,
     stride: u32, bipartite: u32, count: u32, knn: u32,
     score_self: u32, score_members: u32, normalise: u32, positions_mode: u32,
+    along_rows: u32, normalise_terms: u32, path: u32, softmax: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

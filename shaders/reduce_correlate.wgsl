@@ -6,6 +6,7 @@
 //   correlate      E_CORRELATE 1 attn (r), 2 C [ns, nt] (rw), 3 plan (r)
 //                  C[a, b] = g_direct * (A[i, j] + symmetric * A[j, i])
 //                          + g_indirect / ntext * sum_k A[k, i] * A[k, j], k over the text rows
+//                  or with `path` (the authors' FiCoCo-L) + g_indirect * sum_k A[i, k] * A[k, j]
 //   metric_pairs   E_PAIRS    1 metric (r), 2 norms (r), 3 plan (r), 4 out [nr, nc] (rw)
 //                  out[r, c] = cos(M_i, M_j) (mode 0) or |M_i - M_j| / sqrt(dk) (mode 1) for
 //                  i = list `rows`[r], j = list `cols`[c]; lists: 0 sources, 1 targets, 2 every
@@ -14,7 +15,8 @@
 //   assign_targets E_ASSIGN   1 C (r), 2 weights [ns, nt] (rw)
 //                  one workgroup per source (per target when convergent): members are the
 //                  entries >= the eps-quantile of the row (torch.quantile's linear rule) or the
-//                  fixed_k largest; weight = entry / sum over members (1 with `average`), else 0
+//                  fixed_k largest; weight = entry / sum over members (1 with `average`; with
+//                  `softmax` exp(entry - row max) / its sum over members), else 0
 //   group_sources  E_GROUP    1 plan (rw), 2 positions (r), 3 pairs [ns, count] (r)
 //                  group[a] of each source: mode 0 one fused token (0); mode 1 its window x window
 //                  cell of the grid (raster order); mode 2 sources a = t * stride (t < count) are
@@ -52,8 +54,13 @@ fn correlate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     if (p.g_indirect != 0.0 && p.ntext > 0u) {
         var s = 0.0;
-        for (var k = p.text0; k < p.text0 + p.ntext; k++) { s += attn[k * n + i] * attn[k * n + j]; }
-        c += p.g_indirect / f32(p.ntext) * s;
+        if (p.path == 1u) {
+            for (var k = p.text0; k < p.text0 + p.ntext; k++) { s += attn[i * n + k] * attn[k * n + j]; }
+            c += p.g_indirect * s;
+        } else {
+            for (var k = p.text0; k < p.text0 + p.ntext; k++) { s += attn[k * n + i] * attn[k * n + j]; }
+            c += p.g_indirect / f32(p.ntext) * s;
+        }
     }
     corr[e] = c;
 }
@@ -149,6 +156,20 @@ fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         let w = q - f32(lo);
         tau = min(sorted[lo] + w * (sorted[hi] - sorted[lo]), sorted[hi]);
     }
+    // The softmax weights subtract the row's largest entry (the exponent stays <= 0).
+    var top = LOWEST;
+    if (p.softmax == 1u) {
+        var mine = LOWEST;
+        for (var col = lid; col < len; col += 256u) { mine = max(mine, corr[at(r, col)]); }
+        partial[lid] = mine;
+        workgroupBarrier();
+        for (var s = 128u; s > 0u; s >>= 1u) {
+            if (lid < s) { partial[lid] = max(partial[lid], partial[lid + s]); }
+            workgroupBarrier();
+        }
+        top = partial[0];
+        workgroupBarrier();
+    }
     var sum = 0.0;
     for (var col = lid; col < len; col += 256u) {
         let v = corr[at(r, col)];
@@ -164,7 +185,10 @@ fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             member = rank < p.fixed_k;
         }
         var wgt = 0.0;
-        if (member) { wgt = select(v, 1.0, p.average == 1u); }
+        if (member) {
+            wgt = select(v, 1.0, p.average == 1u);
+            if (p.softmax == 1u) { wgt = exp(v - top); }
+        }
         weights[at(r, col)] = wgt;
         sum += wgt;
     }

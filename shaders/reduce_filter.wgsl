@@ -4,9 +4,13 @@
 // Entry points (each compiled with its own flag, which declares its bindings). Parallel over
 // tokens, pairs or rows unless marked "one workgroup".
 //   score_tokens   E_SCORE    1 attn (r), 2 scores [np] (rw), 3 row weights [n] (r)
-//                  s_c = sum over the (at most two) terms t of
-//                      w_t / div_t * sum over rows [r_t0, r_t0 + r_tn) of (rw[row]) attn[row, seq(c)]
-//                  (rw[row] only for a term whose bit is set in `weighted`); no terms writes 0
+//                  s_c = sum over the (at most two) terms t of w_t / div_t * v_t(c),
+//                      v_t(c) = sum over rows [r_t0, r_t0 + r_tn) of (rw[row]) attn[row, seq(c)]
+//                  (rw[row] only for a term whose bit is set in `weighted`), or for a term whose
+//                  bit is set in `along_rows` the sum over those columns of attn[seq(c), col],
+//                  the [CLS] column left out; no terms writes 0
+//   score_tokens_normalised E_SCORE one workgroup: the same terms, each divided by its L2 norm
+//                  over the candidates, max(|v_t|, 1e-12), before weighting (the authors' FiCoCo-V)
 //   rate_rows      E_RATE     1 attn (r), 2 row weights [n] (rw); one workgroup, O(M np)
 //                  SparseVLM's raters: r_k = mean over candidates of attn[k, .] for the text rows
 //                  k; raters = {k : r_k >= mean r} (all text rows if none); rw[k] = 1/|raters|
@@ -48,16 +52,58 @@ fn column_sum(row0: u32, rows: u32, col: u32, weighted: bool) -> f32 {
     return s;
 }
 
+fn row_sum(row: u32, col0: u32, cols: u32) -> f32 {
+    var s = 0.0;
+    for (var col = col0; col < col0 + cols; col++) {
+        if (col != p.cls) { s += attn[row * p.n + col]; }
+    }
+    return s;
+}
+
+// Term t (0 or 1) of candidate token `seq`, before its weight and divisor.
+fn term(t: u32, seq: u32) -> f32 {
+    let r0 = select(p.r1_0, p.r2_0, t == 1u);
+    let rn = select(p.r1_n, p.r2_n, t == 1u);
+    if (rn == 0u) { return 0.0; }
+    if ((p.along_rows & (1u << t)) != 0u) { return row_sum(seq, r0, rn); }
+    return column_sum(r0, rn, seq, (p.weighted & (1u << t)) != 0u);
+}
+
 @compute @workgroup_size(64)
 fn score_tokens(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let c = flat(wid, nwg, lid);
     if (c >= num_candidates()) { return; }
-    let col = seq_of(c);
+    let seq = seq_of(c);
     var s = 0.0;
-    if (p.r1_n > 0u) { s += p.w1 / p.div1 * column_sum(p.r1_0, p.r1_n, col, (p.weighted & 1u) != 0u); }
-    if (p.r2_n > 0u) { s += p.w2 / p.div2 * column_sum(p.r2_0, p.r2_n, col, (p.weighted & 2u) != 0u); }
+    if (p.r1_n > 0u) { s += p.w1 / p.div1 * term(0u, seq); }
+    if (p.r2_n > 0u) { s += p.w2 / p.div2 * term(1u, seq); }
     scores[c] = s;
+}
+
+var<workgroup> squares: array<vec2<f32>, 64>;
+
+@compute @workgroup_size(64)
+fn score_tokens_normalised(@builtin(local_invocation_index) lid: u32) {
+    let np = num_candidates();
+    var ss = vec2<f32>(0.0);
+    for (var c = lid; c < np; c += 64u) {
+        let v = vec2<f32>(term(0u, seq_of(c)), term(1u, seq_of(c)));
+        ss += v * v;
+    }
+    squares[lid] = ss;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (lid < s) { squares[lid] += squares[lid + s]; }
+        workgroupBarrier();
+    }
+    // A mean's divisor cancels in its normalised value; an absent term (no rows) is 0.
+    let norms = max(sqrt(squares[0]), vec2<f32>(NORM_FLOOR));
+    let w = vec2<f32>(p.w1, p.w2) / norms;
+    for (var c = lid; c < np; c += 64u) {
+        let seq = seq_of(c);
+        scores[c] = w.x * term(0u, seq) + w.y * term(1u, seq);
+    }
 }
 #endif
 

@@ -48,8 +48,9 @@ pub fn prepare(
     let kv = kv
         .map(|k| k.plan(planned.schedule.projector()))
         .transpose()?;
+    // The authors' FiCoCo-L reading renumbers whatever the option says.
     model.set_reduction(ReductionPlan {
-        renumber_positions,
+        renumber_positions: renumber_positions || planned.plan.renumber_positions,
         kv,
         ..planned.plan
     })?;

@@ -343,10 +343,16 @@ fn specs_reach_their_budget() {
         "prumerge",
         "visionzip",
         "random",
+        "ficoco-v@authors",
+        "ficoco-l@authors",
+        "ficoco-vl@authors",
     ] {
         let spec: ReduceSpec = format!("{method}:6").parse().unwrap();
         let planned = spec.plan(f.model.config(), text_tokens).unwrap();
         assert_eq!(planned.schedule.kept(), 6, "{method}: {}", planned.schedule);
+        // The authors' FiCoCo-L code renumbers positions; every other method keeps them.
+        let authors_l = method.starts_with("ficoco-l@") || method.starts_with("ficoco-vl@");
+        assert_eq!(planned.plan.renumber_positions, authors_l, "{method}");
         let dropped =
             planned.plan.before_llm() + planned.plan.llm.as_ref().map_or(0, |l| l.total());
         assert_eq!(dropped, 10, "{method}: {:?}", planned.plan);

@@ -378,6 +378,21 @@ fn every_method_runs_at_every_site() {
         for method in KV_METHODS {
             run_prepared(&mut model, &f, "none", Some(&format!("{method}:16@2")), 6);
         }
+        // The authors' FiCoCo-L reads no [CLS] and runs; their FiCoCo-V scores with [CLS]
+        // attention, which a SigLIP tower has not: refused, pointing at ficoco-v.
+        run_prepared(&mut model, &f, "ficoco-l@authors:32", None, 3);
+        let text = PromptFormat::detect(&f.tok).prompt(f.json["question"].as_str().unwrap());
+        let spec: ReduceSpec = "ficoco-v@authors:32".parse().unwrap();
+        let prepared = pipeline::prepare(&mut model, &f.tok, &text, &spec, None, false, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e =
+            pollster::block_on(model.generate(&f.pixels, &prepared.prompt, &greedy(1), |_| true))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("without [CLS]") && e.contains("use ficoco-v"),
+            "{e}"
+        );
         let last = model.config().vision_layers_to_run() - 1;
         for method in [
             "ficoco-v",

@@ -2,7 +2,9 @@
 mod common;
 use common::*;
 use ficoco::gpu::{DType, Gpu};
-use ficoco::ops::{attention, rope, AttentionScratch, AttentionShape, RopeScaling, RopeTable};
+use ficoco::ops::{
+    attention, rope, AttentionMap, AttentionScratch, AttentionShape, RopeScaling, RopeTable,
+};
 
 /// Returns (out [q_len, heads*hd], head-averaged probs [q_len, kv_len]).
 fn cpu_attention(
@@ -98,7 +100,7 @@ fn check_sized(
         s,
         &scratch,
         &out,
-        with_probs.then_some(&probs),
+        with_probs.then_some((&probs, AttentionMap::Probabilities)),
         tsizes.as_ref(),
     )
     .unwrap();
@@ -126,6 +128,59 @@ fn check_sized(
                 );
             }
         }
+    }
+}
+
+/// The pre-softmax map (the FiCoCo authors' reading): head-averaged `scale * q.k` over every
+/// key, future keys of a causal map and size bias included.
+#[test]
+fn scores_map_matches_cpu() {
+    let g = gpu();
+    for (h, kvh, hd, causal) in [(4, 4, 8, false), (6, 2, 16, true)] {
+        let s = shape(h, kvh, hd, causal);
+        let (n, cap) = (45, 48);
+        let q = rand_vec(n * h * hd, 21, 1.5);
+        let k = rand_vec(cap * kvh * hd, 22, 1.5);
+        let v = rand_vec(cap * kvh * hd, 23, 1.0);
+        let sizes: Vec<f32> = (0..n).map(|j| 1.0 + (j % 3) as f32).collect();
+        let tq = g.upload_f32(&q, &[n, h * hd], "q").unwrap();
+        let tk = g.upload_f32(&k, &[cap, kvh * hd], "k").unwrap();
+        let tv = g.upload_f32(&v, &[cap, kvh * hd], "v").unwrap();
+        let tz = g.upload_f32(&sizes, &[n], "sizes").unwrap();
+        let out = g.zeros(&[n, h * hd], DType::F32, "out").unwrap();
+        let map = g.zeros(&[n, n], DType::F32, "scores").unwrap();
+        let scratch = AttentionScratch::new(g, n, h).unwrap();
+        let mut b = g.batch();
+        let m = Some((&map, AttentionMap::Scores));
+        attention(&mut b, &tq, &tk, &tv, n, &s, &scratch, &out, m, Some(&tz)).unwrap();
+        b.submit();
+        let mut want = vec![0f32; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                let mut a = 0f64;
+                for head in 0..h {
+                    let kh = head / (h / kvh);
+                    let dot: f64 = (0..hd)
+                        .map(|d| {
+                            q[i * h * hd + head * hd + d] as f64
+                                * k[j * kvh * hd + kh * hd + d] as f64
+                        })
+                        .sum();
+                    a += dot * s.scale as f64;
+                }
+                want[i * n + j] = (a / h as f64) as f32;
+            }
+        }
+        let (want_out, _) = cpu_attention(&q, &k, &v, n, n, &s, Some(&sizes));
+        let what = format!("scores h{h}/{kvh} hd{hd} causal={causal}");
+        assert_close(&what, &g.read_f32(&map).unwrap(), &want, 1e-5, 1e-4);
+        assert_close(
+            &format!("{what} out"),
+            &g.read_f32(&out).unwrap(),
+            &want_out,
+            1e-5,
+            1e-4,
+        );
     }
 }
 

@@ -176,7 +176,77 @@ fn steps_match_numpy_reference() {
             "no fixture for method {m}"
         );
     }
-    assert_eq!(PLANNED_METHODS, &["ficoco-vl"]);
+    assert_eq!(PLANNED_METHODS, &["ficoco-vl", "ficoco-vl@authors"]);
+}
+
+/// `ficoco-v@authors` and `ficoco-l@authors` on the GPU against scripts/ficoco_authors.py's
+/// reading of the authors' code, on the step inputs of the demo model's first reducing layer
+/// (pre-softmax scores; fixtures by scripts/make_authors_fixtures.py): the same kept tokens,
+/// scores within f32 rounding, hidden states within 1e-4.
+#[test]
+fn authors_readings_match_their_semantics() {
+    let index: Value = serde_json::from_slice(&read("authors.json")).unwrap();
+    let f16s = |bytes: &[u8], name: &str| -> Vec<f32> {
+        let bits: Vec<u16> = tensor(bytes, name);
+        bits.iter()
+            .map(|&b| half::f16::from_bits(b).to_f32())
+            .collect()
+    };
+    for case in index["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let file = read(case["file"].as_str().unwrap());
+        let (hidden, attn) = (f16s(&file, "hidden"), f16s(&file, "attn"));
+        let positions: Vec<i32> = tensor(&file, "positions");
+        let n = positions.len();
+        let drop = case["drop"].as_u64().unwrap() as usize;
+        let margin = case["score_margin"].as_f64().unwrap();
+        assert!(
+            margin > 1e-5,
+            "{name}: boundary margin {margin} too small to compare"
+        );
+        let spans = Spans {
+            cls: case["cls"].as_u64().map(|c| c as usize),
+            visual: span(&case["visual"]),
+            text: span(&case["text"]),
+            grid: case["grid"].as_u64().map(|g| g as usize),
+            positions: if case["text"].is_array() {
+                PositionKind::RopeRenumbered
+            } else {
+                PositionKind::Grid
+            },
+        };
+        let r = reduce::by_name(name).unwrap().unwrap();
+        let out = pollster::block_on(run_once(
+            gpu(),
+            &r,
+            &spans,
+            &hidden,
+            hidden.len() / n,
+            None,
+            &attn,
+            &positions,
+            None,
+            drop,
+        ))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want_kept: Vec<i64> = tensor(&file, "expected_kept");
+        let got_kept: Vec<i64> = out.kept.iter().map(|&k| k as i64).collect();
+        assert_eq!(got_kept, want_kept, "{name}: kept tokens");
+        assert_close(
+            &format!("{name} scores"),
+            &out.scores,
+            &tensor::<f32>(&file, "expected_scores"),
+            1e-5,
+            1e-4,
+        );
+        let want_hidden: Vec<f32> = tensor(&file, "expected_hidden");
+        let diff = max_abs_diff(&out.hidden, &want_hidden);
+        assert!(diff <= 1e-4, "{name}: hidden states differ by {diff}");
+        eprintln!(
+            "{name}: {n} -> {} tokens, hidden within {diff:.2e}",
+            want_kept.len()
+        );
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use clap::Parser;
 use ficoco::gpu::DType;
 use ficoco::ops::GgmlType;
-use ficoco::reduce::{KV_METHODS, METHODS, PLANNED_METHODS};
+use ficoco::reduce::{every_method, KV_METHODS};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
 
@@ -32,12 +32,12 @@ pub fn main_with<A: Parser, E: std::fmt::Display>(
 /// The `--help` epilogue: every reduction method name, and the ones that also compress the KV
 /// cache while decoding.
 pub fn methods_help() -> String {
-    let all: Vec<&str> = METHODS.iter().chain(PLANNED_METHODS).copied().collect();
     format!(
-        "Reduction methods (--reduce METHOD[:BUDGET]): {}\n\
+        "Reduction methods (--reduce METHOD[:BUDGET]; @authors: the FiCoCo authors' code's \
+         reading): {}\n\
          KV-cache methods (--reduce-kv METHOD[:KEEP][@EVERY]): {}\n\
          BUDGET: visual tokens left (64), a fraction of them (0.11) or LLM-prefill TFLOPs (1.5T).",
-        all.join(", "),
+        every_method().join(", "),
         KV_METHODS.join(", ")
     )
 }

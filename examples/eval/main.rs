@@ -18,7 +18,7 @@ use ficoco::pipeline;
 use ficoco::preprocess::{self, ImageProcessor, PixelValues, Tokenizer};
 use ficoco::reduce::budget::Budget;
 use ficoco::reduce::flops::Flops;
-use ficoco::reduce::{ReduceSpec, METHODS, PLANNED_METHODS};
+use ficoco::reduce::{every_method, ReduceSpec};
 use ficoco::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,13 +71,13 @@ struct Args {
 }
 
 impl Args {
-    /// The sweep's methods: as given, or every method but `none`.
+    /// The sweep's methods: as given, or every method (the authors' readings included) but
+    /// `none`.
     fn methods(&self) -> Vec<String> {
         if self.methods.is_empty() {
-            METHODS
-                .iter()
-                .chain(PLANNED_METHODS)
-                .filter(|m| **m != "none")
+            every_method()
+                .into_iter()
+                .filter(|m| *m != "none")
                 .map(|m| m.to_string())
                 .collect()
         } else {

@@ -162,10 +162,9 @@ mod web {
 
         /// The reduction methods `run` accepts.
         pub fn methods() -> Vec<String> {
-            ficoco::reduce::METHODS
-                .iter()
-                .chain(ficoco::reduce::PLANNED_METHODS)
-                .map(|m| m.to_string())
+            ficoco::reduce::every_method()
+                .into_iter()
+                .map(String::from)
                 .collect()
         }
 

@@ -7,8 +7,8 @@ use super::linear::{load_embedding, load_matrix, Linear, Norm, WeightStore};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{
-    self, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable, WeightFormat,
-    WeightMatrix,
+    self, AttentionMap, AttentionScratch, AttentionShape, EmbeddingTable, Epilogue, RopeTable,
+    WeightFormat, WeightMatrix,
 };
 use crate::reduce::{KvReduction, PositionKind, SiteReduction, SiteScratch, Spans, StepInput};
 use crate::{Error, Result};
@@ -375,6 +375,11 @@ impl Decoder {
                 }
                 None => scratch.map(|s| s.probs.view(&[n, n])),
             };
+            // A KV-cache window records probabilities; a prefill step reads its own map.
+            let kind = match (capture, reduce) {
+                (None, Some(r)) => r.site.reduction.attention,
+                _ => AttentionMap::Probabilities,
+            };
             ops::attention(
                 b,
                 &q,
@@ -384,7 +389,7 @@ impl Decoder {
                 &self.shape,
                 &ws.attn,
                 &ctx,
-                probs.as_ref(),
+                probs.as_ref().map(|m| (m, kind)),
                 None,
             )?;
             l.o.forward(b, &ctx, Epilogue::Accumulate, &xt)?;

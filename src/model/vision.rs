@@ -8,7 +8,7 @@ use super::config::{LlavaConfig, VisionConfig};
 use super::linear::{Linear, Norm};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
-use crate::ops::{self, AttentionScratch, AttentionShape, Epilogue, WeightMatrix};
+use crate::ops::{self, AttentionMap, AttentionScratch, AttentionShape, Epilogue, WeightMatrix};
 use crate::reduce::{Compress, Reduction, SiteReduction, SiteScratch, Spans, StepInput};
 use crate::{Error, Result};
 
@@ -369,6 +369,10 @@ impl VisionTower {
             let scored = drop > 0 || (score_output && i == last);
             let scratch = ws.reduce.as_ref().filter(|_| scored);
             let probs = scratch.map(|s| s.probs.view(&[t, t]));
+            // The step reads its own map; the projector's methods the probabilities.
+            let kind = reduce
+                .filter(|_| drop > 0)
+                .map_or(AttentionMap::Probabilities, |r| r.reduction.attention);
             // The attention output reuses `a`.
             let key_sizes = sizes.filter(|_| merged).map(|z| z.view(&[t]));
             ops::attention(
@@ -380,7 +384,7 @@ impl VisionTower {
                 &shape,
                 &ws.attn,
                 &a,
-                probs.as_ref(),
+                probs.as_ref().map(|m| (m, kind)),
                 key_sizes.as_ref(),
             )?;
             l.o.forward(b, &a, Epilogue::Accumulate, &xt)?;

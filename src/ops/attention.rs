@@ -1,5 +1,5 @@
 //! Attention over a key/value cache (`shaders/attention.wgsl`), optionally also producing the
-//! head-averaged softmax probabilities that token-reduction layers score with.
+//! head-averaged map that token-reduction layers score with.
 
 use super::{dims2, expect_shape};
 use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, Tensor};
@@ -12,6 +12,17 @@ pub struct AttentionShape {
     pub head_dim: usize,
     pub causal: bool,
     pub scale: f32,
+}
+
+/// The head-averaged map a token reduction reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionMap {
+    /// Softmax probabilities after the mask (and ToMe's size bias): the papers' `A`.
+    #[default]
+    Probabilities,
+    /// The pre-softmax scores `scale * q.k` over every key, unmasked and without size bias:
+    /// what the FiCoCo authors' code scores with (`ficoco-v@authors`, `ficoco-l@authors`).
+    Scores,
 }
 
 /// Largest head size the kernels hold in workgroup memory.
@@ -48,9 +59,9 @@ struct Params {
 }
 
 /// `out = softmax(scale * q k^T [+ log key_sizes] [+ causal mask]) v` over cache rows
-/// `0..kv_len`; with `probs` (`[q_len, kv_len]`) also the head-averaged probabilities (row =
-/// query). `key_sizes [kv_len]` (ToMe's proportional attention) weighs each key by the number
-/// of tokens it stands for.
+/// `0..kv_len`; with `map` (`[q_len, kv_len]`) also the head-averaged probabilities or scores
+/// (row = query). `key_sizes [kv_len]` (ToMe's proportional attention) weighs each key by the
+/// number of tokens it stands for.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Batch,
@@ -61,7 +72,7 @@ pub fn attention(
     shape: &AttentionShape,
     scratch: &AttentionScratch,
     out: &Tensor,
-    probs: Option<&Tensor>,
+    map: Option<(&Tensor, AttentionMap)>,
     key_sizes: Option<&Tensor>,
 ) -> Result<()> {
     let s = shape;
@@ -124,24 +135,31 @@ pub fn attention(
     let lse = scratch.lse.view(&[q_len, s.heads]);
     let kernel = Kernel::new("attention", "attention")
         .flag("ATTENTION")
-        .flag_if("WRITE_LSE", probs.is_some())
+        .flag_if("WRITE_LSE", map.is_some())
         .flag_if("KEY_SIZES", key_sizes.is_some());
     let mut binds = vec![Bind::R(q), Bind::R(k), Bind::R(v), Bind::W(out)];
-    if probs.is_some() {
+    if map.is_some() {
         binds.push(Bind::W(&lse));
     }
     binds.extend(key_sizes.map(Bind::R));
     // One workgroup per four queries of one head.
     let grid = b.gpu().grid((q_len.div_ceil(4) * s.heads) as u32);
     b.dispatch(&kernel, &p, &binds, grid)?;
-    if let Some(probs) = probs {
-        expect_shape("attention probabilities", probs, &[q_len, kv_len])?;
+    if let Some((probs, kind)) = map {
+        expect_shape("attention map", probs, &[q_len, kv_len])?;
+        let scores = kind == AttentionMap::Scores;
+        // Scores take neither the log-sum-exp nor the size bias.
+        let sizes = key_sizes.filter(|_| !scores);
         let kernel = Kernel::new("attention", "probs_mean")
             .flag("PROBS")
-            .flag_if("KEY_SIZES", key_sizes.is_some());
+            .flag_if("SCORES", scores)
+            .flag_if("KEY_SIZES", sizes.is_some());
         let grid = b.gpu().grid(q_len as u32);
-        let mut binds = vec![Bind::R(q), Bind::R(k), Bind::W(probs), Bind::R(&lse)];
-        binds.extend(key_sizes.map(Bind::R));
+        let mut binds = vec![Bind::R(q), Bind::R(k), Bind::W(probs)];
+        if !scores {
+            binds.push(Bind::R(&lse));
+        }
+        binds.extend(sizes.map(Bind::R));
         b.dispatch(&kernel, &p, &binds, grid)?;
     }
     Ok(())

@@ -69,6 +69,10 @@ struct Params {
     score_members: u32,
     normalise: u32,
     positions_mode: u32,
+    along_rows: u32,
+    normalise_terms: u32,
+    path: u32,
+    softmax: u32,
 }
 
 /// The tokens a step may discard: `span` of an `n`-token sequence, without `cls`.
@@ -103,13 +107,15 @@ impl Candidates {
 /// One term of a filter score: `weight * mean over rows of attn[row, candidate]`, the mean
 /// dividing by `divisor` (the row count, or the sequence length for column means that count
 /// causal zeros). A `weighted` term also multiplies each row by the row weights of
-/// [`rate_rows`] (SparseVLM's raters; divisor 1).
+/// [`rate_rows`] (SparseVLM's raters; divisor 1). An `along_rows` term reads the candidate's
+/// own row instead: `attn[candidate, col]` over the columns `rows`, the [CLS] column left out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoreTerm {
     pub rows: Range<usize>,
     pub weight: f32,
     pub divisor: f32,
     pub weighted: bool,
+    pub along_rows: bool,
 }
 
 /// Scratch of one reduction step: the plan of `split_tokens` and its counts (all known on the
@@ -141,12 +147,15 @@ fn attn_dims(attn: &Tensor, n: usize) -> Result<()> {
 
 /// `scores[c] = sum over terms` for each candidate `c` (at most two terms; none writes 0).
 /// `row_weights [n]` is read by weighted terms (any tensor otherwise).
+/// `scores[c]` = the weighted sum of `terms` for each candidate; with `normalise` each term is
+/// divided by its L2 norm over the candidates first (one workgroup).
 pub fn score_tokens(
     b: &mut Batch,
     attn: &Tensor,
     cand: &Candidates,
     terms: &[ScoreTerm],
     row_weights: Option<&Tensor>,
+    normalise: bool,
     scores: &Tensor,
 ) -> Result<()> {
     attn_dims(attn, cand.n)?;
@@ -183,10 +192,17 @@ pub fn score_tokens(
             (p.r2_0, p.r2_n, p.w2, p.div2) = slot;
         }
         p.weighted |= u32::from(t.weighted) << i;
+        p.along_rows |= u32::from(t.along_rows) << i;
     }
-    let grid = b.gpu().grid((cand.len() as u32).div_ceil(64));
+    let (entry, grid) = match normalise {
+        true => ("score_tokens_normalised", b.gpu().grid(1)),
+        false => (
+            "score_tokens",
+            b.gpu().grid((cand.len() as u32).div_ceil(64)),
+        ),
+    };
     b.dispatch(
-        &kernel(FILTER, "score_tokens", "E_SCORE"),
+        &kernel(FILTER, entry, "E_SCORE"),
         &p,
         &[Bind::R(attn), Bind::W(scores), Bind::R(rw)],
         grid,
@@ -458,6 +474,8 @@ pub struct Correlation {
     /// Weight of the indirect term `mean over text rows k of A[k, i] A[k, j]`, and those rows.
     pub indirect: f32,
     pub text: Range<usize>,
+    /// The indirect term is `sum over text k of A[i, k] A[k, j]` instead.
+    pub path: bool,
 }
 
 /// `corr [ns, nt]`: how much each source relates to each target.
@@ -479,6 +497,7 @@ pub fn correlate(
         g_indirect: c.indirect,
         text0: c.text.start as u32,
         ntext: c.text.len() as u32,
+        path: u32::from(c.path),
         ..Params::default()
     };
     let g = b
@@ -579,17 +598,38 @@ pub enum TargetRule {
     Quantile(f32),
     /// The `k` largest entries (ties: lower index); 0 prunes.
     TopK(usize),
+    /// One count for every source: the entries strictly above the `eps`-quantile of a row of
+    /// the candidate span's length, `len - 1 - floor(eps (len - 1))` (the FiCoCo authors' code,
+    /// which takes the largest such count over the sources' full rows: the same without ties).
+    /// The step resolves it to [`TargetRule::TopK`] with [`TargetRule::for_row`].
+    SharedQuantile(f32),
+}
+
+impl TargetRule {
+    /// The rule for a step whose candidate span holds `len` tokens.
+    pub fn for_row(self, len: usize) -> TargetRule {
+        match self {
+            TargetRule::SharedQuantile(eps) if len > 0 => {
+                let above = (eps as f64 * (len - 1) as f64).floor() as usize;
+                TargetRule::TopK(len - 1 - above.min(len - 1))
+            }
+            TargetRule::SharedQuantile(_) => TargetRule::TopK(0),
+            rule => rule,
+        }
+    }
 }
 
 /// `weights [ns, nt]`: the merge weight of each source into each target (0 if none). With
 /// `convergent`, each target picks its sources from its column instead; with `average`, every
 /// member weighs 1.
+#[allow(clippy::too_many_arguments)]
 pub fn assign_targets(
     b: &mut Batch,
     corr: &Tensor,
     rule: TargetRule,
     convergent: bool,
     average: bool,
+    softmax: bool,
     weights: &Tensor,
 ) -> Result<()> {
     let (ns, nt) = dims2("correlation", corr)?;
@@ -605,6 +645,7 @@ pub fn assign_targets(
         nt: nt as u32,
         convergent: u32::from(convergent),
         average: u32::from(average),
+        softmax: u32::from(softmax),
         ..Params::default()
     };
     let sort_n = len.next_power_of_two().max(256);
@@ -614,6 +655,12 @@ pub fn assign_targets(
             p.eps = eps;
         }
         TargetRule::TopK(k) => p.fixed_k = k as u32,
+        TargetRule::SharedQuantile(_) => {
+            return Err(Error::InvalidArgument(
+                "a shared-quantile target rule needs the row length: use TargetRule::for_row"
+                    .into(),
+            ))
+        }
     }
     if rows == 0 || len == 0 {
         return Ok(());

@@ -3,6 +3,7 @@
 
 use super::stages::{Compress, Correlate, Filter, Grouping, LocalPenalty, Reduction, Rows, Score};
 use crate::ops::reduce::TargetRule;
+use crate::ops::AttentionMap;
 use crate::{Error, Result};
 
 /// FiCoCo-V's hyperparameters (paper defaults in [`Default`]).
@@ -129,15 +130,19 @@ impl Reduction {
                     (Score::ClsOrEquivalent, -(1.0 - p.lambda)),
                 ],
                 local_penalty: p.local_penalty,
+                normalise: false,
             },
             correlate: Correlate::Attention {
                 direct: 1.0,
                 symmetric: false,
                 indirect: 0.0,
+                path: false,
+                softmax: false,
                 targets: TargetRule::Quantile(p.eps),
                 convergent: false,
             },
             compress: Compress::SelfPreserving,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -151,19 +156,99 @@ impl Reduction {
                     (Rows::Text.into(), -(1.0 - p.beta)),
                 ],
                 local_penalty: None,
+                normalise: false,
             },
             correlate: Correlate::Attention {
                 direct: p.gamma,
                 symmetric: true,
                 indirect: 1.0 - p.gamma,
+                path: false,
+                softmax: false,
                 targets: TargetRule::Quantile(p.eps),
                 convergent: false,
             },
             compress: Compress::SelfPreserving,
+            attention: AttentionMap::Probabilities,
         }
     }
 
     /// Pruning that keeps the tokens receiving the most attention from `rows`.
+    /// FiCoCo-V as the authors' published code scores it, their slips fixed
+    /// (scripts/ficoco_authors.py, docs/ficoco-audit.md): on the pre-softmax scores, the mean of
+    /// each patch's row over the patches and [CLS]'s row, each L2-normalised over the patches,
+    /// weighted `1 - lambda` and `-lambda` (their code puts lambda on [CLS]); the local penalty;
+    /// one target count for every source (`SharedQuantile`); softmax merge weights. Needs a
+    /// [CLS] token.
+    pub fn ficoco_v_authors(p: FicocoV) -> Self {
+        Reduction {
+            filter: Filter::Redundancy {
+                terms: vec![
+                    (
+                        Score::Attends {
+                            to: Rows::Candidates,
+                            sum: false,
+                        },
+                        1.0 - p.lambda,
+                    ),
+                    (Score::ClsOrEquivalent, -p.lambda),
+                ],
+                local_penalty: p.local_penalty,
+                normalise: true,
+            },
+            correlate: Correlate::Attention {
+                direct: 1.0,
+                symmetric: false,
+                indirect: 0.0,
+                path: false,
+                softmax: true,
+                targets: TargetRule::SharedQuantile(p.eps),
+                convergent: false,
+            },
+            compress: Compress::SelfPreserving,
+            attention: AttentionMap::Scores,
+        }
+    }
+
+    /// FiCoCo-L as the authors' published code scores it, their slips fixed: on the unmasked
+    /// pre-softmax scores, `beta * sum over visual j of A[i, j] - (1 - beta) * mean over text k
+    /// of A[i, k]` (rows, not columns), `C = gamma A[i, j] + (1 - gamma) sum_k A[i, k] A[k, j]`,
+    /// one target count for every source, softmax merge weights, and the additive compress.
+    pub fn ficoco_l_authors(p: FicocoL) -> Self {
+        Reduction {
+            filter: Filter::Redundancy {
+                terms: vec![
+                    (
+                        Score::Attends {
+                            to: Rows::Visual,
+                            sum: true,
+                        },
+                        p.beta,
+                    ),
+                    (
+                        Score::Attends {
+                            to: Rows::Text,
+                            sum: false,
+                        },
+                        -(1.0 - p.beta),
+                    ),
+                ],
+                local_penalty: None,
+                normalise: false,
+            },
+            correlate: Correlate::Attention {
+                direct: p.gamma,
+                symmetric: false,
+                indirect: 1.0 - p.gamma,
+                path: true,
+                softmax: true,
+                targets: TargetRule::SharedQuantile(p.eps),
+                convergent: false,
+            },
+            compress: Compress::Additive,
+            attention: AttentionMap::Scores,
+        }
+    }
+
     pub fn prune_by_attention(rows: Rows) -> Self {
         Reduction {
             filter: Filter::Importance {
@@ -171,6 +256,7 @@ impl Reduction {
             },
             correlate: Correlate::None,
             compress: Compress::SelfPreserving,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -193,6 +279,7 @@ impl Reduction {
             },
             correlate: Correlate::None,
             compress: Compress::SelfPreserving,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -203,6 +290,7 @@ impl Reduction {
             filter: Filter::Redundancy {
                 terms: vec![(Score::Bipartite, 1.0)],
                 local_penalty: None,
+                normalise: false,
             },
             correlate: Correlate::Similarity {
                 targets: TargetRule::TopK(1),
@@ -210,6 +298,7 @@ impl Reduction {
                 bipartite: true,
             },
             compress: Compress::SizeWeighted,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -224,6 +313,7 @@ impl Reduction {
             },
             correlate: Correlate::Group(Grouping::One),
             compress: Compress::ScoreWeighted { renormalise: false },
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -240,6 +330,7 @@ impl Reduction {
                 knn: p.dpc_k,
             }),
             compress: Compress::Average,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -257,6 +348,7 @@ impl Reduction {
                 bipartite: false,
             },
             compress: Compress::ScoreWeighted { renormalise: true },
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -271,6 +363,7 @@ impl Reduction {
                 contextual: p.contextual,
             }),
             compress: Compress::Average,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -282,6 +375,7 @@ impl Reduction {
             },
             correlate: Correlate::None,
             compress: Compress::SelfPreserving,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -291,6 +385,7 @@ impl Reduction {
             filter: Filter::All,
             correlate: Correlate::Group(Grouping::Windows { k: p.k }),
             compress: Compress::Average,
+            attention: AttentionMap::Probabilities,
         }
     }
 
@@ -366,13 +461,32 @@ pub const METHODS: &[&str] = &[
 
 /// The methods of the paradigm that are not a single step: FiCoCo-VL is FiCoCo-V in the vision
 /// encoder followed by FiCoCo-L in the LLM, composed by the model.
-pub const PLANNED_METHODS: &[&str] = &["ficoco-vl"];
+pub const PLANNED_METHODS: &[&str] = &["ficoco-vl", "ficoco-vl@authors"];
+
+/// FiCoCo as the authors' published code computes it, their slips fixed (docs/ficoco-audit.md):
+/// `ficoco-v@authors`, `ficoco-l@authors` and their composition `ficoco-vl@authors`.
+pub const AUTHORS_READINGS: &[&str] =
+    &["ficoco-v@authors", "ficoco-l@authors", "ficoco-vl@authors"];
+
+/// Every name `--reduce` takes: the single steps, the planned compositions, the authors'
+/// readings.
+pub fn every_method() -> Vec<&'static str> {
+    let mut all: Vec<&str> = METHODS.iter().chain(PLANNED_METHODS).copied().collect();
+    for m in AUTHORS_READINGS {
+        if !all.contains(m) {
+            all.push(m);
+        }
+    }
+    all
+}
 
 /// A single-step reduction by name with default hyperparameters; `None` for `none`.
 pub fn by_name(name: &str) -> Result<Option<Reduction>> {
     Ok(Some(match name {
         "ficoco-v" => Reduction::ficoco_v(FicocoV::default()),
         "ficoco-l" => Reduction::ficoco_l(FicocoL::default()),
+        "ficoco-v@authors" => Reduction::ficoco_v_authors(FicocoV::default()),
+        "ficoco-l@authors" => Reduction::ficoco_l_authors(FicocoL::default()),
         "tome" => Reduction::tome(),
         "evit" => Reduction::evit(),
         "fastv" => Reduction::fastv(),
@@ -393,8 +507,9 @@ pub fn by_name(name: &str) -> Result<Option<Reduction>> {
         }
         other => {
             return Err(Error::InvalidArgument(format!(
-                "unknown reduction method {other:?}; available: {}",
-                METHODS.join(", ")
+                "unknown reduction method {other:?}; available: {}, and the authors' readings {}",
+                METHODS.join(", "),
+                AUTHORS_READINGS.join(", ")
             )))
         }
     }))

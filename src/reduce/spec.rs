@@ -2,7 +2,7 @@
 //! scaled to the model's depth) and the budget, planned into a [`ReductionPlan`].
 
 use super::budget::{after_each_site, plan, Budget, Family, Spread, Stages};
-use super::method::{by_name, Pool, METHODS};
+use super::method::{by_name, Pool, AUTHORS_READINGS, METHODS};
 use super::schedule::Schedule;
 use super::sites::{KvReduction, ReductionPlan};
 use super::stages::Reduction;
@@ -29,7 +29,10 @@ impl FromStr for ReduceSpec {
             Some((m, b)) => (m, b.parse()?),
             None => (s, Budget::Fraction(DEFAULT_FRACTION)),
         };
-        if !METHODS.contains(&method) && method != "ficoco-vl" {
+        if !METHODS.contains(&method)
+            && !AUTHORS_READINGS.contains(&method)
+            && method != "ficoco-vl"
+        {
             // by_name gives the precise error (unknown, or not yet on the GPU).
             by_name(method)?;
         }
@@ -60,7 +63,9 @@ impl ReduceSpec {
     ///   the projector reads: PruMerge, VisionZip, random, top-k [CLS] attention, pooling;
     /// - in the LLM prefill: FiCoCo-L from layer 4 of 32; FastV at layer 2; PDrop at 8/16/24
     ///   (geometric); SparseVLM at 2/6/15 (geometric);
-    /// - FiCoCo-VL: FiCoCo-V's layers, then FiCoCo-L's.
+    /// - FiCoCo-VL: FiCoCo-V's layers, then FiCoCo-L's;
+    /// - the authors' readings (`@authors`) at the layers of their code: FiCoCo-V the same,
+    ///   FiCoCo-L after the attention of every layer past 4 (so from layer 6 of 32).
     pub fn family(&self, config: &LlavaConfig) -> Result<Option<Family>> {
         let vision_depth = config.vision_config.num_hidden_layers;
         let vision_last = config.vision_layers_to_run() - 1;
@@ -69,7 +74,7 @@ impl ReduceSpec {
         let llm = |l: usize| scaled(l, 32, llm_depth).min(llm_depth - 1);
         Ok(Some(match self.method.as_str() {
             "none" => return Ok(None),
-            "ficoco-v" => Family::Vision(Stages::range(vision_start, None)),
+            "ficoco-v" | "ficoco-v@authors" => Family::Vision(Stages::range(vision_start, None)),
             "tome" => Family::Vision(Stages::range(0, None)),
             "evit" => {
                 let mut at: Vec<usize> = [8, 14, 20]
@@ -86,6 +91,7 @@ impl ReduceSpec {
                 Family::Llm(Stages::at(&stages, Spread::Geometric))
             }
             "ficoco-l" => Family::Llm(Stages::range(llm(4), None)),
+            "ficoco-l@authors" => Family::Llm(Stages::range(llm(6), None)),
             "fastv" => Family::Llm(Stages::at(&[llm(2)], Spread::Even)),
             "pdrop" => {
                 let mut stages = vec![llm(8), llm(16), llm(24)];
@@ -95,6 +101,10 @@ impl ReduceSpec {
             "ficoco-vl" => Family::vision_llm(
                 Stages::range(vision_start, None),
                 Stages::range(llm(4), None),
+            ),
+            "ficoco-vl@authors" => Family::vision_llm(
+                Stages::range(vision_start, None),
+                Stages::range(llm(6), None),
             ),
             other => {
                 by_name(other)?;
@@ -116,6 +126,11 @@ impl ReduceSpec {
         let schedule = plan(&family, self.budget, config, text_tokens)?;
         let (vision, projector, llm) = match self.method.as_str() {
             "ficoco-vl" => (by_name("ficoco-v")?, None, by_name("ficoco-l")?),
+            "ficoco-vl@authors" => (
+                by_name("ficoco-v@authors")?,
+                None,
+                by_name("ficoco-l@authors")?,
+            ),
             "pool" => (None, Some(pool_for(config, schedule.projector())?), None),
             m => {
                 let r = by_name(m)?;
@@ -126,7 +141,10 @@ impl ReduceSpec {
                 }
             }
         };
-        let plan = ReductionPlan::from_schedule(vision, projector, llm, &schedule);
+        let mut plan = ReductionPlan::from_schedule(vision, projector, llm, &schedule);
+        // The authors' FiCoCo-L code renumbers the positions after each reduction.
+        plan.renumber_positions =
+            self.method.starts_with("ficoco-l@") || self.method.starts_with("ficoco-vl@");
         if self.method == "tome" {
             check_bipartite(&plan, config.visual_tokens())?;
         }

@@ -6,6 +6,7 @@
 //! hidden states (reference Decision G5).
 
 use crate::ops::reduce::TargetRule;
+use crate::ops::AttentionMap;
 use crate::{Error, Result};
 
 /// Rows of the attention map (queries) that a score averages over.
@@ -19,6 +20,8 @@ pub enum Rows {
     Visual,
     /// The text (question) span.
     Text,
+    /// The candidates themselves (the visual span, or every token, without [CLS]).
+    Candidates,
     /// The last token of the text span (PyramidDrop's instruction token).
     LastText,
     /// SparseVLM's raters: the text tokens whose mean attention to the candidates is at least
@@ -29,8 +32,11 @@ pub enum Rows {
 /// A per-candidate score, one term of a filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Score {
-    /// `mean over rows of A[row, i]`.
+    /// `mean over rows of A[row, i]`: the attention candidate `i` receives.
     Attention(Rows),
+    /// Over the columns `to` ([CLS] left out) of `A[i, col]`: what candidate `i` attends to,
+    /// their mean, or with `sum` their sum (the FiCoCo authors' code scores rows).
+    Attends { to: Rows, sum: bool },
     /// `A[cls, i]`; without a [CLS] token FiCoCo's equivalent-token score
     /// `a_i = -cos(mu, M_i)`, `mu` the candidates' mean metric row (reference F1). The one
     /// implementation of "[CLS] attention" for every method that reads it (FiCoCo-V's semantic
@@ -66,10 +72,12 @@ pub struct LocalPenalty {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Filter {
     /// Redundancy `s = sum_t weight_t * score_t`; the highest are discarded (FiCoCo's Eq. 1 and
-    /// Eq. 3, ToMe).
+    /// Eq. 3, ToMe). With `normalise` each attention term is first divided by its L2 norm over
+    /// the candidates (the FiCoCo authors' code).
     Redundancy {
         terms: Vec<(Score, f32)>,
         local_penalty: Option<LocalPenalty>,
+        normalise: bool,
     },
     /// Importance; the highest are kept (FastV, PDrop, top-k [CLS] attention, EViT, PruMerge,
     /// VisionZip's dominant tokens, SparseVLM, random).
@@ -178,12 +186,16 @@ pub enum Correlate {
     /// Nowhere: pruning.
     None,
     /// `C[i, j] = direct * (A[i, j] (+ A[j, i] if symmetric)) + indirect * mean over text rows
-    /// k of A[k, i] A[k, j]`; each source picks its targets by `targets` (or, `convergent`, each
-    /// target its sources).
+    /// k of A[k, i] A[k, j]` (with `path`: `+ indirect * sum over text k of A[i, k] A[k, j]`,
+    /// the FiCoCo authors' code); each source picks its targets by `targets` (or, `convergent`,
+    /// each target its sources), weighted by `C` over the chosen ones (with `softmax` by
+    /// `exp(C)`).
     Attention {
         direct: f32,
         symmetric: bool,
         indirect: f32,
+        path: bool,
+        softmax: bool,
         targets: TargetRule,
         convergent: bool,
     },
@@ -216,6 +228,8 @@ impl Correlate {
 pub enum Compress {
     /// `(X_j + sum alpha X_i) / (1 + sum alpha)`: the target keeps weight 1 (FiCoCo Eq. 2).
     SelfPreserving,
+    /// `X_j + sum alpha X_i`, no division (the FiCoCo authors' FiCoCo-L code).
+    Additive,
     /// `(X_j + sum X_i) / (1 + |I_j|)` (the paper's ablation).
     Average,
     /// ToMe's size-weighted average `(s_j X_j + sum s_i X_i) / (s_j + sum s_i)`; sizes start at
@@ -228,12 +242,13 @@ pub enum Compress {
     ScoreWeighted { renormalise: bool },
 }
 
-/// One reduction step: filter, correlate, compress.
+/// One reduction step: filter, correlate, compress, reading the `attention` map of its layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reduction {
     pub filter: Filter,
     pub correlate: Correlate,
     pub compress: Compress,
+    pub attention: AttentionMap,
 }
 
 impl Reduction {
@@ -258,7 +273,7 @@ impl Score {
         match self {
             Score::ClsOrEquivalent => !has_cls,
             Score::Bipartite => true,
-            Score::Attention(_) | Score::Random { .. } => false,
+            Score::Attention(_) | Score::Attends { .. } | Score::Random { .. } => false,
         }
     }
 }

@@ -324,7 +324,7 @@ impl ReductionStep {
         // The equivalent token's cosines are no attention weights: average instead.
         let by_cosine = spans.cls.is_none() && r.filter.has(Score::ClsOrEquivalent);
         let weighting = weighting(r.compress, by_cosine);
-        let average = r.compress != Compress::SelfPreserving;
+        let average = !matches!(r.compress, Compress::SelfPreserving | Compress::Additive);
         let norms = self.norms.view(&[n]);
         // Only ToMe's size-weighted average reads the sizes carried from earlier steps.
         let sizes_in = sizes_in.filter(|_| r.compress == Compress::SizeWeighted);
@@ -359,6 +359,8 @@ impl ReductionStep {
                 direct,
                 symmetric,
                 indirect,
+                path,
+                softmax,
                 targets,
                 convergent,
             } if ns > 0 && nt > 0 => {
@@ -376,11 +378,13 @@ impl ReductionStep {
                     symmetric: *symmetric,
                     indirect: *indirect,
                     text,
+                    path: *path,
                 };
                 let corr = self.corr.view(&[ns, nt]);
                 let weights = self.weights.view(&[ns, nt]);
                 k::correlate(b, attn, &split, &c, &corr)?;
-                k::assign_targets(b, &corr, *targets, *convergent, average, &weights)?;
+                let rule = targets.for_row(cand.span.len());
+                k::assign_targets(b, &corr, rule, *convergent, average, *softmax, &weights)?;
                 merge(b, Some(&weights))
             }
             Correlate::Similarity {
@@ -401,7 +405,8 @@ impl ReductionStep {
                     *bipartite,
                     &corr,
                 )?;
-                k::assign_targets(b, &corr, *targets, *convergent, average, &weights)?;
+                let rule = targets.for_row(cand.span.len());
+                k::assign_targets(b, &corr, rule, *convergent, average, false, &weights)?;
                 merge(b, Some(&weights))
             }
             Correlate::Group(g) => {
@@ -430,21 +435,22 @@ impl ReductionStep {
     ) -> Result<bool> {
         let np = cand.len();
         let scores = self.scores.view(&[np]);
-        let score = |b: &mut Batch, terms: &[(Score, f32)], into: &Tensor| {
-            self.score(b, terms, spans, cand, attn, metric, mean, into)
+        let score = |b: &mut Batch, terms: &[(Score, f32)], normalise: bool, into: &Tensor| {
+            self.score(b, terms, normalise, spans, cand, attn, metric, mean, into)
         };
         match &r.filter {
             Filter::All => {
-                k::score_tokens(b, attn, cand, &[], None, &scores)?;
+                k::score_tokens(b, attn, cand, &[], None, false, &scores)?;
                 Ok(true)
             }
             Filter::Importance { score: s } => {
-                score(b, &[(*s, 1.0)], &scores)?;
+                score(b, &[(*s, 1.0)], false, &scores)?;
                 Ok(true)
             }
             Filter::Redundancy {
                 terms,
                 local_penalty,
+                normalise,
             } => {
                 match local_penalty {
                     Some(lp) => {
@@ -454,24 +460,26 @@ impl ReductionStep {
                             )
                         })?;
                         let raw = self.raw.view(&[np]);
-                        score(b, terms, &raw)?;
+                        score(b, terms, *normalise, &raw)?;
                         k::local_penalty(
                             b, &raw, positions, cand, grid, lp.window, lp.coef, &scores,
                         )?;
                     }
-                    None => score(b, terms, &scores)?,
+                    None => score(b, terms, *normalise, &scores)?,
                 }
                 Ok(false)
             }
         }
     }
 
-    /// `into[c] = sum of the weighted score terms` for each candidate.
+    /// `into[c] = sum of the weighted score terms` for each candidate (each L2-normalised over
+    /// the candidates first with `normalise`).
     #[allow(clippy::too_many_arguments)]
     fn score(
         &self,
         b: &mut Batch,
         terms: &[(Score, f32)],
+        normalise: bool,
         spans: &Spans,
         cand: &Candidates,
         attn: &Tensor,
@@ -484,12 +492,28 @@ impl ReductionStep {
         let mut similarity = Vec::new();
         for &(score, weight) in terms {
             match score {
-                Score::Attention(rows) => attention.push(score_term(rows, weight, spans, n)?),
-                Score::ClsOrEquivalent => match spans.cls {
-                    Some(_) => attention.push(score_term(Rows::Cls, weight, spans, n)?),
-                    // a_i = -cos(mu, M_i) replaces A[cls, i].
-                    None => similarity.push((Similarity::ToMean, -weight)),
-                },
+                Score::Attention(rows) => attention.push(score_term(rows, weight, spans, cand)?),
+                Score::Attends { to, sum } => {
+                    let mut t = score_term(to, weight, spans, cand)?;
+                    let cls_inside = spans.cls.is_some_and(|c| t.rows.contains(&c));
+                    let columns = t.rows.len() - usize::from(cls_inside);
+                    t.divisor = if sum { 1.0 } else { columns.max(1) as f32 };
+                    t.along_rows = true;
+                    attention.push(t);
+                }
+                Score::ClsOrEquivalent => {
+                    match spans.cls {
+                        Some(_) => attention.push(score_term(Rows::Cls, weight, spans, cand)?),
+                        None if normalise => return Err(Error::Unsupported(
+                            "the FiCoCo authors' reading scores with [CLS] attention and their \
+                             code has no reading for towers without [CLS] (SigLIP): use \
+                             ficoco-v, which takes the equivalent token there"
+                                .into(),
+                        )),
+                        // a_i = -cos(mu, M_i) replaces A[cls, i].
+                        None => similarity.push((Similarity::ToMean, -weight)),
+                    }
+                }
                 Score::Bipartite => similarity.push((Similarity::Bipartite, weight)),
                 Score::Random { seed } => {
                     if terms.len() != 1 {
@@ -522,7 +546,15 @@ impl ReductionStep {
                 ))
             }
         }
-        k::score_tokens(b, attn, cand, &attention, Some(&row_weights), into)?;
+        k::score_tokens(
+            b,
+            attn,
+            cand,
+            &attention,
+            Some(&row_weights),
+            normalise,
+            into,
+        )?;
         let norms = self.norms.view(&[n]);
         for (sim, weight) in similarity {
             k::score_similarity(b, metric, &norms, mean, cand, sim, weight, into)?;
@@ -658,6 +690,7 @@ fn weighting(c: Compress, by_cosine: bool) -> Weighting {
             normalise: true,
             ..Weighting::default()
         },
+        Compress::Additive => Weighting::default(),
         Compress::ScoreWeighted { .. } if by_cosine => Weighting {
             normalise: true,
             ..Weighting::default()
@@ -670,7 +703,8 @@ fn weighting(c: Compress, by_cosine: bool) -> Weighting {
     }
 }
 
-fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreTerm> {
+fn score_term(rows: Rows, weight: f32, spans: &Spans, cand: &Candidates) -> Result<ScoreTerm> {
+    let n = cand.n;
     let need = |what: &str| {
         Error::InvalidArgument(format!(
             "this filter scores with attention from the {what}; give its position"
@@ -688,6 +722,7 @@ fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreT
             .clone()
             .ok_or_else(|| need("visual span (--visual)"))?,
         Rows::Text => text()?,
+        Rows::Candidates => cand.span.clone(),
         Rows::LastText => {
             let t = text()?;
             if t.is_empty() {
@@ -702,6 +737,7 @@ fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreT
                 weight,
                 divisor: 1.0,
                 weighted: true,
+                along_rows: false,
             });
         }
     };
@@ -712,6 +748,7 @@ fn score_term(rows: Rows, weight: f32, spans: &Spans, n: usize) -> Result<ScoreT
         weight,
         divisor,
         weighted: false,
+        along_rows: false,
     })
 }
 
