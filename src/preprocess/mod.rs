@@ -11,7 +11,7 @@ mod prompt;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use image::{decode_image, load_image, ImageProcessor, ImageProcessorConfig};
+pub use image::{decode_image, load_image, Filter, ImageProcessor, ImageProcessorConfig, ResizeTo};
 pub use prompt::{build_prompt_ids, chat_prompt, PromptFormat, PromptIds, IMAGE_PLACEHOLDER};
 pub use tokenizer::{TextStream, Tokenizer};
 
