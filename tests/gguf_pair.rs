@@ -61,9 +61,9 @@ fn load_pair(gpu: &Arc<Gpu>, dir: &Path, mmproj: &str, dtype: DType) -> Loaded {
         .unwrap()
         .preprocess(&image(&o))
         .unwrap();
-    let prompt = pair
-        .prompt(&tokenizer, o["question"].as_str().unwrap())
-        .unwrap();
+    let question = o["question"].as_str().unwrap();
+    let prompt =
+        preprocess::image_prompt(pair.chat_template().as_ref(), &tokenizer, question).unwrap();
     let model = Llava::from_gguf_pair(gpu.clone(), pair, &opts(dtype)).unwrap();
     Loaded {
         model,

@@ -8,8 +8,8 @@ use super::config::LlavaConfig;
 use super::gguf::{Gguf, MetaValue};
 use super::weights::WeightFile;
 use crate::preprocess::{
-    ChatMessage, ChatTemplate, Filter, ImageProcessor, ImageProcessorConfig, PromptFormat,
-    ResizeTo, Tokenizer, IMAGE_PLACEHOLDER,
+    ChatTemplate, Filter, ImageProcessor, ImageProcessorConfig, ResizeTo, Tokenizer,
+    IMAGE_PLACEHOLDER,
 };
 use crate::{Error, Result};
 use std::path::Path;
@@ -236,21 +236,12 @@ impl GgufPair {
         }))
     }
 
-    /// The single-turn prompt asking `question` about the image: the LLM's chat template with
-    /// the image before the question, or, for a file without one (llava-1.5's Vicuna), the
-    /// format [`PromptFormat::detect`] picks.
-    pub fn prompt(&self, tokenizer: &Tokenizer, question: &str) -> Result<String> {
-        if self.llm.meta("tokenizer.chat_template").is_none() {
-            return Ok(PromptFormat::detect(tokenizer).prompt(question));
-        }
-        let token = |id: Option<u32>| id.and_then(|i| tokenizer.token(i));
-        let content = format!("{IMAGE_PLACEHOLDER}\n{question}");
-        Ok(ChatTemplate::from_gguf(&self.llm).render(
-            &[ChatMessage::new("user", &content)],
-            true,
-            token(tokenizer.bos_id()).as_deref(),
-            token(tokenizer.eos_id()).as_deref(),
-        )?)
+    /// The LLM's chat template, if it has one (llava-1.5's Vicuna files have none; see
+    /// [`crate::preprocess::image_prompt`]).
+    pub fn chat_template(&self) -> Option<ChatTemplate> {
+        self.llm
+            .meta("tokenizer.chat_template")
+            .map(|_| ChatTemplate::from_gguf(&self.llm))
     }
 
     /// The config with the LLM's and the mmproj's tensors.
