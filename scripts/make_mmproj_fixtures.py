@@ -130,7 +130,9 @@ def write_mmproj(dir_, name, style, ftype):
         w.add_array("clip.vision.feature_layer", [feature])
     w.add_vision_image_mean(pre["image_mean"])
     w.add_vision_image_std(pre["image_std"])
-    w.add_vision_use_gelu(vc["hidden_act"] == "gelu")
+    # As the converters do: the legacy one for CLIP's exact GELU, the current one also for
+    # SigLIP's tanh GELU.
+    w.add_vision_use_gelu(vc["hidden_act"] in ("gelu", "gelu_pytorch_tanh"))
 
     tensors = load_file(str(dir_ / "model.safetensors"))
     count = 0

@@ -160,18 +160,19 @@ impl GgufPair {
                 "image_size": mm.int("clip.vision.image_size")?,
                 "patch_size": mm.int("clip.vision.patch_size")?,
                 "layer_norm_eps": mm.float("clip.vision.attention.layer_norm_epsilon")?,
-                // llama.cpp runs ggml's GELU where the tower had `gelu`; the checkpoint's exact
-                // GELU is what the tower was trained with.
-                "hidden_act": match mm.get("clip.use_gelu").and_then(MetaValue::as_bool) {
-                    Some(true) => "gelu",
-                    _ if tower == Tower::Siglip => "gelu_pytorch_tanh",
-                    _ => "quick_gelu",
+                // SigLIP's GELU is the tanh one (what ggml's GELU computes); for CLIP,
+                // `use_gelu` stands for the checkpoint's exact `gelu`, else quick-GELU.
+                "hidden_act": match (tower, mm.get("clip.use_gelu").and_then(MetaValue::as_bool)) {
+                    (Tower::Siglip, _) => "gelu_pytorch_tanh",
+                    (Tower::Clip, Some(true)) => "gelu",
+                    (Tower::Clip, _) => "quick_gelu",
                 },
             },
             "text_config": text,
         });
         let virtual_token = image_token as usize >= token_count(&llm)?;
         let config = LlavaConfig::from_json_value(value, mmproj.path(), virtual_token)?;
+        // The preprocessing needs both: refuse now rather than at the first image.
         mm.mean_std()?;
         Ok(Self {
             llm,
