@@ -4,16 +4,18 @@
 //!     --image assets/vqa-test/images/000004.png --prompt "What character is on the label?"
 //! cargo run --release --example generate -- \
 //!     --model weights/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --prompt "Write a haiku."
+//! cargo run --release --example generate -- --model LLM.gguf --mmproj MMPROJ.gguf \
+//!     --image photo.png --prompt "What is in the picture?"
 
 #[path = "common/cli.rs"]
 mod cli;
 
 use clap::Parser;
 use ficoco::gpu::{DType, Gpu, GpuOptions};
-use ficoco::model::{GenerateOptions, Gguf, Llava, LoadOptions, Sampling, TextModel};
+use ficoco::model::{GenerateOptions, Gguf, LoadOptions, Sampling, TextModel};
 use ficoco::ops::GgmlType;
 use ficoco::pipeline;
-use ficoco::preprocess::{self, ChatMessage, ChatTemplate, ImageProcessor, TextStream, Tokenizer};
+use ficoco::preprocess::{self, ChatMessage, ChatTemplate, TextStream, Tokenizer};
 use ficoco::reduce::{KvReduceSpec, ReduceSpec};
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,7 +26,8 @@ use std::sync::Arc;
 #[command(name = "generate", after_help = cli::methods_help())]
 struct Args {
     /// llava-hf model directory (the trained demo model by default), or a llama.cpp GGUF file
-    /// (llama or qwen2 decoder): text-only generation with the file's tokenizer and chat template
+    /// (llama or qwen2 decoder): with --mmproj a LLaVA model, without it text-only generation,
+    /// with the file's tokenizer and chat template either way
     #[arg(long, default_value = "assets/llava-vqa")]
     model: PathBuf,
     /// Input image (PNG or JPEG); required for LLaVA models
@@ -67,6 +70,11 @@ struct Args {
     /// tokenizer and template stay the model directory's
     #[arg(long, value_name = "FILE.gguf")]
     decoder: Option<PathBuf>,
+    /// llama.cpp's vision file (mmproj-*.gguf: CLIP or SigLIP tower and MLP projector) to pair
+    /// with --model LLM.gguf: the tower, projector and image preprocessing come from it, the
+    /// decoder, tokenizer and chat template from the LLM file
+    #[arg(long, value_name = "FILE.gguf", conflicts_with = "decoder")]
+    mmproj: Option<PathBuf>,
     /// Print one JSON object instead of streaming text
     #[arg(long)]
     json: bool,
@@ -94,18 +102,19 @@ struct Args {
 
 /// What clap cannot say: which options need an image, and value ranges.
 fn check(a: &Args) -> Result<(), String> {
-    if is_gguf(a) {
+    cli::check_pair(&a.model, a.mmproj.as_deref())?;
+    if is_text_only(a) {
         if a.decoder.is_some() {
             return Err("--decoder goes with a LLaVA model directory as --model".into());
         }
         if a.image.is_some() {
-            return Err("a GGUF model runs text-only here: leave out --image (llama.cpp's mmproj vision files are not supported yet)".into());
+            return Err("a GGUF model without --mmproj runs text-only: leave out --image, or add llama.cpp's vision file with --mmproj FILE.gguf".into());
         }
         if a.reduce.method != "none" || a.reduce_kv.is_some() || a.show_kept.is_some() {
             return Err("--reduce, --reduce-kv and --show-kept need an image: they do not apply to a text-only GGUF model".into());
         }
     } else if a.image.is_none() {
-        return Err("--image is required for a LLaVA model directory".into());
+        return Err("--image is required for a LLaVA model".into());
     }
     if a.temperature.is_some_and(|t| t <= 0.0) {
         return Err("--temperature must be > 0 (use --greedy for argmax)".into());
@@ -134,8 +143,9 @@ fn printer(tokenizer: &Tokenizer, quiet: bool) -> impl FnMut(u32) -> bool + '_ {
     }
 }
 
-fn is_gguf(a: &Args) -> bool {
-    a.model.extension().is_some_and(|e| e == "gguf")
+/// A GGUF decoder on its own.
+fn is_text_only(a: &Args) -> bool {
+    a.model.extension().is_some_and(|e| e == "gguf") && a.mmproj.is_none()
 }
 
 fn sampling(args: &Args) -> Sampling {
@@ -231,24 +241,36 @@ fn run_gguf(args: Args) -> ficoco::Result<()> {
 }
 
 fn run(args: Args) -> ficoco::Result<()> {
-    if is_gguf(&args) {
+    if is_text_only(&args) {
         return run_gguf(args);
     }
     let clock = std::time::Instant::now();
     let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
-    let processor = ImageProcessor::from_dir(&args.model)?;
     let opts = LoadOptions {
         dtype: args.dtype,
         quantize: args.quantize,
         ..LoadOptions::default()
     };
     let loading = cli::spinner_unless(args.json, &format!("loading {}", args.model.display()));
-    let mut model = match &args.decoder {
-        Some(file) => Llava::load_with_decoder(gpu.clone(), &args.model, file, &opts)?,
-        None => Llava::load(gpu.clone(), &args.model, &opts)?,
-    };
+    let inputs = cli::LlavaInputs::load(
+        gpu.clone(),
+        &args.model,
+        args.decoder.as_deref(),
+        args.mmproj.as_deref(),
+        &opts,
+    )?;
     loading.finish_and_clear();
+    let text = match (&args.prompt, &args.raw_prompt) {
+        (Some(q), _) => inputs.prompt(q)?,
+        (_, Some(raw)) => raw.clone(),
+        _ => unreachable!("clap requires one of them"),
+    };
+    let cli::LlavaInputs {
+        mut model,
+        tokenizer,
+        processor,
+        ..
+    } = inputs;
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if !args.json {
         eprintln!("adapter: {}", gpu.describe());
@@ -256,11 +278,6 @@ fn run(args: Args) -> ficoco::Result<()> {
 
     let image = preprocess::load_image(args.image.as_ref().expect("checked"))?;
     let pixels = processor.preprocess(&image)?;
-    let text = match (&args.prompt, &args.raw_prompt) {
-        (Some(q), _) => preprocess::PromptFormat::detect(&tokenizer).prompt(q),
-        (_, Some(raw)) => raw.clone(),
-        _ => unreachable!("clap requires one of them"),
-    };
     let prepared = pipeline::prepare(
         &mut model,
         &tokenizer,

@@ -75,7 +75,10 @@ def rotary_interleave(w, heads):
     return w.reshape(heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write(dir_, kind):
+def add_decoder(w, dir_, kind, rows=None):
+    """The `{arch}.*` metadata and the decoder tensors of fixture `dir_` into GGUF writer `w`;
+    with `rows`, only the first `rows` rows of the embedding and output matrices (the vocabulary
+    cut short, as a llama.cpp LLM file lacks tokens llava-hf added). Returns the tensor count."""
     cfg = json.loads((dir_ / "config.json").read_text())
     tc = cfg["text_config"]
     arch = tc["model_type"]
@@ -83,10 +86,7 @@ def write(dir_, kind):
     head_dim = tc.get("head_dim") or tc["hidden_size"] // heads
     theta = tc.get("rope_theta") or (tc.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     tensors = load_file(str(dir_ / "model.safetensors"))
-    name = "decoder.gguf" if kind == "float" else f"decoder_{kind}.gguf"
     tied = cfg.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
-    w = gguf.GGUFWriter(str(dir_ / name), arch)
-    w.add_name(f"{dir_.name} decoder ({kind})")
     w.add_block_count(tc["num_hidden_layers"])
     w.add_context_length(tc["max_position_embeddings"])
     w.add_embedding_length(tc["hidden_size"])
@@ -107,6 +107,8 @@ def write(dir_, kind):
             continue
         stored = tensors[key].dtype
         t = tensors[key].astype(np.float32)
+        if rows is not None and g in ("token_embd.weight", "output.weight"):
+            t = t[:rows]
         if arch == "llama" and g.endswith("attn_q.weight"):
             t = rotary_interleave(t, heads)
         if arch == "llama" and g.endswith("attn_k.weight"):
@@ -119,6 +121,15 @@ def write(dir_, kind):
         else:
             w.add_tensor(g, t)
         count += 1
+    return count
+
+
+def write(dir_, kind):
+    arch = json.loads((dir_ / "config.json").read_text())["text_config"]["model_type"]
+    name = "decoder.gguf" if kind == "float" else f"decoder_{kind}.gguf"
+    w = gguf.GGUFWriter(str(dir_ / name), arch)
+    w.add_name(f"{dir_.name} decoder ({kind})")
+    count = add_decoder(w, dir_, kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -113,3 +113,100 @@ fn replot_draws_both_panels_from_a_sweep_table() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no sweep rows"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `--mmproj` pairs with an LLM GGUF as `--model`; other combinations exit 2 saying so.
+#[test]
+fn mmproj_combinations_are_checked() {
+    let dir = "tests/fixtures/models/gqa_untied";
+    let (llm, mmproj) = (format!("{dir}/llm.gguf"), format!("{dir}/mmproj.gguf"));
+    let image = "tests/fixtures/images/shapes_97x61.png";
+    let cases: [(&str, Vec<&str>, &str); 5] = [
+        (
+            "generate",
+            vec![
+                "--model", dir, "--mmproj", &mmproj, "--image", image, "--prompt", "q",
+            ],
+            "--mmproj goes with a llama.cpp LLM file",
+        ),
+        (
+            "generate",
+            vec![
+                "--model",
+                &llm,
+                "--mmproj",
+                &mmproj,
+                "--decoder",
+                &llm,
+                "--image",
+                image,
+                "--prompt",
+                "q",
+            ],
+            "cannot be used with",
+        ),
+        (
+            "generate",
+            vec!["--model", &llm, "--mmproj", &mmproj, "--prompt", "q"],
+            "--image is required",
+        ),
+        (
+            "eval",
+            vec!["--model", &llm, "--set", "x.jsonl"],
+            "pair it with llama.cpp's vision file (--mmproj FILE.gguf)",
+        ),
+        (
+            "eval",
+            vec!["--model", dir, "--mmproj", &mmproj, "--set", "x.jsonl"],
+            "--mmproj goes with a llama.cpp LLM file",
+        ),
+    ];
+    for (example, args, want) in cases {
+        let out = run(example, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{example} {args:?}: {err}");
+        assert!(err.contains(want), "{example} {args:?}: {err}");
+    }
+}
+
+/// `generate --model LLM.gguf --mmproj MMPROJ.gguf` answers as transformers does (the oracle's
+/// greedy tokens), with and without a reduction; a swapped pair fails with the reason.
+#[test]
+fn generate_runs_a_gguf_pair() {
+    let dir = "tests/fixtures/models/gqa_untied";
+    let (llm, mmproj) = (format!("{dir}/llm.gguf"), format!("{dir}/mmproj.gguf"));
+    let oracle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/oracle.json")).unwrap())
+            .unwrap();
+    let args = |model: &str, mm: &str, reduce: &str| {
+        let mut a = vec!["--model", model, "--mmproj", mm, "--dtype", "f32", "--json"];
+        a.extend(["--image", oracle["image"].as_str().unwrap()]);
+        a.extend(["--prompt", oracle["question"].as_str().unwrap()]);
+        a.extend(["--max-new-tokens", "8", "--reduce", reduce]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for (reduce, visual) in [("none", 16), ("ficoco-v:6", 6)] {
+        let a = args(&llm, &mmproj, reduce);
+        let out = run(
+            "generate",
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["visual_tokens"], visual, "{reduce}");
+        if reduce == "none" {
+            assert_eq!(v["tokens"], oracle["greedy_tokens"]);
+        }
+    }
+    let a = args(&mmproj, &llm, "none");
+    let out = run(
+        "generate",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the two files are swapped"), "{err}");
+}

@@ -15,7 +15,7 @@ use ficoco::gpu::{Gpu, GpuOptions};
 use ficoco::model::{GenerateOptions, Llava, LoadOptions, Sampling};
 use ficoco::ops::GgmlType;
 use ficoco::pipeline;
-use ficoco::preprocess::{self, ImageProcessor, PixelValues, Tokenizer};
+use ficoco::preprocess::{self, ChatTemplate, PixelValues, Tokenizer};
 use ficoco::reduce::budget::Budget;
 use ficoco::reduce::flops::Flops;
 use ficoco::reduce::{every_method, ReduceSpec};
@@ -29,7 +29,7 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(name = "eval", after_help = cli::methods_help())]
 struct Args {
-    /// Model directory
+    /// Model directory, or a llama.cpp LLM file (FILE.gguf) with --mmproj
     #[arg(long, default_value = "assets/llava-vqa")]
     model: PathBuf,
     /// Questions JSONL ({"image","question","answer","type"}; image paths relative to the file)
@@ -49,6 +49,10 @@ struct Args {
     /// tokenizer and template stay the model directory's
     #[arg(long, value_name = "FILE.gguf")]
     decoder: Option<PathBuf>,
+    /// llama.cpp's vision file (mmproj-*.gguf) to pair with --model LLM.gguf: tower, projector
+    /// and preprocessing from it, decoder, tokenizer and chat template from the LLM file
+    #[arg(long, value_name = "FILE.gguf", conflicts_with = "decoder")]
+    mmproj: Option<PathBuf>,
     /// Print one JSON object (accuracy in 0..1, per type, visual tokens, FLOPs, prefill time,
     /// every answer)
     #[arg(long)]
@@ -94,7 +98,19 @@ fn none() -> ReduceSpec {
 }
 
 fn main() {
-    cli::main_with(|_: &Args| Ok(()), run);
+    cli::main_with(check, run);
+}
+
+fn check(a: &Args) -> std::result::Result<(), String> {
+    cli::check_pair(&a.model, a.mmproj.as_deref())?;
+    if a.replot.is_none() && a.mmproj.is_none() && a.model.extension().is_some_and(|e| e == "gguf")
+    {
+        return Err(format!(
+            "{} is a GGUF file: evaluating needs images, so pair it with llama.cpp's vision file (--mmproj FILE.gguf), or give a llava-hf directory",
+            a.model.display()
+        ));
+    }
+    Ok(())
 }
 
 /// One question of the set.
@@ -211,6 +227,7 @@ fn normalise(s: &str) -> String {
 struct Evaluator {
     model: Llava,
     tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
     /// Preprocessed images, loaded once for every reduction of a sweep.
     pixels: Vec<PixelValues>,
     items: Vec<Item>,
@@ -220,17 +237,23 @@ impl Evaluator {
     /// Loads the model and every image; one unmeasured answer compiles the pipelines.
     fn new(args: &Args) -> Result<Self> {
         let gpu = Arc::new(Gpu::new_blocking(&GpuOptions::from_env()?)?);
-        let tokenizer = Tokenizer::from_dir(&args.model)?;
-        let processor = ImageProcessor::from_dir(&args.model)?;
         let opts = LoadOptions {
             quantize: args.quantize,
             ..LoadOptions::default()
         };
         let loading = cli::spinner(&format!("loading {}", args.model.display()));
-        let model = match &args.decoder {
-            Some(file) => Llava::load_with_decoder(gpu.clone(), &args.model, file, &opts)?,
-            None => Llava::load(gpu.clone(), &args.model, &opts)?,
-        };
+        let cli::LlavaInputs {
+            model,
+            tokenizer,
+            processor,
+            template,
+        } = cli::LlavaInputs::load(
+            gpu.clone(),
+            &args.model,
+            args.decoder.as_deref(),
+            args.mmproj.as_deref(),
+            &opts,
+        )?;
         loading.finish_and_clear();
         let set = args
             .set
@@ -255,6 +278,7 @@ impl Evaluator {
         let mut ev = Self {
             model,
             tokenizer,
+            template,
             pixels,
             items,
         };
@@ -286,7 +310,8 @@ impl Evaluator {
         let n = self.items.len();
         let bar = cli::progress(n as u64, label);
         for (item, pixels) in self.items.iter().zip(&self.pixels) {
-            let text = preprocess::chat_prompt(&item.question);
+            let text =
+                preprocess::image_prompt(self.template.as_ref(), &self.tokenizer, &item.question)?;
             let p = pipeline::prepare(
                 &mut self.model,
                 &self.tokenizer,

@@ -301,6 +301,9 @@ pub struct LlavaConfig {
     pub vision_feature_select_strategy: String,
     pub multimodal_projector_bias: bool,
     tie_word_embeddings: bool,
+    /// The image token lies outside the decoder's vocabulary (see
+    /// [`Self::virtual_image_token`]).
+    virtual_image_token: bool,
     pub source: PathBuf,
 }
 
@@ -319,6 +322,22 @@ impl LlavaConfig {
     pub fn from_json_str(text: &str, source: &Path) -> Result<Self> {
         let raw: RawConfig = serde_json::from_str(text)
             .map_err(|e| Error::file(source, format!("invalid config: {e}")))?;
+        Self::from_raw(raw, source, false)
+    }
+
+    /// A config given as a `config.json` value (e.g. assembled from GGUF metadata); with
+    /// `virtual_image_token`, `image_token_index` may lie outside the vocabulary.
+    pub fn from_json_value(
+        value: serde_json::Value,
+        source: &Path,
+        virtual_image_token: bool,
+    ) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_value(value)
+            .map_err(|e| Error::file(source, format!("invalid config: {e}")))?;
+        Self::from_raw(raw, source, virtual_image_token)
+    }
+
+    fn from_raw(raw: RawConfig, source: &Path, virtual_image_token: bool) -> Result<Self> {
         let model_type = raw.model_type.clone().unwrap_or_default();
         if model_type.starts_with("llava_") {
             return Err(Error::file(
@@ -384,6 +403,7 @@ impl LlavaConfig {
                 .clone()
                 .unwrap_or("default".into()),
             multimodal_projector_bias: raw.multimodal_projector_bias.unwrap_or(true),
+            virtual_image_token,
             source: source.to_path_buf(),
         };
         cfg.validate()?;
@@ -479,7 +499,7 @@ impl LlavaConfig {
                 "sliding-window attention is not supported; set it to false".into(),
             );
         }
-        if self.image_token_index as usize >= t.vocab_size {
+        if !self.virtual_image_token && self.image_token_index as usize >= t.vocab_size {
             return err(
                 "image_token_index",
                 format!(
@@ -514,6 +534,13 @@ impl LlavaConfig {
 
     pub fn tied_embeddings(&self) -> bool {
         self.tie_word_embeddings
+    }
+
+    /// Whether the image token is virtual: an id the tokenizer adds past the vocabulary (a
+    /// llama.cpp LLM file has no `<image>`) that only marks where the visual embeddings go and
+    /// has no embedding row of its own.
+    pub fn virtual_image_token(&self) -> bool {
+        self.virtual_image_token
     }
 
     /// Refuses a decoder (`text`, from the GGUF file at `path`) that is not the one this

@@ -6,6 +6,7 @@ use super::generate::{GenerateOptions, Generation, Sampler, Timings};
 use super::gguf::Gguf;
 use super::kv_cache::KvCache;
 use super::linear::WeightStore;
+use super::mmproj::GgufPair;
 use super::projector::Projector;
 use super::vision::VisionTower;
 use super::weights::WeightFile;
@@ -111,6 +112,23 @@ impl Llava {
         let decoder_weights = WeightFile::from_gguf(file, tc.num_attention_heads, tc.kv_heads())?;
         let wf = WeightFile::open(dir)?;
         Self::from_parts(gpu, config, &wf, &decoder_weights, opts)
+    }
+
+    /// llama.cpp's VLM pair: the vision tower and projector of an `mmproj` GGUF file, the
+    /// decoder of an LLM GGUF file (see [`GgufPair`], which also gives the tokenizer, image
+    /// preprocessing and prompt that go with it).
+    pub fn load_gguf_pair(
+        gpu: Arc<Gpu>,
+        llm: &Path,
+        mmproj: &Path,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        Self::from_gguf_pair(gpu, GgufPair::open(llm, mmproj)?, opts)
+    }
+
+    pub fn from_gguf_pair(gpu: Arc<Gpu>, pair: GgufPair, opts: &LoadOptions) -> Result<Self> {
+        let (config, llm, mmproj) = pair.into_weights();
+        Self::from_parts(gpu, config, &mmproj, &llm, opts)
     }
 
     pub fn from_weights(
@@ -438,9 +456,15 @@ impl Llava {
 
         self.cache.clear();
         let mut b = self.gpu.batch();
-        let x = self.decoder.embed_tokens(&mut b, &prompt.ids)?;
-        let d = self.config.text_config.hidden_size;
         let image = prompt.image_start..prompt.image_start + visual;
+        // The image rows' embeddings are overwritten below, so any id in the vocabulary serves
+        // for their lookup; a virtual image token has no row.
+        let mut ids = prompt.ids.clone();
+        if self.config.virtual_image_token() {
+            ids[image.clone()].fill(0);
+        }
+        let x = self.decoder.embed_tokens(&mut b, &ids)?;
+        let d = self.config.text_config.hidden_size;
         b.copy(&image_features, &x.slice(image.start * d, &[visual, d]))?;
         let positions: Vec<u32> = (0..prompt.ids.len() as u32).collect();
         let reduce = self.reduction.llm.as_ref().map(|site| PrefillReduction {

@@ -60,18 +60,50 @@ const GGUF_NAMES: &[(&str, &str)] = &[
     ("mlp.down_proj", "ffn_down"),
 ];
 
+/// Canonical vision-tower and projector names -> the names of llama.cpp's `mmproj` files
+/// (`v.blk.N.` replaces `vision.encoder.layers.N.`).
+const MMPROJ_NAMES: &[(&str, &str)] = &[
+    ("vision.embeddings.patch_embedding", "v.patch_embd"),
+    ("vision.embeddings.position_embedding", "v.position_embd"),
+    ("vision.pre_layrnorm", "v.pre_ln"),
+    ("projector.linear_1", "mm.0"),
+    ("projector.linear_2", "mm.2"),
+    ("layer_norm1", "ln1"),
+    ("layer_norm2", "ln2"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.out_proj", "attn_out"),
+    ("mlp.fc1", "ffn_up"),
+    ("mlp.fc2", "ffn_down"),
+];
+
 /// The GGUF name of a canonical tensor name, e.g. `text.layers.3.self_attn.q_proj.weight` ->
-/// `blk.3.attn_q.weight`.
-fn gguf_name(canonical: &str) -> Option<String> {
+/// `blk.3.attn_q.weight`, `vision.encoder.layers.0.mlp.fc1.bias` -> `v.blk.0.ffn_up.bias`.
+/// `ffn_swapped`: the file stores fc1 as `ffn_down` and fc2 as `ffn_up`, as llama.cpp's legacy
+/// image-encoder converter did.
+fn gguf_name(canonical: &str, ffn_swapped: bool) -> Option<String> {
+    if canonical == "vision.embeddings.class_embedding" {
+        return Some("v.class_embd".into());
+    }
     let (stem, suffix) = canonical.rsplit_once('.')?;
-    let (prefix, part) = match stem.strip_prefix("text.layers.") {
-        Some(rest) => {
-            let (layer, part) = rest.split_once('.')?;
-            (format!("blk.{layer}."), part)
-        }
-        None => (String::new(), stem),
+    let (prefix, part, table) = if let Some(rest) = stem.strip_prefix("text.layers.") {
+        let (layer, part) = rest.split_once('.')?;
+        (format!("blk.{layer}."), part, GGUF_NAMES)
+    } else if let Some(rest) = stem.strip_prefix("vision.encoder.layers.") {
+        let (layer, part) = rest.split_once('.')?;
+        let part = match (ffn_swapped, part) {
+            (true, "mlp.fc1") => "mlp.fc2",
+            (true, "mlp.fc2") => "mlp.fc1",
+            _ => part,
+        };
+        (format!("v.blk.{layer}."), part, MMPROJ_NAMES)
+    } else if stem.starts_with("vision.") || stem.starts_with("projector.") {
+        (String::new(), stem, MMPROJ_NAMES)
+    } else {
+        (String::new(), stem, GGUF_NAMES)
     };
-    let (_, g) = GGUF_NAMES.iter().find(|(c, _)| *c == part)?;
+    let (_, g) = table.iter().find(|(c, _)| *c == part)?;
     Some(format!("{prefix}{g}.{suffix}"))
 }
 
@@ -133,6 +165,8 @@ enum Source {
         file: Box<Gguf>,
         /// Set for the llama architecture (see [`RowOrder`]).
         row_order: Option<RowOrder>,
+        /// An mmproj file with the legacy converter's swapped FFN names (see [`gguf_name`]).
+        ffn_swapped: bool,
     },
 }
 
@@ -210,8 +244,22 @@ impl WeightFile {
             source: Source::Gguf {
                 file: Box::new(file),
                 row_order,
+                ffn_swapped: false,
             },
         })
+    }
+
+    /// The vision tower and projector of a llama.cpp `mmproj` file, under the canonical
+    /// `vision.*` and `projector.*` names; `ffn_swapped` as [`gguf_name`] takes it.
+    pub fn from_mmproj(file: Gguf, ffn_swapped: bool) -> Self {
+        Self {
+            layout: format!("GGUF v{} mmproj (clip)", file.version),
+            source: Source::Gguf {
+                file: Box::new(file),
+                row_order: None,
+                ffn_swapped,
+            },
+        }
     }
 
     /// The GGUF file behind these weights, if they come from one.
@@ -253,14 +301,18 @@ impl WeightFile {
             Source::Files { keys, .. } => Self::candidates(canonical)
                 .iter()
                 .any(|k| keys.contains_key(k)),
-            Source::Gguf { file, .. } => {
-                gguf_name(canonical).is_some_and(|n| file.tensor(&n).is_some())
-            }
+            Source::Gguf {
+                file, ffn_swapped, ..
+            } => gguf_name(canonical, *ffn_swapped).is_some_and(|n| file.tensor(&n).is_some()),
         }
     }
 
-    fn gguf_tensor<'a>(file: &'a Gguf, canonical: &str) -> Result<&'a GgufTensor> {
-        let name = gguf_name(canonical);
+    fn gguf_tensor<'a>(
+        file: &'a Gguf,
+        canonical: &str,
+        ffn_swapped: bool,
+    ) -> Result<&'a GgufTensor> {
+        let name = gguf_name(canonical, ffn_swapped);
         name.as_deref().and_then(|n| file.tensor(n)).ok_or_else(|| {
             Error::file(
                 file.path(),
@@ -280,10 +332,15 @@ impl WeightFile {
         canonical: &str,
         expect_shape: &[usize],
     ) -> Result<Option<RawTensor<'_>>> {
-        let Source::Gguf { file, row_order } = &self.source else {
+        let Source::Gguf {
+            file,
+            row_order,
+            ffn_swapped,
+        } = &self.source
+        else {
             return Ok(None);
         };
-        let t = Self::gguf_tensor(file, canonical)?;
+        let t = Self::gguf_tensor(file, canonical, *ffn_swapped)?;
         if !t.ty.is_quantized() {
             return Ok(None);
         }
@@ -345,8 +402,12 @@ impl WeightFile {
                     path.clone(),
                 )
             }
-            Source::Gguf { file, row_order } => {
-                let t = Self::gguf_tensor(file, canonical)?;
+            Source::Gguf {
+                file,
+                row_order,
+                ffn_swapped,
+            } => {
+                let t = Self::gguf_tensor(file, canonical, *ffn_swapped)?;
                 let shape = t.shape();
                 let mut data = vec![0f32; t.elements()];
                 dequantize(t.ty, file.data(t), &mut data)

@@ -11,8 +11,10 @@ mod prompt;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use image::{decode_image, load_image, ImageProcessor, ImageProcessorConfig};
-pub use prompt::{build_prompt_ids, chat_prompt, PromptFormat, PromptIds, IMAGE_PLACEHOLDER};
+pub use image::{decode_image, load_image, Filter, ImageProcessor, ImageProcessorConfig, ResizeTo};
+pub use prompt::{
+    build_prompt_ids, chat_prompt, image_prompt, PromptFormat, PromptIds, IMAGE_PLACEHOLDER,
+};
 pub use tokenizer::{TextStream, Tokenizer};
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The chat prompts (llava-1.5's, and ChatML for Qwen2-based models) and their token ids with
 //! the image placeholder expanded.
 
-use super::{PreprocessError, Tokenizer};
+use super::{ChatMessage, ChatTemplate, PreprocessError, Tokenizer};
 
 /// The placeholder users write in prompts.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
@@ -55,6 +55,27 @@ impl PromptFormat {
             ),
         }
     }
+}
+
+/// The single-turn prompt asking `question` about one image: `template` (a chat template, e.g.
+/// a GGUF file's) rendered with the image before the question, as llava-interleave's template
+/// places it, or, without one, the format [`PromptFormat::detect`] picks.
+pub fn image_prompt(
+    template: Option<&ChatTemplate>,
+    tokenizer: &Tokenizer,
+    question: &str,
+) -> Result<String, PreprocessError> {
+    let Some(template) = template else {
+        return Ok(PromptFormat::detect(tokenizer).prompt(question));
+    };
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.token(i));
+    let content = format!("{IMAGE_PLACEHOLDER}\n{question}");
+    template.render(
+        &[ChatMessage::new("user", &content)],
+        true,
+        token(tokenizer.bos_id()).as_deref(),
+        token(tokenizer.eos_id()).as_deref(),
+    )
 }
 
 /// Tokenize `text`, which holds the image token (`<image>`) exactly once, after expanding it to

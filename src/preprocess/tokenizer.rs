@@ -108,6 +108,20 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The id of `token`, which is added as a special token after the vocabulary when the
+    /// tokenizer lacks it: a llama.cpp LLM file has no `<image>`, so the placeholder becomes a
+    /// virtual token, one that only marks where the visual embeddings go.
+    pub fn ensure_special_token(&mut self, token: &str) -> u32 {
+        if let Some(id) = self.inner.token_to_id(token) {
+            return id;
+        }
+        self.inner
+            .add_special_tokens(&[tokenizers::AddedToken::from(token, true)]);
+        self.inner
+            .token_to_id(token)
+            .expect("a token just added has an id")
+    }
+
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
