@@ -124,16 +124,21 @@ def add_decoder(w, dir_, kind, rows=None):
     return count
 
 
+def finish(w):
+    """Write a GGUFWriter's header, metadata and tensors, and close the file."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def write(dir_, kind):
     arch = json.loads((dir_ / "config.json").read_text())["text_config"]["model_type"]
     name = "decoder.gguf" if kind == "float" else f"decoder_{kind}.gguf"
     w = gguf.GGUFWriter(str(dir_ / name), arch)
     w.add_name(f"{dir_.name} decoder ({kind})")
     count = add_decoder(w, dir_, kind)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     print(f"wrote {dir_ / name}: {count} tensors ({arch}, {kind})")
 
 

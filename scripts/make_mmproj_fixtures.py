@@ -31,7 +31,7 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
-from make_gguf_decoder_fixtures import add_decoder
+from make_gguf_decoder_fixtures import add_decoder, finish
 
 # fixture -> mmproj files: (name, style, float type)
 FIXTURES = {
@@ -144,10 +144,7 @@ def write_mmproj(dir_, name, style, ftype):
         # Matrices and the patch convolution in the file's float type, vectors in float32.
         w.add_tensor(g, t.astype(ftype) if t.ndim >= 2 and g != "v.position_embd.weight" else t)
         count += 1
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     print(f"wrote {dir_ / name}: {count} tensors ({style}, {layers} of {depth} layers)")
 
 
@@ -208,10 +205,7 @@ def write_llm(dir_):
     w.add_name(f"{dir_.name} LLM")
     count = add_decoder(w, dir_, "float", rows=n_vocab)
     add_tokenizer(w, dir_, n_vocab)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     print(f"wrote {dir_ / 'llm.gguf'}: {count} tensors ({arch}, vocabulary {n_vocab})")
 
 

@@ -40,7 +40,7 @@ struct Params {
     rows: u32, cols: u32, nr: u32, nc: u32,
     stride: u32, bipartite: u32, count: u32, knn: u32,
     score_self: u32, score_members: u32, normalise: u32, positions_mode: u32,
-    along_rows: u32, normalise_terms: u32, path: u32, softmax: u32,
+    along_rows: u32, path: u32, softmax: u32, _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -41,6 +41,21 @@ fn span(v: &Value) -> Option<std::ops::Range<usize>> {
     })
 }
 
+/// A case's spans; LLM cases (with a question) carry RoPE positions of kind `llm`.
+fn case_spans(case: &Value, llm: PositionKind) -> Spans {
+    Spans {
+        cls: case["cls"].as_u64().map(|c| c as usize),
+        visual: span(&case["visual"]),
+        text: span(&case["text"]),
+        grid: case["grid"].as_u64().map(|g| g as usize),
+        positions: if case["text"].is_array() {
+            llm
+        } else {
+            PositionKind::Grid
+        },
+    }
+}
+
 /// The method and ablation options of a case as a composition of stages.
 fn reduction(case: &Value) -> Reduction {
     let method = case["method"].as_str().unwrap();
@@ -99,18 +114,7 @@ fn steps_match_numpy_reference() {
         let n = positions.len();
         let d = hidden.len() / n;
         let drop = case["drop"].as_u64().unwrap() as usize;
-        let spans = Spans {
-            cls: case["cls"].as_u64().map(|c| c as usize),
-            visual: span(&case["visual"]),
-            text: span(&case["text"]),
-            grid: case["grid"].as_u64().map(|g| g as usize),
-            // LLM cases (with a question) carry RoPE positions.
-            positions: if case["text"].is_array() {
-                PositionKind::Rope
-            } else {
-                PositionKind::Grid
-            },
-        };
+        let spans = case_spans(case, PositionKind::Rope);
         let new_position = match (&spans.visual, spans.positions) {
             (Some(v), PositionKind::Rope) => positions[v.end - 1],
             _ => -1,
@@ -204,17 +208,8 @@ fn authors_readings_match_their_semantics() {
             margin > 1e-5,
             "{name}: boundary margin {margin} too small to compare"
         );
-        let spans = Spans {
-            cls: case["cls"].as_u64().map(|c| c as usize),
-            visual: span(&case["visual"]),
-            text: span(&case["text"]),
-            grid: case["grid"].as_u64().map(|g| g as usize),
-            positions: if case["text"].is_array() {
-                PositionKind::RopeRenumbered
-            } else {
-                PositionKind::Grid
-            },
-        };
+        // The authors' FiCoCo-L renumbers positions.
+        let spans = case_spans(case, PositionKind::RopeRenumbered);
         let r = reduce::by_name(name).unwrap().unwrap();
         let out = pollster::block_on(run_once(
             gpu(),

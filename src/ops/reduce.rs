@@ -70,9 +70,9 @@ struct Params {
     normalise: u32,
     positions_mode: u32,
     along_rows: u32,
-    normalise_terms: u32,
     path: u32,
     softmax: u32,
+    _pad: u32,
 }
 
 /// The tokens a step may discard: `span` of an `n`-token sequence, without `cls`.

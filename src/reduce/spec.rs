@@ -143,8 +143,7 @@ impl ReduceSpec {
         };
         let mut plan = ReductionPlan::from_schedule(vision, projector, llm, &schedule);
         // The authors' FiCoCo-L code renumbers the positions after each reduction.
-        plan.renumber_positions =
-            self.method.starts_with("ficoco-l@") || self.method.starts_with("ficoco-vl@");
+        plan.renumber_positions = self.method.ends_with("@authors") && plan.llm.is_some();
         if self.method == "tome" {
             check_bipartite(&plan, config.visual_tokens())?;
         }
