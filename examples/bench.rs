@@ -7,11 +7,11 @@
 //! prefill time (vision + LLM prefill), speedup over no reduction, the FLOPs-ideal speedup and
 //! the time of the reduction stages themselves.
 //!
-//! cargo run --release --example bench -- [--preset xs|tinyllava] [--dtype f16|f32] [--json]
+//! cargo run --release --example bench -- [--preset xs|demo|tinyllava] [--dtype f16|f32] [--json]
 //!     [--reduce all|M1,M2,...] [--budgets 192,128,64] [--runs N (timed runs, best kept; 2)]
 
 use clap::Parser;
-use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::gpu::{AttentionVariant, DType, Gpu, GpuOptions, MatmulVariant};
 use ficoco::model::{
     GenerateOptions, HostTensor, Llava, LlavaConfig, LoadOptions, Sampling, WeightFile,
 };
@@ -44,6 +44,14 @@ const PRESETS: &[Preset] = &[
         vision: (256, 1024, 4, 4, 224, 14),
         text: (512, 1408, 4, 8, 4, 8000),
         text_tokens: 60,
+        decode_tokens: 8,
+    },
+    // The shapes of the deep demo model assets/llava-vqa-deep (12-layer tower of width 64).
+    Preset {
+        name: "demo",
+        vision: (64, 256, 12, 4, 336, 14),
+        text: (128, 256, 3, 4, 4, 83),
+        text_tokens: 11,
         decode_tokens: 8,
     },
     // CLIP ViT-L/14-336 + a TinyLlama-1.1B-shaped decoder (the shapes of TinyLLaVA-1.5B).
@@ -210,6 +218,35 @@ fn alu_peak_gflops(gpu: &Gpu) -> ficoco::Result<f64> {
     Ok(flops as f64 / best / 1e9)
 }
 
+/// Best GFLOP/s of one attention shape (`q_len` queries over as many keys) for each variant,
+/// in interleaved rounds like `matmul_gflops`; counts the two products, 4 FLOPs per query, key
+/// and head dim (a causal run does about half of that work).
+fn attention_gflops(
+    gpu: &Gpu,
+    q_len: usize,
+    shape: &ops::AttentionShape,
+    variants: &[AttentionVariant],
+) -> ficoco::Result<Vec<f64>> {
+    let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let q = gpu.upload_f32(&vec![0.01; q_len * h * hd], &[q_len, h * hd], "q")?;
+    let kv = gpu.upload_f32(&vec![0.01; q_len * kvh * hd], &[q_len, kvh * hd], "kv")?;
+    let out = gpu.zeros(&[q_len, h * hd], DType::F32, "out")?;
+    let scratch = ops::AttentionScratch::new(gpu, q_len, h)?;
+    let mut best = vec![f64::MAX; variants.len()];
+    for round in 0..4 {
+        for (i, &v) in variants.iter().enumerate() {
+            let s = timed(gpu, |b| {
+                ops::attention_with(b, v, &q, &kv, &kv, q_len, shape, &scratch, &out, None, None)
+            })?;
+            if round > 0 {
+                best[i] = best[i].min(s);
+            }
+        }
+    }
+    let flops = 4.0 * (q_len * q_len * h * hd) as f64;
+    Ok(best.into_iter().map(|s| flops / s / 1e9).collect())
+}
+
 /// Seconds to record, submit and finish one batch.
 fn timed(
     gpu: &Gpu,
@@ -247,7 +284,7 @@ mod cli;
 #[command(name = "bench", after_help = cli::methods_help())]
 struct Args {
     /// Shape preset
-    #[arg(long, default_value = "xs", value_parser = ["xs", "tinyllava"])]
+    #[arg(long, default_value = "xs", value_parser = ["xs", "demo", "tinyllava"])]
     preset: String,
     /// Storage type of dense weights: f16 or f32
     #[arg(long, default_value = "f16", value_parser = cli::parse_dtype)]
@@ -416,6 +453,45 @@ fn run(args: Args) -> ficoco::Result<()> {
         );
     }
     let dv = matmul_gflops(&gpu, 1, th, ti, dtype, &[MatmulPath::MatVec])?[0];
+    // Attention at the tower's and the decoder's prefill shapes, each variant (default first).
+    let attn_variants = [
+        gpu.caps.attention,
+        AttentionVariant::ALL
+            .into_iter()
+            .find(|&v| v != gpu.caps.attention)
+            .unwrap(),
+    ];
+    let mut attn_rows = Vec::new();
+    let attn_shape = |heads, kv_heads, head_dim, causal| ops::AttentionShape {
+        heads,
+        kv_heads,
+        head_dim,
+        causal,
+        scale: (head_dim as f32).powf(-0.5),
+    };
+    let (vc, tc) = (&cfg.vision_config, &cfg.text_config);
+    let vheads = vc.num_attention_heads;
+    for (what, n, shape) in [
+        (
+            "vision",
+            visual + 1,
+            attn_shape(vheads, vheads, vc.hidden_size / vheads, false),
+        ),
+        (
+            "prefill",
+            prompt_len,
+            attn_shape(tc.num_attention_heads, tc.kv_heads(), tc.head_dim(), true),
+        ),
+    ] {
+        log(&format!("attention {what} {n} tokens..."));
+        let g = attention_gflops(&gpu, n, &shape, &attn_variants)?;
+        attn_rows.push(
+            serde_json::json!({"stage": what, "tokens": n, "heads": shape.heads,
+            "kv_heads": shape.kv_heads, "head_dim": shape.head_dim, "causal": shape.causal,
+            "gflops": g[0], "variant": attn_variants[0].name(),
+            "other_variant": {"name": attn_variants[1].name(), "gflops": g[1]}}),
+        );
+    }
     log("multiply-add roof...");
     let roof = alu_peak_gflops(&gpu)?;
     let mut reduce_rows = Vec::new();
@@ -488,6 +564,7 @@ fn run(args: Args) -> ficoco::Result<()> {
         "matmul": rows,
         "alu_peak_gflops": roof,
         "matvec_gflops": {"m": 1, "k": th, "n": ti, "gflops": dv},
+        "attention": attn_rows,
         "peak_gpu_bytes": peak,
         "weights_bytes": weights_bytes,
         "kv_bytes": kv_bytes,
@@ -543,6 +620,30 @@ fn run(args: Args) -> ficoco::Result<()> {
     }
     println!("| 1 x {th} x {ti} (mat-vec) | {dv:.1} | | | | |");
     println!("| multiply-add roof (`shaders/peak.wgsl`, no memory traffic) | {roof:.1} | | | | |");
+    println!();
+    println!(
+        "| attention (tokens, heads/kv heads x head dim) | {} GFLOP/s | {} GFLOP/s |",
+        attn_variants[0].name(),
+        attn_variants[1].name()
+    );
+    println!("|---|---|---|");
+    for r in &attn_rows {
+        println!(
+            "| {} {} ({}/{} x {}{}) | {:.1} | {:.1} |",
+            r["stage"].as_str().unwrap(),
+            r["tokens"],
+            r["heads"],
+            r["kv_heads"],
+            r["head_dim"],
+            if r["causal"].as_bool().unwrap() {
+                ", causal"
+            } else {
+                ""
+            },
+            r["gflops"].as_f64().unwrap(),
+            r["other_variant"]["gflops"].as_f64().unwrap(),
+        );
+    }
     if !reduce_rows.is_empty() {
         println!();
         println!(

@@ -3,12 +3,21 @@
 // Causal: the queries are the last q_len entries of the sequence, so query i sees keys
 // j <= kv_len - q_len + i (by cache index). Layouts, row-major: q and out [q_len, heads * hd],
 // k and v [capacity, kv_heads * hd], lse [q_len, heads], probs [q_len, kv_len].
-//   attention  one workgroup of 64 per (4 consecutive queries, head), flattened as wid.x + wid.y *
-//              nwg.x: the four queries share every key and value load. Keys go by in chunks of
-//              64 (one per invocation), with an online softmax (running max and sum, a vec4 for
-//              the four queries); each invocation owns output dims lid and lid + 64. With
-//              WRITE_LSE it also stores each (query, head)'s log-sum-exp for the probs pass.
+//   attention  (variant `shared`, the real-GPU shape) one workgroup of 64 per (4 consecutive
+//              queries, head), flattened as wid.x + wid.y * nwg.x: the four queries share every
+//              key and value load. Keys go by in chunks of 64 (one per invocation), with an online
+//              softmax (running max and sum, a vec4 for the four queries); each invocation owns
+//              output dims lid and lid + 64. With WRITE_LSE it also stores each (query, head)'s
+//              log-sum-exp for the probs pass.
 //              Bindings: 1 q, 2 k, 3 v (read), 4 out (write), 5 lse (write, WRITE_LSE only).
+//   attention_rows  (variant `rows`, with ROWS and the valued defines HD = head_dim and TILE)
+//              one invocation per query, one workgroup per (64 consecutive queries, head). Tiles
+//              of TILE keys and values are staged in workgroup memory by all 64 invocations
+//              (coalesced rows); each invocation keeps its query, its output row and the tile's
+//              scores in private arrays, with one softmax rescale per tile. No reductions across
+//              invocations and two barriers per tile: the shape CPU adapters (llvmpipe, where
+//              invocations are SIMD lanes and barriers split the shader) and small head_dim want.
+//              Same bindings and results as `attention`.
 //   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
 //              strided over keys; masked entries are exactly 0.
 //              Bindings: 1 q, 2 k (read), 3 probs (write), 4 lse (read).
@@ -65,6 +74,67 @@ fn key_bias(j: u32) -> f32 {
 #ifdef WRITE_LSE
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 #endif
+
+#ifdef ROWS
+var<workgroup> kt: array<f32, TILE * HD>;
+var<workgroup> vt: array<f32, TILE * HD>;
+
+@compute @workgroup_size(64)
+fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let flat = wid.x + wid.y * nwg.x;
+    if (flat >= ((p.q_len + 63u) / 64u) * p.heads) { return; }
+    let h = flat % p.heads;
+    let first = (flat / p.heads) * 64u;
+    let i = min(first + lid, p.q_len - 1u);
+    let qd = p.heads * HD;
+    let kvd = p.kv_heads * HD;
+    let koff = kv_head(h) * HD;
+    var qv: array<f32, HD>;
+    for (var d = 0u; d < HD; d++) { qv[d] = q[i * qd + h * HD + d] * p.scale; }
+    let seen = visible(i);
+    // The workgroup's last query sees the most keys (uniform bound for the barriers).
+    let n = visible(min(first + 63u, p.q_len - 1u));
+    var m = NEG_INF;
+    var l = 0.0;
+    var o: array<f32, HD>;
+    for (var j0 = 0u; j0 < n; j0 += TILE) {
+        let cnt = min(TILE, n - j0);
+        for (var e = lid; e < cnt * HD; e += 64u) {
+            let g = (j0 + e / HD) * kvd + koff + e % HD;
+            kt[e] = k[g];
+            vt[e] = v[g];
+        }
+        workgroupBarrier();
+        var s: array<f32, TILE>;
+        var m_new = m;
+        for (var t = 0u; t < TILE; t++) {
+            var acc = 0.0;
+            for (var d = 0u; d < HD; d++) { acc += qv[d] * kt[t * HD + d]; }
+            let j = j0 + t;
+            let live = t < cnt && j < seen;
+            s[t] = select(NEG_INF, acc + key_bias(min(j, p.kv_len - 1u)), live);
+            m_new = max(m_new, s[t]);
+        }
+        let alpha = exp(m - m_new);
+        l *= alpha;
+        for (var d = 0u; d < HD; d++) { o[d] *= alpha; }
+        for (var t = 0u; t < TILE; t++) {
+            let w = select(0.0, exp(s[t] - m_new), s[t] > NEG_INF);
+            l += w;
+            for (var d = 0u; d < HD; d++) { o[d] += w * vt[t * HD + d]; }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    if (first + lid >= p.q_len) { return; }
+    let ob = i * qd + h * HD;
+    for (var d = 0u; d < HD; d++) { out[ob + d] = o[d] / l; }
+#ifdef WRITE_LSE
+    lse[i * p.heads + h] = m + log(l);
+#endif
+}
+#else
 
 // Four queries share each workgroup, so every key and value load feeds four multiply-adds.
 const QB: u32 = 4u;
@@ -153,6 +223,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 #endif
     }
 }
+#endif
 #endif
 
 #ifdef PROBS

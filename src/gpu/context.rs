@@ -4,7 +4,8 @@
 use crate::{Error, Result};
 
 /// How to pick the adapter. `from_env` reads `FICOCO_ADAPTER` (name substring),
-/// `FICOCO_BACKEND` (vulkan|metal|dx12|gl|webgpu) and `FICOCO_MATMUL` (a [`MatmulVariant`] name).
+/// `FICOCO_BACKEND` (vulkan|metal|dx12|gl|webgpu), `FICOCO_MATMUL` (a [`MatmulVariant`] name)
+/// and `FICOCO_ATTENTION` (an [`AttentionVariant`] name).
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     pub adapter_name: Option<String>,
@@ -12,6 +13,7 @@ pub struct GpuOptions {
     /// Prefer the integrated GPU (saves battery); the default is HighPerformance.
     pub low_power: bool,
     pub matmul: Option<MatmulVariant>,
+    pub attention: Option<AttentionVariant>,
     /// Pretend the adapter lacks SHADER_F16 / SUBGROUP, to exercise the portable paths.
     pub disable_f16: bool,
     pub disable_subgroups: bool,
@@ -30,10 +32,15 @@ impl GpuOptions {
             None => None,
             Some(m) => Some(m.parse()?),
         };
+        let attention = match var("FICOCO_ATTENTION") {
+            None => None,
+            Some(m) => Some(m.parse()?),
+        };
         Ok(Self {
             adapter_name: var("FICOCO_ADAPTER"),
             backends,
             matmul,
+            attention,
             ..Default::default()
         })
     }
@@ -90,6 +97,44 @@ impl std::str::FromStr for MatmulVariant {
     }
 }
 
+/// Attention kernel shapes (`shaders/attention.wgsl`). GPUs want the invocations of a workgroup
+/// to share each key and own output dims; CPU adapters want one query per invocation and no
+/// cross-invocation reductions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionVariant {
+    /// 64 invocations per (4 queries, head): keys spread over invocations, online softmax with
+    /// workgroup reductions, output dims owned by invocations.
+    Shared,
+    /// One invocation per query, 64 queries per (workgroup, head), key/value tiles staged in
+    /// workgroup memory. Used for prefill only: a single query would leave 63 invocations idle.
+    Rows,
+}
+
+impl AttentionVariant {
+    pub const ALL: [AttentionVariant; 2] = [AttentionVariant::Shared, AttentionVariant::Rows];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Shared => "shared",
+            AttentionVariant::Rows => "rows",
+        }
+    }
+}
+
+impl std::str::FromStr for AttentionVariant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        AttentionVariant::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "attention variant {s:?}: expected one of shared, rows"
+                ))
+            })
+    }
+}
+
 /// What the kernels may use on this device.
 #[derive(Clone, Debug)]
 pub struct Capabilities {
@@ -106,6 +151,8 @@ pub struct Capabilities {
     pub storage_offset_alignment: u32,
     pub uniform_offset_alignment: u32,
     pub matmul: MatmulVariant,
+    /// The prefill attention kernel (decode always takes [`AttentionVariant::Shared`]).
+    pub attention: AttentionVariant,
 }
 
 pub struct DeviceChoice {
@@ -181,6 +228,11 @@ pub async fn open_device(opts: &GpuOptions) -> Result<DeviceChoice> {
             MatmulVariant::Register
         } else {
             MatmulVariant::Tiled
+        }),
+        attention: opts.attention.unwrap_or(if is_cpu {
+            AttentionVariant::Rows
+        } else {
+            AttentionVariant::Shared
         }),
     };
     Ok(DeviceChoice {

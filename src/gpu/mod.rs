@@ -7,7 +7,7 @@ mod kernel;
 mod tensor;
 
 pub use batch::{Batch, Bind};
-pub use context::{Capabilities, GpuOptions, MatmulVariant};
+pub use context::{AttentionVariant, Capabilities, GpuOptions, MatmulVariant};
 pub use kernel::{shader_source, Kernel};
 pub use tensor::{DType, Tensor};
 
@@ -136,14 +136,15 @@ impl Gpu {
     pub fn describe(&self) -> String {
         let c = &self.caps;
         format!(
-            "{} ({:?}, {:?}; f16 {}, subgroups {}, max binding {} MiB, matmul {})",
+            "{} ({:?}, {:?}; f16 {}, subgroups {}, max binding {} MiB, matmul {}, attention {})",
             self.info.name,
             self.info.backend,
             self.info.device_type,
             if c.shader_f16 { "yes" } else { "no" },
             if c.subgroups { "yes" } else { "no" },
             c.max_binding >> 20,
-            c.matmul.name()
+            c.matmul.name(),
+            c.attention.name()
         )
     }
 

@@ -2,7 +2,7 @@
 //! head-averaged map that token-reduction layers score with.
 
 use super::{dims2, expect_shape};
-use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, Tensor};
+use crate::gpu::{AttentionVariant, Batch, Bind, DType, Gpu, Kernel, Tensor};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,9 +62,36 @@ struct Params {
 /// `0..kv_len`; with `map` (`[q_len, kv_len]`) also the head-averaged probabilities or scores
 /// (row = query). `key_sizes [kv_len]` (ToMe's proportional attention) weighs each key by the
 /// number of tokens it stands for.
+///
+/// The kernel is the device's [`AttentionVariant`] for prefill, [`AttentionVariant::Shared`] for
+/// a single query; [`attention_with`] names one.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Batch,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: usize,
+    shape: &AttentionShape,
+    scratch: &AttentionScratch,
+    out: &Tensor,
+    map: Option<(&Tensor, AttentionMap)>,
+    key_sizes: Option<&Tensor>,
+) -> Result<()> {
+    let variant = match q.shape().first() {
+        Some(1) => AttentionVariant::Shared,
+        _ => b.gpu().caps.attention,
+    };
+    attention_with(
+        b, variant, q, k, v, kv_len, shape, scratch, out, map, key_sizes,
+    )
+}
+
+/// [`attention`] with the kernel variant named.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    b: &mut Batch,
+    variant: AttentionVariant,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -133,7 +160,18 @@ pub fn attention(
         expect_shape("key sizes", sizes, &[kv_len])?;
     }
     let lse = scratch.lse.view(&[q_len, s.heads]);
-    let kernel = Kernel::new("attention", "attention")
+    let (kernel, queries_per_workgroup) = match variant {
+        AttentionVariant::Shared => (Kernel::new("attention", "attention"), 4),
+        // Two tiles of keys and values within the portable 16 KiB of workgroup memory.
+        AttentionVariant::Rows => (
+            Kernel::new("attention", "attention_rows")
+                .flag("ROWS")
+                .define("HD", format!("{}u", s.head_dim))
+                .define("TILE", format!("{}u", (2048 / s.head_dim).min(32))),
+            64,
+        ),
+    };
+    let kernel = kernel
         .flag("ATTENTION")
         .flag_if("WRITE_LSE", map.is_some())
         .flag_if("KEY_SIZES", key_sizes.is_some());
@@ -142,8 +180,9 @@ pub fn attention(
         binds.push(Bind::W(&lse));
     }
     binds.extend(key_sizes.map(Bind::R));
-    // One workgroup per four queries of one head.
-    let grid = b.gpu().grid((q_len.div_ceil(4) * s.heads) as u32);
+    let grid = b
+        .gpu()
+        .grid((q_len.div_ceil(queries_per_workgroup) * s.heads) as u32);
     b.dispatch(&kernel, &p, &binds, grid)?;
     if let Some((probs, kind)) = map {
         expect_shape("attention map", probs, &[q_len, kv_len])?;
