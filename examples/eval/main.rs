@@ -3,7 +3,7 @@
 //!
 //! cargo run --release --example eval -- --model DIR --set assets/vqa-test/questions.jsonl \
 //!     [--reduce SPEC] [--limit N] [--json]
-//! cargo run --release --example eval -- --model DIR --set FILE --sweep [--out DIR]
+//! cargo run --release --example eval -- --model DIR --set FILE --sweep [--out DIR] [--resume]
 
 #[path = "../common/cli.rs"]
 mod cli;
@@ -18,6 +18,7 @@ use ficoco::pipeline;
 use ficoco::preprocess::{self, ChatTemplate, PixelValues, Tokenizer};
 use ficoco::reduce::budget::Budget;
 use ficoco::reduce::flops::Flops;
+use ficoco::reduce::schedule::Schedule;
 use ficoco::reduce::{every_method, ReduceSpec};
 use ficoco::{Error, Result};
 use std::collections::BTreeMap;
@@ -66,9 +67,13 @@ struct Args {
     /// Sweep methods (default: every method)
     #[arg(long, value_delimiter = ',')]
     methods: Vec<ReduceSpec>,
-    /// Where the sweep writes
+    /// Where the sweep writes (OUT/sweep.md, OUT/sweep.png, and each finished run as
+    /// OUT/runs/METHOD_BUDGET.json)
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Reuse the runs in OUT/runs of an interrupted sweep of the same model, set and limit
+    #[arg(long, requires = "sweep")]
+    resume: bool,
     /// Redraw DIR/sweep.png from DIR/sweep.md (no model run)
     #[arg(long, value_name = "DIR", conflicts_with_all = ["set", "sweep"])]
     replot: Option<PathBuf>,
@@ -166,6 +171,8 @@ struct Score {
     flops_unreduced: Flops,
     /// Mean vision + LLM prefill time per question.
     prefill_ms: f64,
+    /// The visual tokens after each layer that reduces (`per_layer`).
+    schedule: String,
     /// What the model said to each question (normalised).
     answers: Vec<String>,
 }
@@ -202,9 +209,72 @@ impl Score {
             "flops": flops(&self.flops),
             "flops_unreduced": flops(&self.flops_unreduced),
             "prefill_ms": self.prefill_ms,
+            "schedule": self.schedule,
             "answers": self.answers,
         })
     }
+
+    /// The inverse of [`Score::json`]; `None` when a field is missing.
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        let flops = |f: &serde_json::Value| {
+            Some(Flops {
+                vision: f["vision"].as_f64()?,
+                projector: f["projector"].as_f64()?,
+                llm_prefill: f["llm_prefill"].as_f64()?,
+                overhead: f["overhead"].as_f64()?,
+            })
+        };
+        let count = |k: &str| v[k].as_u64().map(|n| n as usize);
+        let per_type = v["per_type"]
+            .as_object()?
+            .iter()
+            .map(|(k, t)| {
+                let n = |f: &str| t[f].as_u64().map(|n| n as usize);
+                Some((k.clone(), (n("correct")?, n("count")?)))
+            })
+            .collect::<Option<_>>()?;
+        let answers = v["answers"]
+            .as_array()?
+            .iter()
+            .map(|a| a.as_str().map(str::to_string))
+            .collect::<Option<_>>()?;
+        Some(Self {
+            correct: count("correct")?,
+            total: count("count")?,
+            per_type,
+            visual_tokens_llm: count("visual_tokens_llm")?,
+            visual_tokens_kept: count("visual_tokens_kept")?,
+            flops: flops(&v["flops"])?,
+            flops_unreduced: flops(&v["flops_unreduced"])?,
+            prefill_ms: v["prefill_ms"].as_f64()?,
+            schedule: v["schedule"].as_str()?.to_string(),
+            answers,
+        })
+    }
+}
+
+/// "576 -> v6 473, v7 370, ..., llm2 64": the visual tokens after each layer that reduces
+/// (v: vision tower, proj: projector, llm: decoder), every layer shown.
+fn per_layer(s: &Schedule) -> String {
+    let mut parts = Vec::new();
+    let mut last = s.visual_tokens();
+    let mut step = |name: String, count: usize| {
+        if count < last {
+            parts.push(format!("{name} {count}"));
+            last = count;
+        }
+    };
+    for (l, &c) in s.vision().iter().enumerate() {
+        step(format!("v{l}"), c);
+    }
+    step("proj".into(), s.projector());
+    for (l, &c) in s.llm().iter().enumerate() {
+        step(format!("llm{l}"), c);
+    }
+    if parts.is_empty() {
+        return "none".into();
+    }
+    format!("{} -> {}", s.visual_tokens(), parts.join(", "))
 }
 
 /// Add one of `n` terms of a mean.
@@ -305,6 +375,7 @@ impl Evaluator {
             flops: Flops::default(),
             flops_unreduced: Flops::default(),
             prefill_ms: 0.0,
+            schedule: String::new(),
             answers: Vec::new(),
         };
         let n = self.items.len();
@@ -333,6 +404,7 @@ impl Evaluator {
             t.1 += 1;
             s.visual_tokens_llm = p.schedule.projector();
             s.visual_tokens_kept = p.schedule.kept();
+            s.schedule = per_layer(&p.schedule);
             add_mean(&mut s.flops, &p.flops, n);
             add_mean(&mut s.flops_unreduced, &p.flops_unreduced, n);
             s.prefill_ms += (out.timings.vision_ms + out.timings.prefill_ms) / n as f64;
@@ -390,7 +462,15 @@ fn sweep(ev: &mut Evaluator, args: &Args) -> Result<()> {
     let full = ev.model.config().visual_tokens();
     let methods = args.methods();
     let runs = 1 + methods.len() * args.budgets.len();
-    let base = ev.score(&none(), &format!("[1/{runs}] none"))?;
+    let store = RunStore::new(args, ev.items.len())?;
+    let base = match store.load("none", full)? {
+        Some(Ok(s)) => s,
+        _ => {
+            let s = ev.score(&none(), &format!("[1/{runs}] none"))?;
+            store.save("none", full, &Ok(&s), &none())?;
+            s
+        }
+    };
     let mut rows = Vec::new();
     for method in &methods {
         for &budget in &args.budgets {
@@ -399,11 +479,28 @@ fn sweep(ev: &mut Evaluator, args: &Args) -> Result<()> {
                 budget: Budget::Tokens(budget),
             };
             let label = format!("[{}/{runs}] {method}:{budget}", rows.len() + 2);
-            let result = match ev.score(&spec, &label) {
-                Ok(s) => Ok(s),
-                // A budget the method cannot meet is a row of the table, not a failure.
-                Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_))) => Err(e.to_string()),
-                Err(e) => return Err(e),
+            let result = match store.load(method, budget)? {
+                Some(done) => {
+                    eprintln!("{label}: from {}", store.dir.display());
+                    done
+                }
+                None => {
+                    let result = match ev.score(&spec, &label) {
+                        Ok(s) => Ok(s),
+                        // A budget the method cannot meet is a row of the table, not a failure.
+                        Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_))) => {
+                            Err(e.to_string())
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    store.save(
+                        method,
+                        budget,
+                        &result.as_ref().map_err(String::as_str),
+                        &spec,
+                    )?;
+                    result
+                }
             };
             rows.push(Row {
                 method: method.clone(),
@@ -430,14 +527,90 @@ fn sweep(ev: &mut Evaluator, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// A sweep's finished runs, one JSON file each, so that an interrupted sweep resumes.
+struct RunStore {
+    dir: PathBuf,
+    /// What a run must have been measured on to be reused.
+    key: serde_json::Value,
+    resume: bool,
+}
+
+impl RunStore {
+    fn new(args: &Args, questions: usize) -> Result<Self> {
+        let dir = args.out.join("runs");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+        let key = serde_json::json!({
+            "model": args.model, "decoder": args.decoder, "mmproj": args.mmproj,
+            "quantize": args.quantize.map(|q| q.name()), "set": args.set, "questions": questions,
+        });
+        Ok(Self {
+            dir,
+            key,
+            resume: args.resume,
+        })
+    }
+
+    fn path(&self, method: &str, budget: usize) -> PathBuf {
+        self.dir
+            .join(format!("{}_{budget}.json", method.replace('@', "-at-")))
+    }
+
+    /// A finished run (its score, or why the budget is unreachable), with `--resume`.
+    fn load(
+        &self,
+        method: &str,
+        budget: usize,
+    ) -> Result<Option<std::result::Result<Score, String>>> {
+        let path = self.path(method, budget);
+        if !self.resume || !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::file(&path, e))?;
+        if v["key"] != self.key {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "measured on {} rather than {}: use another --out, or run without --resume",
+                    v["key"], self.key
+                ),
+            ));
+        }
+        if let Some(why) = v["error"].as_str() {
+            return Ok(Some(Err(why.to_string())));
+        }
+        Score::from_json(&v)
+            .map(|s| Some(Ok(s)))
+            .ok_or_else(|| Error::file(&path, "not a sweep run: rerun without --resume"))
+    }
+
+    fn save(
+        &self,
+        method: &str,
+        budget: usize,
+        result: &std::result::Result<&Score, &str>,
+        spec: &ReduceSpec,
+    ) -> Result<()> {
+        let mut v = match result {
+            Ok(s) => s.json(spec),
+            Err(why) => serde_json::json!({"reduce": method, "error": why}),
+        };
+        v["budget"] = budget.into();
+        v["key"] = self.key.clone();
+        let path = self.path(method, budget);
+        std::fs::write(&path, v.to_string()).map_err(|e| Error::file(&path, e))
+    }
+}
+
 fn markdown(base: &Score, rows: &[Row], full: usize) -> String {
     let tflops = |s: &Score| s.flops.llm_prefill / 1e12;
     let mut t = String::from(
-        "| method | visual tokens | accuracy % | % of unreduced | LLM-prefill TFLOPs | prefill speedup |\n\
-         |---|---|---|---|---|---|\n",
+        "| method | visual tokens | accuracy % | % of unreduced | LLM-prefill TFLOPs | prefill speedup | visual tokens after each reducing layer |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     t += &format!(
-        "| none | {full} | {:.1} | 100.0 | {:.6} | 1.00 |\n",
+        "| none | {full} | {:.1} | 100.0 | {:.6} | 1.00 | none |\n",
         100.0 * base.accuracy(),
         tflops(base)
     );
@@ -445,18 +618,19 @@ fn markdown(base: &Score, rows: &[Row], full: usize) -> String {
         match &r.result {
             Ok(s) => {
                 t += &format!(
-                    "| {} | {} | {:.1} | {:.1} | {:.6} | {:.2} |\n",
+                    "| {} | {} | {:.1} | {:.1} | {:.6} | {:.2} | {} |\n",
                     r.method,
                     s.visual_tokens_kept,
                     100.0 * s.accuracy(),
                     100.0 * s.accuracy() / base.accuracy().max(1e-9),
                     tflops(s),
-                    base.prefill_ms / s.prefill_ms
+                    base.prefill_ms / s.prefill_ms,
+                    s.schedule
                 );
             }
             Err(why) => {
                 t += &format!(
-                    "| {} | {} | not reachable: {why} | | | |\n",
+                    "| {} | {} | not reachable: {why} | | | | |\n",
                     r.method, r.budget
                 )
             }
