@@ -10,14 +10,16 @@
 //              output dims lid and lid + 64. With WRITE_LSE it also stores each (query, head)'s
 //              log-sum-exp for the probs pass.
 //              Bindings: 1 q, 2 k, 3 v (read), 4 out (write), 5 lse (write, WRITE_LSE only).
-//   attention_rows  (variant `rows`, with ROWS and the valued defines HD = head_dim and TILE)
-//              one invocation per query, one workgroup per (64 consecutive queries, head). Tiles
-//              of TILE keys and values are staged in workgroup memory by all 64 invocations
-//              (coalesced rows); each invocation keeps its query, its output row and the tile's
-//              scores in private arrays, with one softmax rescale per tile. No reductions across
-//              invocations and two barriers per tile: the shape CPU adapters (llvmpipe, where
-//              invocations are SIMD lanes and barriers split the shader) and small head_dim want.
-//              Same bindings and results as `attention`.
+//   attention_rows  (variant `rows`, with ROWS and the valued define HD = head_dim, a multiple
+//              of 4; needs subgroups of at least 8) one invocation per query, one workgroup per
+//              (64 consecutive queries, head). Keys go by eight at a time: lane t of each group
+//              of 8 loads a vec4 of key (then value) j0 + t straight from the cache, and
+//              subgroupBroadcast hands it to the other seven, so each load feeds 8 x 4
+//              multiply-adds per lane. Each invocation keeps its query and output row in
+//              registers and rescales once per eight keys. No workgroup memory, barriers or
+//              cross-invocation reductions: the shape CPU adapters want (llvmpipe runs
+//              invocations as SIMD lanes and every loop-indexed load lane by lane).
+//              Bindings as `attention`, with k and v read as vec4s.
 //   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
 //              strided over keys; masked entries are exactly 0.
 //              Bindings: 1 q, 2 k (read), 3 probs (write), 4 lse (read).
@@ -39,7 +41,9 @@ const NEG_INF: f32 = -3.4028234663852886e38;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+#ifndef ROWS
 @group(0) @binding(2) var<storage, read> k: array<f32>;
+#endif
 
 fn visible(i: u32) -> u32 {
     return select(p.kv_len, p.kv_len - p.q_len + i + 1u, p.causal != 0u);
@@ -69,67 +73,101 @@ fn key_bias(j: u32) -> f32 {
 #endif
 
 #ifdef ATTENTION
+#ifndef ROWS
 @group(0) @binding(3) var<storage, read> v: array<f32>;
+#endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 #ifdef WRITE_LSE
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 #endif
 
 #ifdef ROWS
-var<workgroup> kt: array<f32, TILE * HD>;
-var<workgroup> vt: array<f32, TILE * HD>;
+// Keys and values as vec4s: K4 = kv_heads * HD / 4 per cache row.
+@group(0) @binding(2) var<storage, read> k4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v4: array<vec4<f32>>;
+const C4 = HD / 4u;
+
+// Lanes t = 0..7 of each group of 8 hold a vec4 of key j0 + t; each lane gets its query's dot
+// with all eight (columns 0 and 1: keys 0-3 and 4-7).
+fn dots8(qc: vec4<f32>, kv: vec4<f32>) -> mat2x4<f32> {
+    return mat2x4<f32>(
+        vec4<f32>(dot(qc, subgroupBroadcast(kv, 0u)), dot(qc, subgroupBroadcast(kv, 1u)),
+                  dot(qc, subgroupBroadcast(kv, 2u)), dot(qc, subgroupBroadcast(kv, 3u))),
+        vec4<f32>(dot(qc, subgroupBroadcast(kv, 4u)), dot(qc, subgroupBroadcast(kv, 5u)),
+                  dot(qc, subgroupBroadcast(kv, 6u)), dot(qc, subgroupBroadcast(kv, 7u))));
+}
+
+// sum over t of w[t] * (the vec4 of value j0 + t that lane t holds).
+fn mix8(w: mat2x4<f32>, vv: vec4<f32>) -> vec4<f32> {
+    return w[0].x * subgroupBroadcast(vv, 0u) + w[0].y * subgroupBroadcast(vv, 1u)
+         + w[0].z * subgroupBroadcast(vv, 2u) + w[0].w * subgroupBroadcast(vv, 3u)
+         + w[1].x * subgroupBroadcast(vv, 4u) + w[1].y * subgroupBroadcast(vv, 5u)
+         + w[1].z * subgroupBroadcast(vv, 6u) + w[1].w * subgroupBroadcast(vv, 7u);
+}
+
+fn max4(x: vec4<f32>) -> f32 {
+    return max(max(x.x, x.y), max(x.z, x.w));
+}
 
 @compute @workgroup_size(64)
 fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
+                  @builtin(local_invocation_index) lid: u32,
+                  @builtin(subgroup_invocation_id) sid: u32) {
     let flat = wid.x + wid.y * nwg.x;
     if (flat >= ((p.q_len + 63u) / 64u) * p.heads) { return; }
     let h = flat % p.heads;
     let first = (flat / p.heads) * 64u;
     let i = min(first + lid, p.q_len - 1u);
-    let qd = p.heads * HD;
-    let kvd = p.kv_heads * HD;
-    let koff = kv_head(h) * HD;
-    var qv: array<f32, HD>;
-    for (var d = 0u; d < HD; d++) { qv[d] = q[i * qd + h * HD + d] * p.scale; }
-    let seen = visible(i);
-    // The workgroup's last query sees the most keys (uniform bound for the barriers).
+    let kvd4 = p.kv_heads * C4;
+    let koff4 = kv_head(h) * C4;
+    let qb = i * p.heads * HD + h * HD;
+    var qv: array<vec4<f32>, C4>;
+    for (var c = 0u; c < C4; c++) {
+        let d = qb + c * 4u;
+        qv[c] = vec4<f32>(q[d], q[d + 1u], q[d + 2u], q[d + 3u]) * p.scale;
+    }
+    let seen = vec4<u32>(visible(i));
+    // The workgroup's last query sees the most keys: a bound uniform over the workgroup.
     let n = visible(min(first + 63u, p.q_len - 1u));
+    let kl = sid & 7u;
     var m = NEG_INF;
     var l = 0.0;
-    var o: array<f32, HD>;
-    for (var j0 = 0u; j0 < n; j0 += TILE) {
-        let cnt = min(TILE, n - j0);
-        for (var e = lid; e < cnt * HD; e += 64u) {
-            let g = (j0 + e / HD) * kvd + koff + e % HD;
-            kt[e] = k[g];
-            vt[e] = v[g];
-        }
-        workgroupBarrier();
-        var s: array<f32, TILE>;
-        var m_new = m;
-        for (var t = 0u; t < TILE; t++) {
-            var acc = 0.0;
-            for (var d = 0u; d < HD; d++) { acc += qv[d] * kt[t * HD + d]; }
-            let j = j0 + t;
-            let live = t < cnt && j < seen;
-            s[t] = select(NEG_INF, acc + key_bias(min(j, p.kv_len - 1u)), live);
-            m_new = max(m_new, s[t]);
-        }
+    var o: array<vec4<f32>, C4>;
+    for (var j0 = 0u; j0 < n; j0 += 8u) {
+        // This lane's key row of the eight (clamped past the end: weighed 0 below).
+        let row = min(j0 + kl, p.kv_len - 1u) * kvd4 + koff4;
+        var sc = mat2x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0));
+        for (var c = 0u; c < C4; c++) { sc += dots8(qv[c], k4[row + c]); }
+        let ja = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
+        let jb = ja + vec4<u32>(4u);
+#ifdef KEY_SIZES
+        let bias = key_bias(min(j0 + kl, p.kv_len - 1u));
+        sc[0] += vec4<f32>(subgroupBroadcast(bias, 0u), subgroupBroadcast(bias, 1u),
+                           subgroupBroadcast(bias, 2u), subgroupBroadcast(bias, 3u));
+        sc[1] += vec4<f32>(subgroupBroadcast(bias, 4u), subgroupBroadcast(bias, 5u),
+                           subgroupBroadcast(bias, 6u), subgroupBroadcast(bias, 7u));
+#endif
+        let live_a = ja < seen;
+        let live_b = jb < seen;
+        let sa = select(vec4<f32>(NEG_INF), sc[0], live_a);
+        let sb = select(vec4<f32>(NEG_INF), sc[1], live_b);
+        let m_new = max(m, max(max4(sa), max4(sb)));
         let alpha = exp(m - m_new);
-        l *= alpha;
-        for (var d = 0u; d < HD; d++) { o[d] *= alpha; }
-        for (var t = 0u; t < TILE; t++) {
-            let w = select(0.0, exp(s[t] - m_new), s[t] > NEG_INF);
-            l += w;
-            for (var d = 0u; d < HD; d++) { o[d] += w * vt[t * HD + d]; }
-        }
+        let w = mat2x4<f32>(select(vec4<f32>(0.0), exp(sa - m_new), live_a),
+                            select(vec4<f32>(0.0), exp(sb - m_new), live_b));
+        l = l * alpha + dot(w[0] + w[1], vec4<f32>(1.0));
         m = m_new;
-        workgroupBarrier();
+        for (var c = 0u; c < C4; c++) { o[c] = o[c] * alpha + mix8(w, v4[row + c]); }
     }
     if (first + lid >= p.q_len) { return; }
-    let ob = i * qd + h * HD;
-    for (var d = 0u; d < HD; d++) { out[ob + d] = o[d] / l; }
+    let ob = i * p.heads * HD + h * HD;
+    for (var c = 0u; c < C4; c++) {
+        let r = o[c] / l;
+        out[ob + c * 4u] = r.x;
+        out[ob + c * 4u + 1u] = r.y;
+        out[ob + c * 4u + 2u] = r.z;
+        out[ob + c * 4u + 3u] = r.w;
+    }
 #ifdef WRITE_LSE
     lse[i * p.heads + h] = m + log(l);
 #endif

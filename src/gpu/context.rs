@@ -155,6 +155,14 @@ pub struct Capabilities {
     pub attention: AttentionVariant,
 }
 
+impl Capabilities {
+    /// Subgroups whose every possible size is a power of two of at least 8, so that lanes
+    /// 0..7 of a `subgroupBroadcast` exist (llvmpipe: exactly 8, its SIMD width).
+    pub fn subgroups_of_eight(&self) -> bool {
+        self.subgroups && self.subgroup_min_size >= 8 && self.subgroup_min_size.is_power_of_two()
+    }
+}
+
 pub struct DeviceChoice {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -212,7 +220,7 @@ pub async fn open_device(opts: &GpuOptions) -> Result<DeviceChoice> {
             cap.min(limits.max_storage_buffer_binding_size)
         });
     let is_cpu = info.device_type == wgpu::DeviceType::Cpu;
-    let caps = Capabilities {
+    let mut caps = Capabilities {
         shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
         subgroups: wanted.contains(wgpu::Features::SUBGROUP),
         subgroup_min_size: info.subgroup_min_size,
@@ -229,11 +237,18 @@ pub async fn open_device(opts: &GpuOptions) -> Result<DeviceChoice> {
         } else {
             MatmulVariant::Tiled
         }),
-        attention: opts.attention.unwrap_or(if is_cpu {
-            AttentionVariant::Rows
-        } else {
-            AttentionVariant::Shared
-        }),
+        attention: AttentionVariant::Shared,
+    };
+    caps.attention = match opts.attention {
+        Some(AttentionVariant::Rows) if !caps.subgroups_of_eight() => {
+            return Err(Error::Unsupported(format!(
+                "attention variant rows needs subgroups of at least 8 lanes, which {} lacks: use FICOCO_ATTENTION=shared",
+                info.name
+            )))
+        }
+        Some(v) => v,
+        None if is_cpu && caps.subgroups_of_eight() => AttentionVariant::Rows,
+        None => AttentionVariant::Shared,
     };
     Ok(DeviceChoice {
         device,

@@ -80,6 +80,8 @@ pub fn attention(
 ) -> Result<()> {
     let variant = match q.shape().first() {
         Some(1) => AttentionVariant::Shared,
+        // Rows takes head sizes in vec4s.
+        _ if shape.head_dim % 4 != 0 => AttentionVariant::Shared,
         _ => b.gpu().caps.attention,
     };
     attention_with(
@@ -162,14 +164,20 @@ pub fn attention_with(
     let lse = scratch.lse.view(&[q_len, s.heads]);
     let (kernel, queries_per_workgroup) = match variant {
         AttentionVariant::Shared => (Kernel::new("attention", "attention"), 4),
-        // Two tiles of keys and values within the portable 16 KiB of workgroup memory.
-        AttentionVariant::Rows => (
-            Kernel::new("attention", "attention_rows")
-                .flag("ROWS")
-                .define("HD", format!("{}u", s.head_dim))
-                .define("TILE", format!("{}u", (2048 / s.head_dim).min(32))),
-            64,
-        ),
+        AttentionVariant::Rows => {
+            if !b.gpu().caps.subgroups_of_eight() || s.head_dim % 4 != 0 {
+                return Err(Error::Unsupported(format!(
+                    "attention variant rows needs subgroups of at least 8 lanes and a head_dim that is a multiple of 4 (head_dim {}): use the shared variant (FICOCO_ATTENTION=shared)",
+                    s.head_dim
+                )));
+            }
+            (
+                Kernel::new("attention", "attention_rows")
+                    .flag("ROWS")
+                    .define("HD", format!("{}u", s.head_dim)),
+                64,
+            )
+        }
     };
     let kernel = kernel
         .flag("ATTENTION")

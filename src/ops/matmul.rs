@@ -250,9 +250,7 @@ impl RegisterTile {
     /// Whether the subgroup tiles can run on this device: subgroups are available and every
     /// subgroup size it may pick is a multiple of 8 (llvmpipe: exactly 8, its SIMD width).
     pub fn subgroups_usable(gpu: &Gpu) -> bool {
-        gpu.caps.subgroups
-            && gpu.info.subgroup_min_size >= 8
-            && gpu.info.subgroup_min_size.is_power_of_two()
+        gpu.caps.subgroups_of_eight()
     }
 
     /// Tiles that can run on this device.
