@@ -26,6 +26,8 @@
 //              With SCORES instead the head-averaged pre-softmax scores scale * q.k over every
 //              key, unmasked and without size bias (what the FiCoCo authors' code scores with);
 //              no lse binding.
+//   probs_rows (with ROWS) the same map, one invocation per query, 64 queries per workgroup,
+//              keys eight at a time through subgroupBroadcast as in attention_rows.
 // KEY_SIZES (both entries): ToMe's proportional attention, key j's logit gains log(size[j]) (a
 // token standing for size[j] merged patches counts that many times). One more read binding after
 // the others: size [kv_len].
@@ -72,19 +74,9 @@ fn key_bias(j: u32) -> f32 {
 }
 #endif
 
-#ifdef ATTENTION
-#ifndef ROWS
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-#endif
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-#ifdef WRITE_LSE
-@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
-#endif
-
 #ifdef ROWS
-// Keys and values as vec4s: K4 = kv_heads * HD / 4 per cache row.
+// Keys (and values) as vec4s: kv_heads * HD / 4 per cache row.
 @group(0) @binding(2) var<storage, read> k4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v4: array<vec4<f32>>;
 const C4 = HD / 4u;
 
 // Lanes t = 0..7 of each group of 8 hold a vec4 of key j0 + t; each lane gets its query's dot
@@ -97,16 +89,38 @@ fn dots8(qc: vec4<f32>, kv: vec4<f32>) -> mat2x4<f32> {
                   dot(qc, subgroupBroadcast(kv, 6u)), dot(qc, subgroupBroadcast(kv, 7u))));
 }
 
+fn max4(x: vec4<f32>) -> f32 {
+    return max(max(x.x, x.y), max(x.z, x.w));
+}
+
+// x of lanes 0..7 of each group of 8, as columns 0 (lanes 0-3) and 1 (lanes 4-7).
+fn lanes8(x: f32) -> mat2x4<f32> {
+    return mat2x4<f32>(
+        vec4<f32>(subgroupBroadcast(x, 0u), subgroupBroadcast(x, 1u), subgroupBroadcast(x, 2u),
+                  subgroupBroadcast(x, 3u)),
+        vec4<f32>(subgroupBroadcast(x, 4u), subgroupBroadcast(x, 5u), subgroupBroadcast(x, 6u),
+                  subgroupBroadcast(x, 7u)));
+}
+#endif
+
+#ifdef ATTENTION
+#ifndef ROWS
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+#endif
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#ifdef WRITE_LSE
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
+#endif
+
+#ifdef ROWS
+@group(0) @binding(3) var<storage, read> v4: array<vec4<f32>>;
+
 // sum over t of w[t] * (the vec4 of value j0 + t that lane t holds).
 fn mix8(w: mat2x4<f32>, vv: vec4<f32>) -> vec4<f32> {
     return w[0].x * subgroupBroadcast(vv, 0u) + w[0].y * subgroupBroadcast(vv, 1u)
          + w[0].z * subgroupBroadcast(vv, 2u) + w[0].w * subgroupBroadcast(vv, 3u)
          + w[1].x * subgroupBroadcast(vv, 4u) + w[1].y * subgroupBroadcast(vv, 5u)
          + w[1].z * subgroupBroadcast(vv, 6u) + w[1].w * subgroupBroadcast(vv, 7u);
-}
-
-fn max4(x: vec4<f32>) -> f32 {
-    return max(max(x.x, x.y), max(x.z, x.w));
 }
 
 @compute @workgroup_size(64)
@@ -141,11 +155,7 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         let ja = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
         let jb = ja + vec4<u32>(4u);
 #ifdef KEY_SIZES
-        let bias = key_bias(min(j0 + kl, p.kv_len - 1u));
-        sc[0] += vec4<f32>(subgroupBroadcast(bias, 0u), subgroupBroadcast(bias, 1u),
-                           subgroupBroadcast(bias, 2u), subgroupBroadcast(bias, 3u));
-        sc[1] += vec4<f32>(subgroupBroadcast(bias, 4u), subgroupBroadcast(bias, 5u),
-                           subgroupBroadcast(bias, 6u), subgroupBroadcast(bias, 7u));
+        sc += lanes8(key_bias(min(j0 + kl, p.kv_len - 1u)));
 #endif
         let live_a = ja < seen;
         let live_b = jb < seen;
@@ -270,6 +280,53 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @group(0) @binding(4) var<storage, read> lse_in: array<f32>;
 #endif
 
+#ifdef ROWS
+@compute @workgroup_size(64)
+fn probs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32,
+              @builtin(subgroup_invocation_id) sid: u32) {
+    let flat = wid.x + wid.y * nwg.x;
+    if (flat >= (p.q_len + 63u) / 64u) { return; }
+    let first = flat * 64u;
+    let i = min(first + lid, p.q_len - 1u);
+    let kvd4 = p.kv_heads * C4;
+    let kl = sid & 7u;
+    let seen = vec4<u32>(visible(i));
+    let store = first + lid < p.q_len;
+    for (var j0 = 0u; j0 < p.kv_len; j0 += 8u) {
+        let jr = min(j0 + kl, p.kv_len - 1u);
+        let ja = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
+        let jb = ja + vec4<u32>(4u);
+        var a = mat2x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0));
+#ifndef SCORES
+        let bias = lanes8(key_bias(jr));
+#endif
+        for (var h = 0u; h < p.heads; h++) {
+            let qb = i * p.heads * HD + h * HD;
+            let row = jr * kvd4 + kv_head(h) * C4;
+            var sc = mat2x4<f32>(vec4<f32>(0.0), vec4<f32>(0.0));
+            for (var c = 0u; c < C4; c++) {
+                let d = qb + c * 4u;
+                let qc = vec4<f32>(q[d], q[d + 1u], q[d + 2u], q[d + 3u]);
+                sc += dots8(qc, k4[row + c]);
+            }
+#ifdef SCORES
+            a += sc * p.scale;
+#else
+            let ls = lse_in[i * p.heads + h];
+            a[0] += select(vec4<f32>(0.0), exp(sc[0] * p.scale + bias[0] - ls), ja < seen);
+            a[1] += select(vec4<f32>(0.0), exp(sc[1] * p.scale + bias[1] - ls), jb < seen);
+#endif
+        }
+        if (store) {
+            let row = i * p.kv_len;
+            for (var t = 0u; t < 8u; t++) {
+                if (j0 + t < p.kv_len) { probs[row + j0 + t] = a[t / 4u][t % 4u] / f32(p.heads); }
+            }
+        }
+    }
+}
+#else
 @compute @workgroup_size(CHUNK)
 fn probs_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -302,4 +359,5 @@ fn probs_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         probs[i * p.kv_len + j] = a / f32(p.heads);
     }
 }
+#endif
 #endif

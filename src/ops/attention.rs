@@ -197,11 +197,22 @@ pub fn attention_with(
         let scores = kind == AttentionMap::Scores;
         // Scores take neither the log-sum-exp nor the size bias.
         let sizes = key_sizes.filter(|_| !scores);
-        let kernel = Kernel::new("attention", "probs_mean")
+        let (kernel, queries_per_workgroup) = match variant {
+            AttentionVariant::Shared => (Kernel::new("attention", "probs_mean"), 1),
+            AttentionVariant::Rows => (
+                Kernel::new("attention", "probs_rows")
+                    .flag("ROWS")
+                    .define("HD", format!("{}u", s.head_dim)),
+                64,
+            ),
+        };
+        let kernel = kernel
             .flag("PROBS")
             .flag_if("SCORES", scores)
             .flag_if("KEY_SIZES", sizes.is_some());
-        let grid = b.gpu().grid(q_len as u32);
+        let grid = b
+            .gpu()
+            .grid(q_len.div_ceil(queries_per_workgroup) as u32);
         let mut binds = vec![Bind::R(q), Bind::R(k), Bind::W(probs)];
         if !scores {
             binds.push(Bind::R(&lse));
