@@ -210,9 +210,7 @@ pub fn attention_with(
             .flag("PROBS")
             .flag_if("SCORES", scores)
             .flag_if("KEY_SIZES", sizes.is_some());
-        let grid = b
-            .gpu()
-            .grid(q_len.div_ceil(queries_per_workgroup) as u32);
+        let grid = b.gpu().grid(q_len.div_ceil(queries_per_workgroup) as u32);
         let mut binds = vec![Bind::R(q), Bind::R(k), Bind::W(probs)];
         if !scores {
             binds.push(Bind::R(&lse));
