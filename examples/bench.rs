@@ -524,7 +524,8 @@ fn run(args: Args) -> ficoco::Result<()> {
                 model.set_reduction(planned.plan.clone())?;
                 let prompt = synthetic_prompt(&cfg, model.visual_tokens(), p.text_tokens);
                 // Also compiles the reduction kernels before the timed runs.
-                let overhead = reduction_overhead_ms(&gpu, &cfg, &planned.plan, p.text_tokens)?;
+                let (overhead, kernels) =
+                    reduction_overhead_ms(&gpu, &cfg, &planned.plan, p.text_tokens)?;
                 let mut best = f64::MAX;
                 for _ in 0..runs {
                     let out = pollster::block_on(model.generate(&pixels, &prompt, &gen, |_| true))?;
@@ -540,6 +541,8 @@ fn run(args: Args) -> ficoco::Result<()> {
                     "method": m, "visual_tokens": keep, "schedule": planned.schedule.to_string(),
                     "prefill_ms": best, "ideal_speedup": ideal,
                     "overhead_ms": overhead, "overhead_fraction": overhead / best,
+                    "stage_kernels": kernels.iter().map(|k| serde_json::json!({
+                        "entry": k.entry, "calls": k.calls, "ms": k.ms})).collect::<Vec<_>>(),
                 }));
             }
         }
@@ -671,6 +674,32 @@ fn run(args: Args) -> ficoco::Result<()> {
                 100.0 * r["overhead_fraction"].as_f64().unwrap()
             );
         }
+        println!();
+        println!("Reduction-stage kernels (each dispatch timed alone, ms over the plan's steps):");
+        println!();
+        println!("| method | visual tokens | kernel: calls, ms |");
+        println!("|---|---|---|");
+        for r in reduce_rows.iter().filter(|r| r["error"].is_null()) {
+            let kernels: Vec<String> = r["stage_kernels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{} {}x {:.1}",
+                        k["entry"].as_str().unwrap(),
+                        k["calls"],
+                        k["ms"].as_f64().unwrap()
+                    )
+                })
+                .collect();
+            println!(
+                "| {} | {} | {} |",
+                r["method"].as_str().unwrap(),
+                r["visual_tokens"],
+                kernels.join(", ")
+            );
+        }
     }
     Ok(())
 }
@@ -693,13 +722,14 @@ fn synthetic_prompt(cfg: &LlavaConfig, visual: usize, text: usize) -> PromptIds 
 }
 
 /// GPU time of the plan's reduction stages alone: each step recorded on inputs of the size it
-/// meets in the forward pass (best of three).
+/// meets in the forward pass (best of three), and the time of each kernel in one more run with
+/// every dispatch timed alone.
 fn reduction_overhead_ms(
     gpu: &Gpu,
     cfg: &LlavaConfig,
     plan: &ReductionPlan,
     text_tokens: usize,
-) -> ficoco::Result<f64> {
+) -> ficoco::Result<(f64, Vec<ficoco::gpu::KernelTime>)> {
     let mut steps: Vec<(ficoco::reduce::Reduction, Spans, usize, usize, usize)> = Vec::new();
     let vc = &cfg.vision_config;
     let mut t = vc.num_patches() + 1;
@@ -746,6 +776,7 @@ fn reduction_overhead_ms(
         }
     }
     let mut total = 0.0;
+    let mut kernels: Vec<ficoco::gpu::KernelTime> = Vec::new();
     for (r, spans, n, d, drop) in steps {
         let step = ReductionStep::new(gpu, n)?;
         let hidden = gpu.upload_f32(&vec![0.5; n * d], &[n, d], "hidden")?;
@@ -763,25 +794,40 @@ fn reduction_overhead_ms(
         )?;
         let out = gpu.zeros(&[n - drop, d], DType::F32, "out")?;
         let out_pos = gpu.zeros(&[n - drop], DType::I32, "out positions")?;
+        let input = StepInput {
+            hidden: &hidden,
+            keys: None,
+            attn: &attn,
+            positions: &positions,
+            sizes: None,
+        };
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t0 = Instant::now();
             let mut b = gpu.batch();
-            let input = StepInput {
-                hidden: &hidden,
-                keys: None,
-                attn: &attn,
-                positions: &positions,
-                sizes: None,
-            };
             step.record(&mut b, &r, &spans, &input, drop, &out, &out_pos)?;
             b.submit();
             gpu.wait()?;
             best = best.min(t0.elapsed().as_secs_f64() * 1e3);
         }
         total += best;
+        gpu.start_profile();
+        let mut b = gpu.batch();
+        step.record(&mut b, &r, &spans, &input, drop, &out, &out_pos)?;
+        b.submit();
+        gpu.wait()?;
+        for k in gpu.take_profile() {
+            match kernels.iter_mut().find(|t| t.entry == k.entry) {
+                Some(t) => {
+                    t.calls += k.calls;
+                    t.ms += k.ms;
+                }
+                None => kernels.push(k),
+            }
+        }
     }
-    Ok(total)
+    kernels.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok((total, kernels))
 }
 
 /// A real GGUF decoder: prefill of a 128-token prompt and 32 decode steps (best of `runs`), GPU

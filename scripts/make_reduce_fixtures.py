@@ -268,6 +268,9 @@ def build_cases():
     for keep in (520, 501, 500, 480):  # K = 2, 2 (boundary), 1 (boundary), 1
         add(f"ficoco_v_24x24_cls_T{keep}", "ficoco-v", 576 - keep,
             big if keep == 520 else "ficoco_v_24x24_cls_T520", cls=0, grid=24, input_seed=102)
+    # more sources than the compress kernel gathers at once (512)
+    add("ficoco_v_24x24_cls_T40", "ficoco-v", 536, "ficoco_v_24x24_cls_T520", cls=0, grid=24,
+        input_seed=102)
     add("ficoco_v_6x6_cls_odd_partial", "ficoco-v", 9, vision_inputs(103, 6, d=24, removed=8),
         cls=0, grid=6, input_seed=103)
     tie, tie_drop, tie_seed = tie_inputs()
@@ -284,6 +287,9 @@ def build_cases():
     # with one target per source alpha = 1 and "average" equals self-preserving: use K = 2 (|T| 520)
     add("ficoco_v_24x24_cls_T520_average", "ficoco-v", 56, "ficoco_v_24x24_cls_T520", cls=0, grid=24,
         input_seed=102, compress="average")
+    # a lower quantile: its entries lie deeper than the few largest (the kernel sorts the row)
+    add("ficoco_v_24x24_cls_T520_eps0.9", "ficoco-v", 56, "ficoco_v_24x24_cls_T520", cls=0, grid=24,
+        input_seed=102, eps=0.9)
     add("ficoco_v_5x5_cls_convergent", "ficoco-v", 10, v5, cls=0, grid=5, input_seed=101,
         correlation="convergent")
 
@@ -325,6 +331,13 @@ def build_cases():
     add("topk_cls_6x6_cls", "topk-cls", 12, vision_inputs(309, 6, d=24), cls=0, grid=6, input_seed=309)
     add("pool2_6x6_cls", "pool", 27, vision_inputs(310, 6, d=24), cls=0, grid=6, input_seed=310, pool_k=2)
     add("pool4_8x8_cls", "pool", 60, vision_inputs(311, 8, d=16), cls=0, grid=8, input_seed=311, pool_k=4)
+    # rows longer than one workgroup (256): ToMe's argmax over 376 targets, PruMerge's 4 nearest
+    # of 500 sources, and 576 sources pooled into new tokens
+    add("tome_24x24_cls", "tome", 200, "ficoco_v_24x24_cls_T520", cls=0, grid=24, input_seed=102)
+    add("prumerge_24x24_cls", "prumerge", 500, "ficoco_v_24x24_cls_T520", cls=0, grid=24,
+        input_seed=102, knn=4)
+    add("pool2_24x24_cls", "pool", 432, "ficoco_v_24x24_cls_T520", cls=0, grid=24, input_seed=102,
+        pool_k=2)
     add("pool3_6x6_cls", "pool", 32, vision_inputs(313, 6, d=24), cls=0, grid=6, input_seed=313, pool_k=3)
     return cases
 

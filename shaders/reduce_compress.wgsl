@@ -4,7 +4,7 @@
 // Entry points (each compiled with its own flag, which declares its bindings). Parallel over
 // tokens, pairs or rows unless marked "one workgroup".
 //   compress       E_COMPRESS 1 hidden (r), 2 out [n_out, d] (rw), 3 plan (r), 4 weights (r),
-//                  5 scores (r), 6 sizes [n_out] (rw)
+//                  5 scores (r), 6 sizes [n_out] (rw); one workgroup per output row
 //                  kept row r of token j (target b): out = (u_j X_j + sum_a m_a X_src[a]) /
 //                  (u_j + sum_a m_a) over the sources a with weights[a, b] != 0, m_a = that weight
 //                  (or the source's score when score_members), u_j = 1 (or j's score when
@@ -12,8 +12,8 @@
 //                  copied; sizes = 1 + number of sources; new rows are left to compress_new.
 //                  CARRIED_SIZES (ToMe): 7 carried sizes z [n] (r); u_j and every m_a are
 //                  multiplied by the token's z, and sizes = z_j + sum of the sources' z
-//   compress_new   E_NEW      1 hidden (r), 2 out (rw), 3 plan (r), 4 scores (r), 5 sizes (rw)
-//                  one workgroup per new token g: out[new0 + g] = sum_{group[a] = g} m_a X_src[a]
+//   compress_new   E_COMPRESS with NEW_TOKENS, the same bindings (weights unread); one
+//                  workgroup per new token g: out[new0 + g] = sum_{group[a] = g} m_a X_src[a]
 //                  (/ sum m_a with `normalise`), m_a = 1 or the source's score (score_members);
 //                  sizes = number of members
 // Merge attribution (opt-in, after a step; not part of the reduction itself):
@@ -50,11 +50,115 @@ fn size_of(seq: u32) -> f32 {
 }
 #endif
 
-fn member_weight(a: u32, w: f32) -> f32 {
-    let m = select(w, scores[cand_of(plan[p.n + a])], p.score_members == 1u);
-    return m * size_of(plan[p.n + a]);
+#ifdef NEW_TOKENS
+// Source a feeds new token `key`.
+fn is_member(a: u32, key: u32) -> bool {
+    return plan[5u * p.n + a] == key;
 }
 
+fn member_weight(a: u32, key: u32) -> f32 {
+    return select(1.0, scores[cand_of(plan[p.n + a])], p.score_members == 1u);
+}
+#else
+// Source a merges into target `key` (NONE: the row is no target).
+fn is_member(a: u32, key: u32) -> bool {
+    return key != NONE && weights[a * p.nt + key] != 0.0;
+}
+
+fn member_weight(a: u32, key: u32) -> f32 {
+    let m = select(weights[a * p.nt + key], scores[cand_of(plan[p.n + a])], p.score_members == 1u);
+    return m * size_of(plan[p.n + a]);
+}
+#endif
+
+// The members of a row are gathered CHUNK sources at a time into workgroup memory, in
+// ascending source order, so each output element sums over its members only, not over every
+// source.
+const CHUNK = 512u;
+const PER_INVOCATION = CHUNK / 64u;
+var<workgroup> member_seq: array<u32, CHUNK>;
+var<workgroup> member_w: array<f32, CHUNK>;
+var<workgroup> counts: array<u32, 64>;
+
+// Members of `key` among the sources [a0, a0 + CHUNK) into member_seq / member_w; their count.
+// Each invocation takes PER_INVOCATION consecutive sources and writes them after the members
+// of the invocations before it.
+fn gather_members(a0: u32, key: u32, lid: u32) -> u32 {
+    let first = a0 + lid * PER_INVOCATION;
+    let last = min(first + PER_INVOCATION, p.ns);
+    var mine = 0u;
+    for (var a = first; a < last; a++) {
+        if (is_member(a, key)) { mine++; }
+    }
+    counts[lid] = mine;
+    workgroupBarrier();
+    var at = 0u;
+    var total = 0u;
+    for (var t = 0u; t < 64u; t++) {
+        let c = counts[t];
+        if (t < lid) { at += c; }
+        total += c;
+    }
+    for (var a = first; a < last; a++) {
+        if (is_member(a, key)) {
+            member_seq[at] = plan[p.n + a];
+            member_w[at] = member_weight(a, key);
+            at++;
+        }
+    }
+    workgroupBarrier();
+    return total;
+}
+
+// Output row `row` from its members (sources of `key`) and, unless `seq` is NONE, the kept
+// token `seq` itself.
+fn merge_row(row: u32, seq: u32, key: u32, lid: u32) {
+    let d = p.d;
+    var members = 0u;
+    var wsum = 0.0;
+    var size = 0.0;
+    // At least one chunk, so a row without sources is still written; the last chunk finishes.
+    for (var a0 = 0u; a0 == 0u || a0 < p.ns; a0 += CHUNK) {
+        let count = gather_members(a0, key, lid);
+        for (var i = 0u; i < count; i++) {
+            wsum += member_w[i];
+            size += size_of(member_seq[i]);
+        }
+        members += count;
+        let last = a0 + CHUNK >= p.ns;
+        var self_w = 0.0;
+        if (seq != NONE) {
+            self_w = size_of(seq);
+            if (members > 0u && p.score_self == 1u) { self_w *= scores[cand_of(seq)]; }
+        }
+        for (var c = lid; c < d; c += 64u) {
+            var acc = 0.0;
+            if (a0 > 0u) { acc = out[row * d + c]; }
+            for (var i = 0u; i < count; i++) { acc += member_w[i] * hidden[member_seq[i] * d + c]; }
+            if (last) {
+                if (seq != NONE) {
+                    let x = hidden[seq * d + c];
+                    acc = select(self_w * x + acc, x, members == 0u);
+                }
+                let total = wsum + self_w;
+                if (p.normalise == 1u && members > 0u && total != 0.0) { acc /= total; }
+            }
+            out[row * d + c] = acc;
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { sizes[row] = size + select(0.0, size_of(seq), seq != NONE); }
+}
+
+#ifdef NEW_TOKENS
+@compute @workgroup_size(64)
+fn compress_new(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let g = group_index(wid, nwg);
+    if (g >= plan[7u * p.n + 4u]) { return; }
+    merge_row(plan[7u * p.n + 3u] + g, NONE, g, lid);
+}
+#else
 @compute @workgroup_size(64)
 fn compress(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -63,80 +167,9 @@ fn compress(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (r >= plan[7u * n + 2u]) { return; }
     let seq = plan[3u * n + r];
     if (seq == NONE) { return; }
-    let b = plan[4u * n + seq];
-    var members = 0u;
-    if (b != NONE) {
-        for (var a = 0u; a < p.ns; a++) {
-            if (weights[a * p.nt + b] != 0.0) { members++; }
-        }
-    }
-    if (lid == 0u) {
-        var size = size_of(seq);
-        if (b != NONE) {
-            for (var a = 0u; a < p.ns; a++) {
-                if (weights[a * p.nt + b] != 0.0) { size += size_of(plan[p.n + a]); }
-            }
-        }
-        sizes[r] = size;
-    }
-    var self_w = size_of(seq);
-    if (members > 0u && p.score_self == 1u) { self_w = scores[cand_of(seq)] * size_of(seq); }
-    for (var c = lid; c < p.d; c += 64u) {
-        let x = hidden[seq * p.d + c];
-        if (members == 0u) {
-            out[r * p.d + c] = x;
-            continue;
-        }
-        var acc = self_w * x;
-        var wsum = self_w;
-        for (var a = 0u; a < p.ns; a++) {
-            let w = weights[a * p.nt + b];
-            if (w != 0.0) {
-                let m = member_weight(a, w);
-                acc += m * hidden[plan[n + a] * p.d + c];
-                wsum += m;
-            }
-        }
-        out[r * p.d + c] = select(acc, acc / wsum, p.normalise == 1u);
-    }
+    merge_row(r, seq, plan[4u * n + seq], lid);
 }
 #endif
-
-#ifdef E_NEW
-@group(0) @binding(1) var<storage, read> hidden: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> plan: array<u32>;
-@group(0) @binding(4) var<storage, read> scores: array<f32>;
-@group(0) @binding(5) var<storage, read_write> sizes: array<f32>;
-
-@compute @workgroup_size(64)
-fn compress_new(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    let g = group_index(wid, nwg);
-    let n = p.n;
-    if (g >= plan[7u * n + 4u]) { return; }
-    let row = plan[7u * n + 3u] + g;
-    if (lid == 0u) {
-        var members = 0u;
-        for (var a = 0u; a < p.ns; a++) {
-            if (plan[5u * n + a] == g) { members++; }
-        }
-        sizes[row] = f32(members);
-    }
-    for (var c = lid; c < p.d; c += 64u) {
-        var acc = 0.0;
-        var wsum = 0.0;
-        for (var a = 0u; a < p.ns; a++) {
-            if (plan[5u * n + a] == g) {
-                let seq = plan[n + a];
-                let m = select(1.0, scores[cand_of(seq)], p.score_members == 1u);
-                acc += m * hidden[seq * p.d + c];
-                wsum += m;
-            }
-        }
-        out[row * p.d + c] = select(acc, acc / wsum, p.normalise == 1u && wsum != 0.0);
-    }
-}
 #endif
 
 // ---------------------------------------------------------------- merge attribution

@@ -113,11 +113,56 @@ fn metric_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 
 var<workgroup> sorted: array<f32, SORT_N>;
 var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial_col: array<u32, 256>;
 
 // Row r of the assignment: a source's entries over the targets, or (convergent) a target's
 // entries over the sources.
 fn row_len() -> u32 { return select(p.nt, p.ns, p.convergent == 1u); }
 fn at(r: u32, col: u32) -> u32 { return select(r * p.nt + col, col * p.nt + r, p.convergent == 1u); }
+
+// Entry (v, col) ranks before (w, o): larger value first, ties by lower column.
+fn ranks_before(v: f32, col: u32, w: f32, o: u32) -> bool {
+    return v > w || (v == w && col < o);
+}
+
+struct Pick { v: f32, col: u32 }
+
+// Quantiles this close to the top are found by argmax rounds rather than a full sort.
+const QUICK_RANKS = 32u;
+
+// The k-th entry of row r in rank order (k >= 1, k <= len): k rounds of a workgroup argmax over
+// the entries ranked after the previous round's pick; `before` gets the (k-1)-th (k >= 2).
+fn kth_ranked(r: u32, len: u32, k: u32, lid: u32, before: ptr<function, Pick>) -> Pick {
+    var bound = Pick(bitcast<f32>(0x7f800000u), 0u);
+    for (var round = 0u; round < k; round++) {
+        *before = bound;
+        var best = Pick(LOWEST, NONE);
+        for (var col = lid; col < len; col += 256u) {
+            let v = corr[at(r, col)];
+            let after = ranks_before(bound.v, bound.col, v, col) || round == 0u;
+            if (after && (best.col == NONE || ranks_before(v, col, best.v, best.col))) {
+                best = Pick(v, col);
+            }
+        }
+        partial[lid] = best.v;
+        partial_col[lid] = best.col;
+        workgroupBarrier();
+        for (var s = 128u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                let o = partial_col[lid + s];
+                let mine = partial_col[lid];
+                if (o != NONE && (mine == NONE || ranks_before(partial[lid + s], o, partial[lid], mine))) {
+                    partial[lid] = partial[lid + s];
+                    partial_col[lid] = o;
+                }
+            }
+            workgroupBarrier();
+        }
+        bound = Pick(partial[0], partial_col[0]);
+        workgroupBarrier();
+    }
+    return bound;
+}
 
 @compute @workgroup_size(256)
 fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -129,32 +174,46 @@ fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let len = row_len();
     var tau = 0.0;
     if (p.fixed_k == NONE) {
-        let big = bitcast<f32>(0x7f7fffffu);
-        for (var i = lid; i < SORT_N; i += 256u) {
-            sorted[i] = select(big, corr[at(r, min(i, len - 1u))], i < len);
-        }
-        workgroupBarrier();
-        for (var k = 2u; k <= SORT_N; k <<= 1u) {
-            for (var j = k >> 1u; j > 0u; j >>= 1u) {
-                for (var i = lid; i < SORT_N; i += 256u) {
-                    let l = i ^ j;
-                    if (l > i) {
-                        let a = sorted[i];
-                        let b = sorted[l];
-                        if ((a > b) == ((i & k) == 0u)) {
-                            sorted[i] = b;
-                            sorted[l] = a;
-                        }
-                    }
-                }
-                workgroupBarrier();
-            }
-        }
+        // torch.quantile: sorted[lo] + w (sorted[hi] - sorted[lo]), hi = lo + 1 (or lo at the end).
         let q = p.eps * f32(len - 1u);
         let lo = u32(floor(q));
         let hi = min(lo + 1u, len - 1u);
         let w = q - f32(lo);
-        tau = min(sorted[lo] + w * (sorted[hi] - sorted[lo]), sorted[hi]);
+        var v_lo = 0.0;
+        var v_hi = 0.0;
+        let from_top = len - lo;
+        if (from_top <= QUICK_RANKS) {
+            // A high quantile (FiCoCo's 0.998): its entries are among the few largest.
+            var above = Pick(0.0, NONE);
+            let at_lo = kth_ranked(r, len, from_top, lid, &above);
+            v_lo = at_lo.v;
+            v_hi = select(above.v, at_lo.v, hi == lo);
+        } else {
+            let big = bitcast<f32>(0x7f7fffffu);
+            for (var i = lid; i < SORT_N; i += 256u) {
+                sorted[i] = select(big, corr[at(r, min(i, len - 1u))], i < len);
+            }
+            workgroupBarrier();
+            for (var k = 2u; k <= SORT_N; k <<= 1u) {
+                for (var j = k >> 1u; j > 0u; j >>= 1u) {
+                    for (var i = lid; i < SORT_N; i += 256u) {
+                        let l = i ^ j;
+                        if (l > i) {
+                            let a = sorted[i];
+                            let b = sorted[l];
+                            if ((a > b) == ((i & k) == 0u)) {
+                                sorted[i] = b;
+                                sorted[l] = a;
+                            }
+                        }
+                    }
+                    workgroupBarrier();
+                }
+            }
+            v_lo = sorted[lo];
+            v_hi = sorted[hi];
+        }
+        tau = min(v_lo + w * (v_hi - v_lo), v_hi);
     }
     // The softmax weights subtract the row's largest entry (the exponent stays <= 0).
     var top = LOWEST;
@@ -170,6 +229,12 @@ fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         top = partial[0];
         workgroupBarrier();
     }
+    // fixed_k: the members rank at or before the fixed_k-th entry.
+    var kth = Pick(LOWEST, NONE);
+    if (p.fixed_k != NONE && p.fixed_k > 0u) {
+        var unused = Pick(0.0, NONE);
+        kth = kth_ranked(r, len, min(p.fixed_k, len), lid, &unused);
+    }
     var sum = 0.0;
     for (var col = lid; col < len; col += 256u) {
         let v = corr[at(r, col)];
@@ -177,12 +242,7 @@ fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         if (p.fixed_k == NONE) {
             member = v >= tau;
         } else {
-            var rank = 0u;
-            for (var o = 0u; o < len; o++) {
-                let u = corr[at(r, o)];
-                if (u > v || (u == v && o < col)) { rank++; }
-            }
-            member = rank < p.fixed_k;
+            member = kth.col != NONE && (col == kth.col || ranks_before(v, col, kth.v, kth.col));
         }
         var wgt = 0.0;
         if (member) {

@@ -16,7 +16,7 @@
 //                  k; raters = {k : r_k >= mean r} (all text rows if none); rw[k] = 1/|raters|
 //                  for raters, 0 for other text rows
 //   metric_norms   E_NORMS    1 metric (r), 2 norms [n] (rw)
-//                  one workgroup per token: norms[i] = 1 / max(|M_i|, 1e-12)
+//                  norms[i] = 1 / max(|M_i|, 1e-12)
 //   metric_mean    E_MEAN     1 metric (r), 2 mean [dk] (rw)
 //                  one invocation per dimension: mean[x] = mean over candidates of M[seq(c), x]
 //   score_similarity E_SIMILARITY 1 metric (r), 2 norms (r), 3 mean (r), 4 scores (rw)
@@ -156,25 +156,17 @@ fn rate_rows(@builtin(local_invocation_index) lid: u32) {
 @group(0) @binding(1) var<storage, read> metric: array<f32>;
 @group(0) @binding(2) var<storage, read_write> norms: array<f32>;
 
-var<workgroup> part: array<f32, 64>;
-
 @compute @workgroup_size(64)
 fn metric_norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg);
+    let i = flat(wid, nwg, lid);
     if (i >= p.n) { return; }
     var ss = 0.0;
-    for (var x = lid; x < p.dk; x += 64u) {
+    for (var x = 0u; x < p.dk; x++) {
         let v = metric[i * p.dk + x];
         ss += v * v;
     }
-    part[lid] = ss;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (lid < s) { part[lid] += part[lid + s]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { norms[i] = 1.0 / max(sqrt(part[0]), NORM_FLOOR); }
+    norms[i] = 1.0 / max(sqrt(ss), NORM_FLOOR);
 }
 #endif
 

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use ficoco::reduce::random::numpy_permutation;
 use ficoco::reduce::{
-    self, run_once, Pool, PositionKind, PruMerge, RandomDrop, Reduction, Spans, NEW_TOKEN,
+    self, run_once, FicocoV, Pool, PositionKind, PruMerge, RandomDrop, Reduction, Spans, NEW_TOKEN,
     PLANNED_METHODS,
 };
 use serde_json::Value;
@@ -68,6 +68,10 @@ fn reduction(case: &Value) -> Reduction {
         }),
         "random" => Reduction::random(RandomDrop {
             seed: opts["seed"].as_u64().unwrap_or(0) as u32,
+        }),
+        "ficoco-v" if opts["eps"].is_number() => Reduction::ficoco_v(FicocoV {
+            eps: opts["eps"].as_f64().unwrap() as f32,
+            ..FicocoV::default()
         }),
         "pool" => Reduction::pool(Pool {
             k: opts["pool_k"]

@@ -64,6 +64,13 @@ impl<'g> Batch<'g> {
         if workgroups.contains(&0) {
             return Ok(());
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        let profiling = self.gpu.profiling();
+        #[cfg(not(target_arch = "wasm32"))]
+        if profiling {
+            self.flush();
+            self.gpu.wait()?;
+        }
         let pattern: Vec<bool> = binds.iter().map(|b| matches!(b, Bind::R(_))).collect();
         let tensors: Vec<&Tensor> = binds.iter().map(Bind::tensor).collect();
         let pipeline = self.gpu.pipeline(kernel, &pattern)?;
@@ -79,6 +86,14 @@ impl<'g> Batch<'g> {
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         self.dispatches += 1;
+        #[cfg(not(target_arch = "wasm32"))]
+        if profiling {
+            let t0 = std::time::Instant::now();
+            self.flush();
+            self.gpu.wait()?;
+            self.gpu
+                .record_kernel_time(kernel.entry, t0.elapsed().as_secs_f64() * 1e3);
+        }
         Ok(())
     }
 

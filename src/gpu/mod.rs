@@ -86,6 +86,16 @@ pub struct Gpu {
     readback: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Held from a batch's arena write to its submit, so concurrent batches cannot interleave.
     submit_lock: Mutex<()>,
+    /// Per-kernel times while profiling ([`Gpu::start_profile`]).
+    profile: Mutex<Option<HashMap<&'static str, KernelTime>>>,
+}
+
+/// The time one kernel entry point took over the dispatches of a profile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelTime {
+    pub entry: &'static str,
+    pub calls: u64,
+    pub ms: f64,
 }
 
 impl Gpu {
@@ -123,6 +133,7 @@ impl Gpu {
             bind_groups: Mutex::default(),
             readback: Mutex::default(),
             submit_lock: Mutex::default(),
+            profile: Mutex::default(),
         })
     }
 
@@ -358,6 +369,42 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
             .map_err(|e| Error::Gpu(e.to_string()))
+    }
+
+    /// Time every dispatch from now on, each submitted and waited for alone (so the work
+    /// around it is not counted, and nothing overlaps: slow, for benchmarks only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn start_profile(&self) {
+        *self.profile.lock().unwrap() = Some(HashMap::new());
+    }
+
+    /// Stop profiling; the time per entry point since [`Gpu::start_profile`], slowest first.
+    pub fn take_profile(&self) -> Vec<KernelTime> {
+        let mut times: Vec<KernelTime> = self
+            .profile
+            .lock()
+            .unwrap()
+            .take()
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default();
+        times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        times
+    }
+
+    pub(crate) fn profiling(&self) -> bool {
+        self.profile.lock().unwrap().is_some()
+    }
+
+    pub(crate) fn record_kernel_time(&self, entry: &'static str, ms: f64) {
+        if let Some(m) = self.profile.lock().unwrap().as_mut() {
+            let t = m.entry(entry).or_insert(KernelTime {
+                entry,
+                calls: 0,
+                ms: 0.0,
+            });
+            t.calls += 1;
+            t.ms += ms;
+        }
     }
 
     // ---------------------------------------------------------------- pipelines

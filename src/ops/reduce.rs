@@ -258,7 +258,7 @@ pub fn metric_stats(
         dk: dk as u32,
         ..cand.params()
     };
-    let g = b.gpu().grid(n as u32);
+    let g = b.gpu().grid((n as u32).div_ceil(64));
     let binds = [Bind::R(metric), Bind::W(norms)];
     b.dispatch(&kernel(FILTER, "metric_norms", "E_NORMS"), &p, &binds, g)?;
     if let Some(mean) = mean {
@@ -891,12 +891,14 @@ pub fn compress_new(
     };
     weighting.apply(&mut p);
     let g = b.gpu().grid(split.new_tokens as u32);
+    // The weights binding is unread for new tokens; any read-only tensor fills it.
     b.dispatch(
-        &kernel(COMPRESS, "compress_new", "E_NEW"),
+        &kernel(COMPRESS, "compress_new", "E_COMPRESS").flag("NEW_TOKENS"),
         &p,
         &[
             Bind::R(hidden),
             Bind::W(out),
+            Bind::R(split.plan),
             Bind::R(split.plan),
             Bind::R(scores),
             Bind::W(sizes),
