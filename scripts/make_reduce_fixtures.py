@@ -268,7 +268,7 @@ def build_cases():
     for keep in (520, 501, 500, 480):  # K = 2, 2 (boundary), 1 (boundary), 1
         add(f"ficoco_v_24x24_cls_T{keep}", "ficoco-v", 576 - keep,
             big if keep == 520 else "ficoco_v_24x24_cls_T520", cls=0, grid=24, input_seed=102)
-    # more sources than the compress kernel gathers at once (512)
+    # nearly every token a source (536 of 576)
     add("ficoco_v_24x24_cls_T40", "ficoco-v", 536, "ficoco_v_24x24_cls_T520", cls=0, grid=24,
         input_seed=102)
     add("ficoco_v_6x6_cls_odd_partial", "ficoco-v", 9, vision_inputs(103, 6, d=24, removed=8),

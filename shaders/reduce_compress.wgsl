@@ -71,83 +71,44 @@ fn member_weight(a: u32, key: u32) -> f32 {
 }
 #endif
 
-// The members of a row are gathered CHUNK sources at a time into workgroup memory, in
-// ascending source order, so each output element sums over its members only, not over every
-// source.
-const CHUNK = 512u;
-const PER_INVOCATION = CHUNK / 64u;
-var<workgroup> member_seq: array<u32, CHUNK>;
-var<workgroup> member_w: array<f32, CHUNK>;
-var<workgroup> counts: array<u32, 64>;
-
-// Members of `key` among the sources [a0, a0 + CHUNK) into member_seq / member_w; their count.
-// Each invocation takes PER_INVOCATION consecutive sources and writes them after the members
-// of the invocations before it.
-fn gather_members(a0: u32, key: u32, lid: u32) -> u32 {
-    let first = a0 + lid * PER_INVOCATION;
-    let last = min(first + PER_INVOCATION, p.ns);
-    var mine = 0u;
-    for (var a = first; a < last; a++) {
-        if (is_member(a, key)) { mine++; }
-    }
-    counts[lid] = mine;
-    workgroupBarrier();
-    var at = 0u;
-    var total = 0u;
-    for (var t = 0u; t < 64u; t++) {
-        let c = counts[t];
-        if (t < lid) { at += c; }
-        total += c;
-    }
-    for (var a = first; a < last; a++) {
-        if (is_member(a, key)) {
-            member_seq[at] = plan[p.n + a];
-            member_w[at] = member_weight(a, key);
-            at++;
-        }
-    }
-    workgroupBarrier();
-    return total;
-}
-
 // Output row `row` from its members (sources of `key`) and, unless `seq` is NONE, the kept
-// token `seq` itself.
+// token `seq` itself. Every invocation tests every source: the test reads the same weight in
+// all of them (a broadcast, a uniform branch), and no barrier is needed, which on CPU adapters
+// costs more than the loads it would save.
 fn merge_row(row: u32, seq: u32, key: u32, lid: u32) {
     let d = p.d;
     var members = 0u;
     var wsum = 0.0;
     var size = 0.0;
-    // At least one chunk, so a row without sources is still written; the last chunk finishes.
-    for (var a0 = 0u; a0 == 0u || a0 < p.ns; a0 += CHUNK) {
-        let count = gather_members(a0, key, lid);
-        for (var i = 0u; i < count; i++) {
-            wsum += member_w[i];
-            size += size_of(member_seq[i]);
+    for (var a = 0u; a < p.ns; a++) {
+        if (is_member(a, key)) {
+            members++;
+            wsum += member_weight(a, key);
+            size += size_of(plan[p.n + a]);
         }
-        members += count;
-        let last = a0 + CHUNK >= p.ns;
-        var self_w = 0.0;
-        if (seq != NONE) {
-            self_w = size_of(seq);
-            if (members > 0u && p.score_self == 1u) { self_w *= scores[cand_of(seq)]; }
-        }
-        for (var c = lid; c < d; c += 64u) {
-            var acc = 0.0;
-            if (a0 > 0u) { acc = out[row * d + c]; }
-            for (var i = 0u; i < count; i++) { acc += member_w[i] * hidden[member_seq[i] * d + c]; }
-            if (last) {
-                if (seq != NONE) {
-                    let x = hidden[seq * d + c];
-                    acc = select(self_w * x + acc, x, members == 0u);
-                }
-                let total = wsum + self_w;
-                if (p.normalise == 1u && members > 0u && total != 0.0) { acc /= total; }
-            }
-            out[row * d + c] = acc;
-        }
-        workgroupBarrier();
     }
-    if (lid == 0u) { sizes[row] = size + select(0.0, size_of(seq), seq != NONE); }
+    var self_w = 0.0;
+    if (seq != NONE) {
+        self_w = size_of(seq);
+        if (members > 0u && p.score_self == 1u) { self_w *= scores[cand_of(seq)]; }
+        size += size_of(seq);
+    }
+    if (lid == 0u) { sizes[row] = size; }
+    for (var c = lid; c < d; c += 64u) {
+        var acc = 0.0;
+        if (members > 0u) {
+            for (var a = 0u; a < p.ns; a++) {
+                if (is_member(a, key)) { acc += member_weight(a, key) * hidden[plan[p.n + a] * d + c]; }
+            }
+        }
+        if (seq != NONE) {
+            let x = hidden[seq * d + c];
+            acc = select(self_w * x + acc, x, members == 0u);
+        }
+        let total = wsum + self_w;
+        if (p.normalise == 1u && members > 0u && total != 0.0) { acc /= total; }
+        out[row * d + c] = acc;
+    }
 }
 
 #ifdef NEW_TOKENS

@@ -127,8 +127,10 @@ fn ranks_before(v: f32, col: u32, w: f32, o: u32) -> bool {
 
 struct Pick { v: f32, col: u32 }
 
-// Quantiles this close to the top are found by argmax rounds rather than a full sort.
-const QUICK_RANKS = 32u;
+// Ranks this close to the top are found by argmax rounds (each a tree of workgroup barriers)
+// rather than a full sort or per-entry rank counts; barriers are dear on CPU adapters (lavapipe:
+// two rounds beat both, four lose to the rank counts).
+const QUICK_RANKS = 2u;
 
 // The k-th entry of row r in rank order (k >= 1, k <= len): k rounds of a workgroup argmax over
 // the entries ranked after the previous round's pick; `before` gets the (k-1)-th (k >= 2).
@@ -230,8 +232,9 @@ fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         workgroupBarrier();
     }
     // fixed_k: the members rank at or before the fixed_k-th entry.
+    let quick_k = p.fixed_k != NONE && p.fixed_k > 0u && min(p.fixed_k, len) <= QUICK_RANKS;
     var kth = Pick(LOWEST, NONE);
-    if (p.fixed_k != NONE && p.fixed_k > 0u) {
+    if (quick_k) {
         var unused = Pick(0.0, NONE);
         kth = kth_ranked(r, len, min(p.fixed_k, len), lid, &unused);
     }
@@ -241,8 +244,14 @@ fn assign_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         var member = false;
         if (p.fixed_k == NONE) {
             member = v >= tau;
-        } else {
+        } else if (quick_k) {
             member = kth.col != NONE && (col == kth.col || ranks_before(v, col, kth.v, kth.col));
+        } else {
+            var rank = 0u;
+            for (var o = 0u; o < len && rank < p.fixed_k; o++) {
+                if (ranks_before(corr[at(r, o)], o, v, col)) { rank++; }
+            }
+            member = rank < p.fixed_k;
         }
         var wgt = 0.0;
         if (member) {

@@ -419,3 +419,40 @@ fn tome_budget_floor_follows_its_fixed_r() {
         );
     }
 }
+
+#[test]
+fn ablations_change_only_the_part_they_name() {
+    use ficoco::ops::reduce::TargetRule;
+    use ficoco::reduce::{Correlate, Filter, ReduceSpec};
+    let config = llava_7b();
+    let plan = |s: &str| s.parse::<ReduceSpec>().unwrap().plan(&config, TEXT);
+    let targets = |r: &ficoco::reduce::Reduction| match r.correlate {
+        Correlate::Attention { targets, .. } => targets,
+        _ => panic!("not an attention correlation"),
+    };
+    let penalty = |r: &ficoco::reduce::Reduction| match &r.filter {
+        Filter::Redundancy { local_penalty, .. } => local_penalty.is_some(),
+        _ => panic!("not a redundancy filter"),
+    };
+    let base = plan("ficoco-v:64").unwrap();
+    let pruned = plan("ficoco-v+k=0:64").unwrap();
+    let v = |p: &ficoco::reduce::Planned| p.plan.vision.clone().unwrap().reduction;
+    assert!(matches!(targets(&v(&base)), TargetRule::Quantile(_)));
+    assert_eq!(targets(&v(&pruned)), TargetRule::TopK(0));
+    assert!(penalty(&v(&pruned)));
+    assert_eq!(pruned.schedule.to_string(), base.schedule.to_string());
+    let both = plan("ficoco-v+k=1+no-penalty:64").unwrap();
+    assert_eq!(targets(&v(&both)), TargetRule::TopK(1));
+    assert!(!penalty(&v(&both)));
+    // A composition takes it where its part exists: FiCoCo-L has no local penalty.
+    let vl = plan("ficoco-vl+no-penalty:64").unwrap();
+    assert!(!penalty(&v(&vl)));
+    assert!(vl.plan.llm.is_some());
+    let message = invalid_argument(plan("tome+k=0:64").map(|p| p.schedule));
+    assert!(
+        message.contains("needs an attention correlation"),
+        "{message}"
+    );
+    let message = invalid_argument("ficoco-v+k=x".parse::<ReduceSpec>());
+    assert!(message.contains("unknown ablation \"k=x\""), "{message}");
+}

@@ -19,7 +19,7 @@ pub const SIZE: (u32, u32) = (1400, 560);
 const FONT: &str = "sans-serif";
 
 fn colour(i: usize) -> RGBColor {
-    const PALETTE: [(u8, u8, u8); 14] = [
+    const PALETTE: [(u8, u8, u8); 17] = [
         (214, 39, 40),
         (31, 119, 180),
         (44, 160, 44),
@@ -34,6 +34,9 @@ fn colour(i: usize) -> RGBColor {
         (120, 30, 120),
         (0, 90, 50),
         (200, 160, 0),
+        (255, 152, 150),
+        (152, 223, 138),
+        (110, 160, 230),
     ];
     let (r, g, b) = PALETTE[i % PALETTE.len()];
     RGBColor(r, g, b)

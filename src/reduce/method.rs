@@ -442,6 +442,67 @@ impl Reduction {
     }
 }
 
+/// An ablation of the FiCoCo papers' tables, written after the method name: `ficoco-v+k=0`
+/// prunes FiCoCo-V's sources instead of merging them, `ficoco-v+no-penalty` drops its local
+/// penalty; several may follow one another (`+k=1+no-penalty`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ablation {
+    /// A fixed number of targets per source instead of the adaptive quantile (0 prunes).
+    FixedK(usize),
+    /// No local penalty in the filter.
+    NoPenalty,
+}
+
+impl std::str::FromStr for Ablation {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "no-penalty" {
+            return Ok(Ablation::NoPenalty);
+        }
+        s.strip_prefix("k=")
+            .and_then(|k| k.parse().ok())
+            .map(Ablation::FixedK)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown ablation {s:?}: expected k=N (N targets per source, 0 prunes) or \
+                     no-penalty, e.g. ficoco-v+k=0"
+                ))
+            })
+    }
+}
+
+impl Ablation {
+    /// Whether `r` has what this ablation changes.
+    pub fn applies_to(self, r: &Reduction) -> bool {
+        match self {
+            Ablation::FixedK(_) => matches!(r.correlate, Correlate::Attention { .. }),
+            Ablation::NoPenalty => matches!(
+                r.filter,
+                Filter::Redundancy {
+                    local_penalty: Some(_),
+                    ..
+                }
+            ),
+        }
+    }
+
+    pub fn apply(self, r: Reduction) -> Reduction {
+        match self {
+            Ablation::FixedK(k) => r.with_fixed_k(k),
+            Ablation::NoPenalty => r.without_local_penalty(),
+        }
+    }
+
+    /// What a method needs for this ablation (for the error when it has none).
+    pub fn needs(self) -> &'static str {
+        match self {
+            Ablation::FixedK(_) => "an attention correlation (FiCoCo's) whose targets k=N fixes",
+            Ablation::NoPenalty => "a local penalty (FiCoCo-V's) to remove",
+        }
+    }
+}
+
 /// Method names accepted by `--method` / `--reduce`.
 pub const METHODS: &[&str] = &[
     "ficoco-v",

@@ -23,8 +23,8 @@ pub mod step;
 
 pub use crate::ops::reduce::PositionKind;
 pub use method::{
-    by_name, every_method, FicocoL, FicocoV, Pool, PruMerge, RandomDrop, SparseVlm, VisionZip,
-    AUTHORS_READINGS, METHODS, PLANNED_METHODS,
+    by_name, every_method, Ablation, FicocoL, FicocoV, Pool, PruMerge, RandomDrop, SparseVlm,
+    VisionZip, AUTHORS_READINGS, METHODS, PLANNED_METHODS,
 };
 pub use sites::{KvReduction, ProjectorReduction, ReductionPlan, SiteReduction, SiteScratch};
 pub use spec::{KvKeep, KvReduceSpec, Planned, ReduceSpec, KV_METHODS};

@@ -2,7 +2,7 @@
 //! scaled to the model's depth) and the budget, planned into a [`ReductionPlan`].
 
 use super::budget::{after_each_site, plan, Budget, Family, Spread, Stages};
-use super::method::{by_name, Pool, AUTHORS_READINGS, METHODS};
+use super::method::{by_name, Ablation, Pool, AUTHORS_READINGS, METHODS};
 use super::schedule::Schedule;
 use super::sites::{KvReduction, ReductionPlan};
 use super::stages::Reduction;
@@ -29,17 +29,17 @@ impl FromStr for ReduceSpec {
             Some((m, b)) => (m, b.parse()?),
             None => (s, Budget::Fraction(DEFAULT_FRACTION)),
         };
-        if !METHODS.contains(&method)
-            && !AUTHORS_READINGS.contains(&method)
-            && method != "ficoco-vl"
-        {
-            // by_name gives the precise error (unknown, or not yet on the GPU).
-            by_name(method)?;
-        }
-        Ok(ReduceSpec {
+        let spec = ReduceSpec {
             method: method.to_string(),
             budget,
-        })
+        };
+        let base = spec.base_method();
+        if !METHODS.contains(&base) && !AUTHORS_READINGS.contains(&base) && base != "ficoco-vl" {
+            // by_name gives the precise error (unknown, or not yet on the GPU).
+            by_name(base)?;
+        }
+        spec.ablations()?;
+        Ok(spec)
     }
 }
 
@@ -56,6 +56,16 @@ fn scaled(layer: usize, paper_depth: usize, depth: usize) -> usize {
 }
 
 impl ReduceSpec {
+    /// The method without its ablations (`ficoco-v` of `ficoco-v+k=0`).
+    pub fn base_method(&self) -> &str {
+        self.method.split('+').next().unwrap_or_default()
+    }
+
+    /// The ablations written after the method ([`Ablation`]).
+    pub fn ablations(&self) -> Result<Vec<Ablation>> {
+        self.method.split('+').skip(1).map(str::parse).collect()
+    }
+
     /// Where the method reduces (the papers' layers, scaled to this model's depth):
     /// - in the vision tower: FiCoCo-V from layer 12 of 24 to the layer the projector reads;
     ///   ToMe at every layer; EViT at layers 8, 14 and 20 of 24;
@@ -72,7 +82,7 @@ impl ReduceSpec {
         let llm_depth = config.text_config.num_hidden_layers;
         let vision_start = scaled(12, 24, vision_depth).min(vision_last);
         let llm = |l: usize| scaled(l, 32, llm_depth).min(llm_depth - 1);
-        Ok(Some(match self.method.as_str() {
+        Ok(Some(match self.base_method() {
             "none" => return Ok(None),
             "ficoco-v" | "ficoco-v@authors" => Family::Vision(Stages::range(vision_start, None)),
             "tome" => Family::Vision(Stages::range(0, None)),
@@ -124,7 +134,7 @@ impl ReduceSpec {
             });
         };
         let schedule = plan(&family, self.budget, config, text_tokens)?;
-        let (vision, projector, llm) = match self.method.as_str() {
+        let (vision, projector, llm) = match self.base_method() {
             "ficoco-vl" => (by_name("ficoco-v")?, None, by_name("ficoco-l")?),
             "ficoco-vl@authors" => (
                 by_name("ficoco-v@authors")?,
@@ -141,10 +151,28 @@ impl ReduceSpec {
                 }
             }
         };
+        let mut sites = [vision, projector, llm];
+        for a in self.ablations()? {
+            // A composition (FiCoCo-VL) takes an ablation at the sites that have its part.
+            if !sites.iter().flatten().any(|r| a.applies_to(r)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: this ablation needs {}; {} has none",
+                    self.method,
+                    a.needs(),
+                    self.base_method()
+                )));
+            }
+            for site in sites.iter_mut() {
+                if let Some(r) = site.take() {
+                    *site = Some(if a.applies_to(&r) { a.apply(r) } else { r });
+                }
+            }
+        }
+        let [vision, projector, llm] = sites;
         let mut plan = ReductionPlan::from_schedule(vision, projector, llm, &schedule);
         // The authors' FiCoCo-L code renumbers the positions after each reduction.
-        plan.renumber_positions = self.method.ends_with("@authors") && plan.llm.is_some();
-        if self.method == "tome" {
+        plan.renumber_positions = self.base_method().ends_with("@authors") && plan.llm.is_some();
+        if self.base_method() == "tome" {
             check_bipartite(&plan, config.visual_tokens())?;
         }
         Ok(Planned { plan, schedule })
