@@ -135,7 +135,8 @@ const QUICK_RANKS = 2u;
 // The k-th entry of row r in rank order (k >= 1, k <= len): k rounds of a workgroup argmax over
 // the entries ranked after the previous round's pick; `before` gets the (k-1)-th (k >= 2).
 fn kth_ranked(r: u32, len: u32, k: u32, lid: u32, before: ptr<function, Pick>) -> Pick {
-    var bound = Pick(bitcast<f32>(0x7f800000u), 0u);
+    // Round 0 takes any entry, so the first bound's value is never read.
+    var bound = Pick(0.0, NONE);
     for (var round = 0u; round < k; round++) {
         *before = bound;
         var best = Pick(LOWEST, NONE);

@@ -186,6 +186,14 @@ fn flops_display_scales_units() {
         small.to_string(),
         "7.000 MFLOPs = vision 2.000 + projector 0.000 + LLM prefill 5.000 + overhead 300.000 FLOPs"
     );
+    let overhead = Flops {
+        overhead: 999_484.0,
+        ..small
+    };
+    assert!(
+        overhead.to_string().ends_with("overhead 999.484 kFLOPs"),
+        "{overhead}"
+    );
 }
 
 #[test]

@@ -63,10 +63,17 @@ const browser = await chromium.launch({
     '--no-first-run', '--disable-quic'],
 });
 let failures = 0;
+let gpuErrors = 0;
 const results = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
-  page.on('console', (m) => console.log(`[page ${m.type()}] ${m.text()}`));
+  // WebGPU reports an invalid shader or pipeline on the console and goes on: count those.
+  page.on('console', (m) => {
+    console.log(`[page ${m.type()}] ${m.text()}`);
+    if (/Error while parsing WGSL|\[Invalid (ShaderModule|ComputePipeline|BindGroup|Buffer)/.test(m.text())) {
+      gpuErrors += 1;
+    }
+  });
   page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
   const waitState = async (states) => {
     await page.waitForFunction((s) => s.includes(document.body.dataset.state), states,
@@ -173,6 +180,10 @@ try {
     failures += await expectGpuError(await plain.newPage(), 'offers no GPU adapter');
   } finally {
     await plain.close();
+  }
+  if (gpuErrors > 0) {
+    failures += 1;
+    console.log(`FAIL: ${gpuErrors} WebGPU validation errors on the page (above)`);
   }
 } catch (e) {
   console.log(`FAIL: ${e.message}`);

@@ -88,10 +88,15 @@ impl Flops {
 
 /// The unit that suits `x`: TFLOPs for LLaVA-1.5's passes, MFLOPs for test models.
 fn unit(x: f64) -> (f64, &'static str) {
-    [(1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs")]
-        .into_iter()
-        .find(|(s, _)| x >= *s)
-        .unwrap_or((1.0, "FLOPs"))
+    [
+        (1e12, "TFLOPs"),
+        (1e9, "GFLOPs"),
+        (1e6, "MFLOPs"),
+        (1e3, "kFLOPs"),
+    ]
+    .into_iter()
+    .find(|(s, _)| x >= *s)
+    .unwrap_or((1.0, "FLOPs"))
 }
 
 impl fmt::Display for Flops {
