@@ -236,7 +236,19 @@ fn attention_gflops(
     for round in 0..4 {
         for (i, &v) in variants.iter().enumerate() {
             let s = timed(gpu, |b| {
-                ops::attention_with(b, v, &q, &kv, &kv, q_len, shape, &scratch, &out, None, None)
+                ops::attention(
+                    b,
+                    Some(v),
+                    &q,
+                    &kv,
+                    &kv,
+                    q_len,
+                    shape,
+                    &scratch,
+                    &out,
+                    None,
+                    None,
+                )
             })?;
             if round > 0 {
                 best[i] = best[i].min(s);

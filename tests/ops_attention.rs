@@ -3,7 +3,7 @@ mod common;
 use common::*;
 use ficoco::gpu::{AttentionVariant, DType, Gpu};
 use ficoco::ops::{
-    attention_with, rope, AttentionMap, AttentionScratch, AttentionShape, RopeScaling, RopeTable,
+    attention, rope, AttentionMap, AttentionScratch, AttentionShape, RopeScaling, RopeTable,
 };
 use ficoco::Error;
 
@@ -100,9 +100,9 @@ fn check_sized(
         let out = g.zeros(&[q_len, heads * hd], DType::F32, "out").unwrap();
         let probs = g.zeros(&[q_len, kv_len], DType::F32, "probs").unwrap();
         let mut b = g.batch();
-        let run = attention_with(
+        let run = attention(
             &mut b,
-            variant,
+            Some(variant),
             &tq,
             &tk,
             &tv,
@@ -187,7 +187,7 @@ fn scores_map_matches_cpu() {
             let mut b = g.batch();
             let m = Some((&map, AttentionMap::Scores));
             let (z, x) = (Some(&tz), variant);
-            let run = attention_with(&mut b, x, &tq, &tk, &tv, n, &s, &scratch, &out, m, z);
+            let run = attention(&mut b, Some(x), &tq, &tk, &tv, n, &s, &scratch, &out, m, z);
             if !runs_here(g, x) {
                 assert!(matches!(run, Err(Error::Unsupported(_))), "{run:?}");
                 continue;

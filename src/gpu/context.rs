@@ -61,6 +61,35 @@ fn parse_backend(name: &str) -> Result<wgpu::Backends> {
     })
 }
 
+/// `ALL`, `name()` and `FromStr` of a kernel-variant enum from its variants and their names.
+macro_rules! variant_names {
+    ($ty:ident, $what:literal, $($variant:ident => $name:literal),+) => {
+        impl $ty {
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                $ty::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+                    let names: Vec<&str> = $ty::ALL.iter().map(|v| v.name()).collect();
+                    Error::InvalidArgument(format!(
+                        "{} variant {s:?}: expected one of {}",
+                        $what,
+                        names.join(", ")
+                    ))
+                })
+            }
+        }
+    };
+}
+
 /// Matmul kernel shapes. Discrete GPUs and browsers want workgroup-memory tiles; llvmpipe-style
 /// CPU adapters run faster with register blocking and no workgroup memory (see README).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,30 +101,7 @@ pub enum MatmulVariant {
     Register,
 }
 
-impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Tiled, MatmulVariant::Register];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            MatmulVariant::Tiled => "tiled",
-            MatmulVariant::Register => "register",
-        }
-    }
-}
-
-impl std::str::FromStr for MatmulVariant {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        MatmulVariant::ALL
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "matmul variant {s:?}: expected one of tiled, register"
-                ))
-            })
-    }
-}
+variant_names!(MatmulVariant, "matmul", Tiled => "tiled", Register => "register");
 
 /// Attention kernel shapes (`shaders/attention.wgsl`). GPUs want the invocations of a workgroup
 /// to share each key and own output dims; CPU adapters want one query per invocation and no
@@ -105,35 +111,13 @@ pub enum AttentionVariant {
     /// 64 invocations per (4 queries, head): keys spread over invocations, online softmax with
     /// workgroup reductions, output dims owned by invocations.
     Shared,
-    /// One invocation per query, 64 queries per (workgroup, head), key/value tiles staged in
-    /// workgroup memory. Used for prefill only: a single query would leave 63 invocations idle.
+    /// One invocation per query, 64 queries per (workgroup, head), keys and values eight at a
+    /// time through `subgroupBroadcast` (needs subgroups of 8), no workgroup memory. Used for
+    /// prefill only: a single query would leave 63 invocations idle.
     Rows,
 }
 
-impl AttentionVariant {
-    pub const ALL: [AttentionVariant; 2] = [AttentionVariant::Shared, AttentionVariant::Rows];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AttentionVariant::Shared => "shared",
-            AttentionVariant::Rows => "rows",
-        }
-    }
-}
-
-impl std::str::FromStr for AttentionVariant {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        AttentionVariant::ALL
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "attention variant {s:?}: expected one of shared, rows"
-                ))
-            })
-    }
-}
+variant_names!(AttentionVariant, "attention", Shared => "shared", Rows => "rows");
 
 /// What the kernels may use on this device.
 #[derive(Clone, Debug)]

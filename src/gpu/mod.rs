@@ -86,8 +86,10 @@ pub struct Gpu {
     readback: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Held from a batch's arena write to its submit, so concurrent batches cannot interleave.
     submit_lock: Mutex<()>,
-    /// Per-kernel times while profiling ([`Gpu::start_profile`]).
+    /// Per-kernel times while profiling ([`Gpu::start_profile`]); the flag spares every
+    /// dispatch the lock when not profiling.
     profile: Mutex<Option<HashMap<&'static str, KernelTime>>>,
+    profiling: std::sync::atomic::AtomicBool,
 }
 
 /// The time one kernel entry point took over the dispatches of a profile.
@@ -134,6 +136,7 @@ impl Gpu {
             readback: Mutex::default(),
             submit_lock: Mutex::default(),
             profile: Mutex::default(),
+            profiling: Default::default(),
         })
     }
 
@@ -376,10 +379,14 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn start_profile(&self) {
         *self.profile.lock().unwrap() = Some(HashMap::new());
+        self.profiling
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stop profiling; the time per entry point since [`Gpu::start_profile`], slowest first.
     pub fn take_profile(&self) -> Vec<KernelTime> {
+        self.profiling
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let mut times: Vec<KernelTime> = self
             .profile
             .lock()
@@ -392,7 +399,7 @@ impl Gpu {
     }
 
     pub(crate) fn profiling(&self) -> bool {
-        self.profile.lock().unwrap().is_some()
+        self.profiling.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn record_kernel_time(&self, entry: &'static str, ms: f64) {

@@ -382,6 +382,7 @@ impl Decoder {
             };
             ops::attention(
                 b,
+                None,
                 &q,
                 &lc.k,
                 &lc.v,

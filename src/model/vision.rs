@@ -377,6 +377,7 @@ impl VisionTower {
             let key_sizes = sizes.filter(|_| merged).map(|z| z.view(&[t]));
             ops::attention(
                 b,
+                None,
                 &q,
                 &k,
                 &v,

@@ -63,11 +63,13 @@ struct Params {
 /// (row = query). `key_sizes [kv_len]` (ToMe's proportional attention) weighs each key by the
 /// number of tokens it stands for.
 ///
-/// The kernel is the device's [`AttentionVariant`] for prefill, [`AttentionVariant::Shared`] for
-/// a single query; [`attention_with`] names one.
+/// `variant` names the kernel; `None` takes the device's [`AttentionVariant`] for prefill and
+/// [`AttentionVariant::Shared`] for a single query or a head size that is no multiple of 4
+/// (`rows` loads heads in vec4s).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Batch,
+    variant: Option<AttentionVariant>,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -78,32 +80,11 @@ pub fn attention(
     map: Option<(&Tensor, AttentionMap)>,
     key_sizes: Option<&Tensor>,
 ) -> Result<()> {
-    let variant = match q.shape().first() {
+    let variant = variant.unwrap_or(match q.shape().first() {
         Some(1) => AttentionVariant::Shared,
-        // Rows takes head sizes in vec4s.
         _ if shape.head_dim % 4 != 0 => AttentionVariant::Shared,
         _ => b.gpu().caps.attention,
-    };
-    attention_with(
-        b, variant, q, k, v, kv_len, shape, scratch, out, map, key_sizes,
-    )
-}
-
-/// [`attention`] with the kernel variant named.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_with(
-    b: &mut Batch,
-    variant: AttentionVariant,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    kv_len: usize,
-    shape: &AttentionShape,
-    scratch: &AttentionScratch,
-    out: &Tensor,
-    map: Option<(&Tensor, AttentionMap)>,
-    key_sizes: Option<&Tensor>,
-) -> Result<()> {
+    });
     let s = shape;
     if s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
         return Err(Error::InvalidArgument(format!(

@@ -18,7 +18,7 @@ pub mod reduce;
 pub mod rope;
 pub mod sample;
 
-pub use attention::{attention, attention_with, AttentionMap, AttentionScratch, AttentionShape};
+pub use attention::{attention, AttentionMap, AttentionScratch, AttentionShape};
 pub use elementwise::{activate, add, copy_rows, gather_rows, silu_mul, Activation};
 pub use embed::{embed, EmbeddingTable};
 pub use matmul::{matmul, matmul_with, Epilogue, MatmulPath, WeightFormat, WeightMatrix};
