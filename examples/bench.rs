@@ -896,9 +896,30 @@ fn gguf_bench(
             );
         }
     }
+    // Per-kernel time of decode steps: a one-token prompt and 4 more, each dispatch waited alone.
+    gpu.start_profile();
+    let steps = 5;
+    let short = GenerateOptions {
+        max_new_tokens: steps,
+        ..gen.clone()
+    };
+    pollster::block_on(model.generate(&ids[..1], &short, |_| true))?;
+    let decode_kernels: Vec<serde_json::Value> = gpu
+        .take_profile()
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "entry": k.entry,
+                "calls_per_token": k.calls as f64 / steps as f64,
+                "ms_per_token": k.ms / steps as f64,
+            })
+        })
+        .collect();
     let (_, peak) = gpu.memory();
     let kv = model.kv_cache_bytes();
     let read = model.decode_read_bytes();
+    drop(model);
+    let matvecs = gguf_matvecs(&gpu, file)?;
     let gbps = read as f64 / (decode / 1e3) / 1e9;
     let peers = if peers {
         let py = std::env::var("FICOCO_PYTHON").unwrap_or(".venv/bin/python".into());
@@ -938,6 +959,8 @@ fn gguf_bench(
         "peak_gpu_bytes": peak,
         "peak_over_tensors_kv": peak as f64 / (tensor_bytes + kv) as f64,
         "peers": peers,
+        "decode_kernels": decode_kernels,
+        "matvecs": matvecs,
     });
     if json {
         println!("{report}");
@@ -952,8 +975,66 @@ fn gguf_bench(
         1e3 / decode,
         peak as f64 / (tensor_bytes + kv) as f64
     );
+    println!("\n| mat-vec (type, K x N) | ms | GB/s |");
+    println!("|---|---|---|");
+    for r in &matvecs {
+        println!(
+            "| {} {} x {} | {:.2} | {:.2} |",
+            r["type"].as_str().unwrap_or(""),
+            r["k"],
+            r["n"],
+            r["ms"].as_f64().unwrap_or(0.0),
+            r["gb_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!("\n| decode kernel (profiled, each dispatch alone) | calls / token | ms / token |");
+    println!("|---|---|---|");
+    for k in &decode_kernels {
+        println!(
+            "| {} | {} | {:.2} |",
+            k["entry"].as_str().unwrap_or(""),
+            k["calls_per_token"],
+            k["ms_per_token"].as_f64().unwrap_or(0.0)
+        );
+    }
     if !peers.is_null() {
         println!("peers: {peers}");
     }
     Ok(())
+}
+
+/// The mat-vec of each distinct (type, K, N) among a GGUF file's quantised 2-D tensors, alone:
+/// one row of x, best of 5, GB/s of the matrix's GPU bytes.
+fn gguf_matvecs(gpu: &Gpu, file: &Path) -> ficoco::Result<Vec<serde_json::Value>> {
+    let g = ficoco::model::Gguf::open(file)?;
+    let mut seen = Vec::new();
+    let mut rows = Vec::new();
+    for t in g.tensors() {
+        let key = (t.ty, t.dims.clone());
+        if t.dims.len() != 2 || !t.ty.is_quantized() || seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let (k, n) = (t.dims[0], t.dims[1]);
+        let w = WeightMatrix::from_ggml(gpu, t.ty, g.data(t), n, k, &t.name)?;
+        let x = gpu.upload_f32(&vec![0.5; k], &[1, k], "x")?;
+        let y = gpu.zeros(&[1, n], DType::F32, "y")?;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            let mut b = gpu.batch();
+            ops::matmul(&mut b, &x, &w, None, Epilogue::None, &y)?;
+            b.submit();
+            gpu.wait()?;
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        rows.push(serde_json::json!({
+            "type": t.ty.name(),
+            "k": k,
+            "n": n,
+            "ms": best * 1e3,
+            "gb_per_s": w.bytes() as f64 / best / 1e9,
+        }));
+    }
+    Ok(rows)
 }

@@ -2,7 +2,7 @@
 // One invocation per output element (index = (wid.x + wid.y * nwg.x) * WG + lid).
 // Bindings: 0 params {n, dim, row_start, rows, vocab}; 1 ids u32 [n]; 2 out f32 [n, dim] (write);
 // 3 table rows [row_start, row_start + rows) x dim: f32, or with W_F16 f16 packed two per u32
-// (low half first), or with QUANT GGML blocks (ggml_blocks.wgsl; `row_words` words per row).
+// (low half first), or with QUANT GGML rows (ggml_blocks.wgsl; `row_words` words per row).
 // Each chunk's dispatch writes only ids inside its rows; the first chunk's dispatch also writes
 // zeros for ids >= vocab so nothing is read out of bounds. With QUANT (entry qembed) each
 // invocation writes 8 consecutive values of a row (dim is a multiple of 32).
@@ -13,7 +13,7 @@ struct Params { n: u32, dim: u32, row_start: u32, rows: u32, vocab: u32, row_wor
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 #ifdef QUANT
-@group(0) @binding(3) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 #include "ggml_blocks"
 #else
 #ifdef W_F16
@@ -40,7 +40,7 @@ fn qembed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     if (id < p.row_start || id >= p.row_start + p.rows) { return; }
     let e = i % p.dim;
-    let v = deq8((id - p.row_start) * p.row_words + (e / QK) * BW, e % QK);
+    let v = deq8(row_ref((id - p.row_start) * p.row_words, p.dim / QK), e / QK, e % QK);
     for (var j = 0u; j < 4u; j++) {
         out[i + j] = v.a[j];
         out[i + 4u + j] = v.b[j];

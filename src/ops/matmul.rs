@@ -13,8 +13,8 @@ use crate::{Error, Result};
 pub enum WeightFormat {
     /// `[K, N]` (PyTorch's `[out, in]` transposed), columns padded to a multiple of 4.
     Dense(DType),
-    /// llama.cpp's layout: one row of blocks along K per output column, each block padded to
-    /// [`GgmlType::gpu_words`] words.
+    /// llama.cpp's blocks, one row along K per output column, in the GPU row layout of
+    /// [`GgmlType::to_gpu_rows`] ([`GgmlType::gpu_row_words`] words per row).
     Blocks(GgmlType),
 }
 
@@ -116,7 +116,7 @@ impl WeightMatrix {
                 "{label}: rows of {k} values; quantised kernels need a multiple of 32"
             )));
         }
-        let row_words = k / ty.block_elems() * ty.gpu_words();
+        let row_words = ty.gpu_row_words(k);
         let max_rows = (gpu.caps.max_binding / (row_words as u64 * 4)) as usize;
         if max_rows == 0 {
             return Err(Error::Unsupported(format!(
@@ -127,7 +127,7 @@ impl WeightMatrix {
         let mut col = 0;
         while col < n {
             let cols = max_rows.min(n - col);
-            let words = ty.to_gpu_words(&bytes[col * row_bytes..(col + cols) * row_bytes])?;
+            let words = ty.to_gpu_rows(&bytes[col * row_bytes..(col + cols) * row_bytes], k)?;
             let data = gpu.upload_u32(&words, &[cols, row_words], label)?;
             chunks.push(Chunk { col, cols, data });
             col += cols;
@@ -453,8 +453,11 @@ fn quant_matmul(
         MatmulPath::MatVecSplit => ("qmatvec_split", 1, [4, 1]),
         MatmulPath::Matrix(MatmulVariant::Tiled) => ("qmatmul_tiled", 4, [64, 64]),
     };
+    // The lanes kernel shares each block's activations through subgroup broadcasts where it can.
+    let sg = entry == "qmatmul_lanes" && b.gpu().caps.subgroups_of_eight();
     let kernel = block_defines(Kernel::new("matmul_quant", entry), ty)
         .flag("X_VEC4")
+        .flag_if("SG_X", sg)
         .define("XR", format!("{}u", xr.clamp(1, 4)))
         .flag_if("HAS_BIAS", bias.is_some());
     let kernel = epilogue.flags(kernel);
@@ -496,8 +499,15 @@ pub(crate) fn block_defines(k: Kernel, ty: GgmlType) -> Kernel {
         GgmlType::Q6K => "T_Q6_K",
         other => unreachable!("{} is not a block type", other.name()),
     };
-    k.flag(flag)
+    let k = k
+        .flag(flag)
         .flag_if("KQUANT_SCALES", matches!(ty, GgmlType::Q4K | GgmlType::Q5K))
-        .define("QK", format!("{}u", ty.block_elems()))
-        .define("BW", format!("{}u", ty.gpu_words()))
+        .define("QK", format!("{}u", ty.block_elems()));
+    if ty.block_elems() == 32 {
+        k.flag("SPLIT_ROWS")
+            .flag_if("SCALE_PAIRS", matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1))
+            .flag_if("HIGH_BITS", matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1))
+    } else {
+        k.define("BW", format!("{}u", ty.gpu_block_words()))
+    }
 }

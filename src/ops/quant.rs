@@ -1,7 +1,7 @@
 //! GGML block formats (as in GGUF files): each row of a weight matrix is a run of blocks along
 //! the input dimension, every block holding its scales and packed integers. This module knows
-//! the byte layout of each format and dequantises blocks on the CPU; the GPU kernels read the
-//! same bytes directly.
+//! the byte layout of each format, dequantises blocks on the CPU and lays rows out for the GPU
+//! kernels, which read the same bytes (regrouped by field, nothing widened).
 
 use crate::{Error, Result};
 use half::f16;
@@ -96,40 +96,87 @@ impl GgmlType {
         self.block_elems() > 1
     }
 
-    /// u32 words one block takes on the GPU: the bytes padded so every field is word-aligned
-    /// (layouts in `shaders/ggml_blocks.wgsl`).
-    pub fn gpu_words(self) -> usize {
-        (self.block_bytes() + 2 * usize::from(self.pad_after_scale())).div_ceil(4)
+    /// u32 words one K-quant block takes on the GPU: its bytes, padded so every field is
+    /// word-aligned (layouts in `shaders/ggml_blocks.wgsl`).
+    pub fn gpu_block_words(self) -> usize {
+        self.block_bytes().div_ceil(4)
     }
 
-    /// Q4_0, Q5_0 and Q8_0 start with one f16 scale: 2 pad bytes after it align what follows.
-    fn pad_after_scale(self) -> bool {
-        matches!(self, Self::Q4_0 | Self::Q5_0 | Self::Q8_0)
+    /// u32 words one row of `k` values takes on the GPU, a multiple of 4 so that every row
+    /// starts on 16 bytes (`k` a whole number of blocks). 32-value types are split by field
+    /// (scales, high bits, packed values; see [`Self::to_gpu_rows`]); K-quants keep their blocks.
+    pub fn gpu_row_words(self, k: usize) -> usize {
+        let nb = k / self.block_elems();
+        let pad4 = |n: usize| n.next_multiple_of(4);
+        match self {
+            Self::Q4_0 => pad4(nb.div_ceil(2)) + 4 * nb,
+            Self::Q4_1 => pad4(nb) + 4 * nb,
+            Self::Q5_0 => pad4(nb.div_ceil(2)) + pad4(nb) + 4 * nb,
+            Self::Q5_1 => 2 * pad4(nb) + 4 * nb,
+            Self::Q8_0 => pad4(nb.div_ceil(2)) + 8 * nb,
+            _ => pad4(nb * self.gpu_block_words()),
+        }
     }
 
-    /// Whole blocks in file order to the GPU layout of [`Self::gpu_words`] words per block.
-    pub fn to_gpu_words(self, bytes: &[u8]) -> Result<Vec<u32>> {
+    /// Rows of `k` values in file order to the GPU layout, [`Self::gpu_row_words`] per row.
+    /// A row of a 32-value type becomes, each part padded to whole 16-byte words:
+    /// its scales (f16 `d`, two per word, or for Q4_1 / Q5_1 one word of `d`, `m` per block),
+    /// for Q5 types one word of high bits per block, then the packed values (16 bytes of
+    /// nibbles, or Q8_0's 32 bytes) per block, so a kernel fetches each block's values with
+    /// one or two 16-byte loads. A K-quant row keeps its blocks (see `shaders/ggml_blocks.wgsl`).
+    pub fn to_gpu_rows(self, bytes: &[u8], k: usize) -> Result<Vec<u32>> {
         let bb = self.block_bytes();
-        if !self.is_quantized() || bytes.len() % bb != 0 {
+        let row_bytes = self.bytes_for(k)?;
+        if !self.is_quantized() || bytes.len() % row_bytes != 0 {
             return Err(Error::InvalidArgument(format!(
-                "{}: {} bytes are not whole quantised blocks",
+                "{}: {} bytes are not whole rows of {k} quantised values",
                 self.name(),
                 bytes.len()
             )));
         }
-        let words = self.gpu_words();
-        let mut out = vec![0u32; bytes.len() / bb * words];
-        let mut block = vec![0u8; words * 4];
-        for (src, dst) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(words)) {
-            block.fill(0);
-            if self.pad_after_scale() {
-                block[..2].copy_from_slice(&src[..2]);
-                block[4..4 + bb - 2].copy_from_slice(&src[2..]);
-            } else {
-                block[..bb].copy_from_slice(src);
+        let (nb, rw) = (k / self.block_elems(), self.gpu_row_words(k));
+        let mut out = vec![0u32; bytes.len() / row_bytes * rw];
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let half = |b: &[u8]| u32::from(u16::from_le_bytes([b[0], b[1]]));
+        for (src, dst) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(rw)) {
+            if self.block_elems() == 256 {
+                let bw = self.gpu_block_words();
+                for (blk, d) in src.chunks_exact(bb).zip(dst.chunks_exact_mut(bw)) {
+                    let mut padded = [0u8; 212];
+                    padded[..bb].copy_from_slice(blk);
+                    for (w, b) in d.iter_mut().zip(padded.chunks_exact(4)) {
+                        *w = word(b);
+                    }
+                }
+                continue;
             }
-            for (w, b) in dst.iter_mut().zip(block.chunks_exact(4)) {
-                *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let pair = matches!(self, Self::Q4_1 | Self::Q5_1);
+            let scale_words = if pair { nb } else { nb.div_ceil(2) }.next_multiple_of(4);
+            let has_qh = matches!(self, Self::Q5_0 | Self::Q5_1);
+            let qh_words = if has_qh { nb.next_multiple_of(4) } else { 0 };
+            let (scales, rest) = dst.split_at_mut(scale_words);
+            let (qh, quants) = rest.split_at_mut(qh_words);
+            let qw = if self == Self::Q8_0 { 8 } else { 4 };
+            for (i, blk) in src.chunks_exact(bb).enumerate() {
+                let at = if pair {
+                    scales[i] = word(blk);
+                    4
+                } else {
+                    scales[i / 2] |= half(blk) << (16 * (i % 2));
+                    2
+                };
+                let at = if has_qh {
+                    qh[i] = word(&blk[at..]);
+                    at + 4
+                } else {
+                    at
+                };
+                for (w, b) in quants[i * qw..(i + 1) * qw]
+                    .iter_mut()
+                    .zip(blk[at..].chunks_exact(4))
+                {
+                    *w = word(b);
+                }
             }
         }
         Ok(out)
