@@ -1004,7 +1004,7 @@ fn gguf_bench(
 }
 
 /// The mat-vec of each distinct (type, K, N) among a GGUF file's quantised 2-D tensors, alone:
-/// one row of x, best of 5, GB/s of the matrix's GPU bytes.
+/// one row of x, best of 20, GB/s of the matrix's GPU bytes.
 fn gguf_matvecs(gpu: &Gpu, file: &Path) -> ficoco::Result<Vec<serde_json::Value>> {
     let g = ficoco::model::Gguf::open(file)?;
     let mut seen = Vec::new();
@@ -1020,7 +1020,7 @@ fn gguf_matvecs(gpu: &Gpu, file: &Path) -> ficoco::Result<Vec<serde_json::Value>
         let x = gpu.upload_f32(&vec![0.5; k], &[1, k], "x")?;
         let y = gpu.zeros(&[1, n], DType::F32, "y")?;
         let mut best = f64::MAX;
-        for _ in 0..5 {
+        for _ in 0..20 {
             let t0 = Instant::now();
             let mut b = gpu.batch();
             ops::matmul(&mut b, &x, &w, None, Epilogue::None, &y)?;

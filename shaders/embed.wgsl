@@ -40,7 +40,7 @@ fn qembed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     if (id < p.row_start || id >= p.row_start + p.rows) { return; }
     let e = i % p.dim;
-    let v = deq8(row_ref((id - p.row_start) * p.row_words, p.dim / QK), e / QK, e % QK);
+    let v = deq8(row_ref((id - p.row_start) * p.row_words, p.dim / QK), e / 32u, (e % 32u) / 4u);
     for (var j = 0u; j < 4u; j++) {
         out[i + j] = v.a[j];
         out[i + 4u + j] = v.b[j];

@@ -1,10 +1,13 @@
 // ggml_blocks.wgsl (included): dequantisation of GGML weight rows for the quantised matmul /
-// mat-vec and embedding kernels, 8 consecutive values at a time (deq8) or, for 32-value types,
-// a whole block's integers at once (block_quants, block_scale, group_q).
+// mat-vec and embedding kernels. Every type is read in units of 32 consecutive values of a row
+// (unit u holds values 32u .. 32u + 32), fetched in 16-byte loads a step of UNITS units at a time
+// (step_load) or one unit at a time (unit_step); step_unit and step_scale give one unit's packed
+// integers and scales, group_q the integers of its values 4g .. 4g + 4 (g = 0..7); deq8 gives 8
+// dequantised values.
 // The includer declares `w: array<vec4<u32>>` (the rows) and defines exactly one type flag
 // (T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0, T_Q4_K, T_Q5_K, T_Q6_K), QK (values per block) and
 // either SPLIT_ROWS (32-value types; with SCALE_PAIRS for Q4_1 / Q5_1 and HIGH_BITS for Q5_0 /
-// Q5_1) or BW (u32 words per K-quant block).
+// Q5_1) or BW (u32 words per K-quant block, a multiple of 4).
 // Every row starts on a 16-byte word (rows are padded to a multiple of 4 u32 words).
 // SPLIT_ROWS, a row of nb blocks is three parts, each padded to whole 16-byte words:
 //   scales   Q4_0, Q5_0, Q8_0: f16 d of block b in half b % 2 of word b / 2;
@@ -12,10 +15,10 @@
 //   qh       Q5_0, Q5_1 only: one word per block, bit j = 5th bit of value j
 //   values   per block 4 words of nibbles (value j: byte j % 16, high nibble if j >= 16) or,
 //            for Q8_0, 8 words of signed bytes
-// K-quant rows are llama.cpp's blocks, BW words each, fields word-aligned:
+// K-quant rows are llama.cpp's blocks of 256 values, fields word-aligned, each block padded to BW:
 //   Q4_K (36 words) d, dmin f16; 12 bytes of 6-bit sub-block scales/mins; 128 bytes of nibbles
 //   Q5_K (44 words) as Q4_K, with 32 bytes of 5th bits (qh) before the nibbles
-//   Q6_K (53 words) 128 bytes low nibbles, 64 bytes 2-bit highs, 16 signed scales, d f16, 2 pad
+//   Q6_K (56 words) 128 bytes low nibbles, 64 bytes 2-bit highs, 16 signed scales, d f16, pad
 // Value j of a block: x = d*q (+ m, or - dmin*min, per type), as ggml defines each format.
 
 struct V8 { a: vec4<f32>, b: vec4<f32> }
@@ -24,21 +27,34 @@ const BYTE_SHIFTS = vec4<u32>(0u, 8u, 16u, 24u);
 
 fn word(i: u32) -> u32 { return w[i >> 2u][i & 3u]; }
 
-fn half_lo(v: u32) -> f32 { return unpack2x16float(v).x; }
-
-// Byte i of the words from `base` on.
-fn byte_at(base: u32, i: u32) -> u32 { return (word(base + i / 4u) >> (8u * (i % 4u))) & 255u; }
-
-// Bytes 4i .. 4i+8 of the words at `base`, one per lane of two vec4s.
-fn bytes8(base: u32, i: u32) -> array<vec4<u32>, 2> {
-    return array<vec4<u32>, 2>((vec4<u32>(word(base + i)) >> BYTE_SHIFTS) & vec4<u32>(255u),
-                               (vec4<u32>(word(base + i + 1u)) >> BYTE_SHIFTS) & vec4<u32>(255u));
-}
+// Byte i (0..16) of a 16-byte word.
+fn byte_of(v: vec4<u32>, i: u32) -> u32 { return (v[i / 4u] >> (8u * (i % 4u))) & 255u; }
 
 // Where the parts of one row start, in words.
 struct RowRef { base: u32, scales: u32, qh: u32, values: u32 }
 
+// A unit's packed integers: lo (and hi) are 16-byte words of its values, hlo / hhi those of its
+// high bits; shift and hshift select the nibble or bits of each byte that belong to the unit.
+struct QB { lo: vec4<u32>, hi: vec4<u32>, hlo: vec4<u32>, hhi: vec4<u32>, shift: u32, hshift: u32 }
+
+// The words of a step: UNITS consecutive units of a row whose integers and scales share loads
+// (1 for 32-value types, 2 for Q4_K / Q5_K, a half block of 4 for Q6_K). Which word holds what
+// is the type's business; step_unit and step_scale take unit i (0..UNITS) apart.
+struct Step { a: vec4<u32>, b: vec4<u32>, c: vec4<u32>, d: vec4<u32>, e: vec4<u32>, f: vec4<u32>,
+              s: vec4<u32>, first: u32, dw: u32 }
+
+// Word gi (0..8) of a 32-byte pair.
+fn pick(lo: vec4<u32>, hi: vec4<u32>, gi: u32) -> u32 { return select(hi[gi % 4u], lo[gi % 4u], gi < 4u); }
+
+fn nibbles(lo: vec4<u32>, hi: vec4<u32>, g: u32, shift: u32) -> vec4<u32> {
+    return (vec4<u32>(pick(lo, hi, g)) >> (BYTE_SHIFTS + vec4<u32>(shift))) & vec4<u32>(15u);
+}
+
+fn i8_of(v: vec4<u32>, i: u32) -> f32 { return f32(bitcast<i32>(byte_of(v, i) << 24u) >> 24u); }
+
 #ifdef SPLIT_ROWS
+const UNITS = 1u;
+
 fn pad4(n: u32) -> u32 { return (n + 3u) & ~3u; }
 
 #ifdef SCALE_PAIRS
@@ -63,135 +79,180 @@ fn row_ref(base: u32, nb: u32) -> RowRef {
     return RowRef(base, base, qh, qh + qh_words(nb));
 }
 
-// (d, c) of block `blk`: its values are d * q + c for the integers q of group_q.
-fn block_scale(r: RowRef, blk: u32) -> vec2<f32> {
+// a (and b for Q8_0): the block's values; e.x: its high bits; s.x: its scale word.
+fn step_load(r: RowRef, u: u32) -> Step {
+    let v = (r.values + u * QW) >> 2u;
+    let z = vec4<u32>(0u);
 #ifdef SCALE_PAIRS
-    return unpack2x16float(word(r.scales + blk));
+    let sw = word(r.scales + u);
 #else
-    let d = unpack2x16float(word(r.scales + blk / 2u))[blk % 2u];
+    let sw = word(r.scales + u / 2u);
+#endif
+#ifdef T_Q8_0
+    let hi = w[v + 1u];
+#else
+    let hi = z;
+#endif
+#ifdef HIGH_BITS
+    let qh = vec4<u32>(word(r.qh + u));
+#else
+    let qh = z;
+#endif
+    return Step(w[v], hi, z, z, qh, z, vec4<u32>(sw), u, 0u);
+}
+
+fn unit_step(r: RowRef, u: u32) -> Step { return step_load(r, u); }
+
+fn step_unit(t: Step, i: u32) -> QB { return QB(t.a, t.b, t.e, t.f, 0u, 0u); }
+
+// (d0, d1, c0, c1): values of groups 0..3 are d0 q + c0, of groups 4..7 d1 q + c1.
+fn step_scale(t: Step, i: u32) -> vec4<f32> {
+#ifdef SCALE_PAIRS
+    let dm = unpack2x16float(t.s.x);
+    return vec4<f32>(dm.x, dm.x, dm.y, dm.y);
+#else
+    let d = unpack2x16float(t.s.x)[t.first % 2u];
 #ifdef T_Q4_0
-    return vec2<f32>(d, -8.0 * d);
+    return vec4<f32>(d, d, -8.0 * d, -8.0 * d);
 #endif
 #ifdef T_Q5_0
-    return vec2<f32>(d, -16.0 * d);
+    return vec4<f32>(d, d, -16.0 * d, -16.0 * d);
 #endif
 #ifdef T_Q8_0
-    return vec2<f32>(d, 0.0);
+    return vec4<f32>(d, d, 0.0, 0.0);
 #endif
 #endif
 }
 
-// A block's packed integers: lo (and, for Q8_0, hi) are its value words, h its 5th bits.
-struct QB { lo: vec4<u32>, hi: vec4<u32>, h: u32 }
-
-fn block_quants(r: RowRef, blk: u32) -> QB {
-    let v = (r.values + blk * QW) >> 2u;
-#ifdef T_Q8_0
-    return QB(w[v], w[v + 1u], 0u);
-#else
-#ifdef HIGH_BITS
-    return QB(w[v], vec4<u32>(0u), word(r.qh + blk));
-#else
-    return QB(w[v], vec4<u32>(0u), 0u);
-#endif
-#endif
-}
-
-// The integers of values 4g .. 4g+4 of a block (g = 0..7, a constant at every call).
 fn group_q(b: QB, g: u32) -> vec4<f32> {
 #ifdef T_Q8_0
-    let v = select(b.hi[g % 4u], b.lo[g % 4u], g < 4u);
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+    let v = vec4<u32>(pick(b.lo, b.hi, g));
+    return vec4<f32>(bitcast<vec4<i32>>(v << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 #else
     // Values 4g.. are the low nibbles of word g for g < 4, the high nibbles of word g - 4 after.
     let q = (vec4<u32>(b.lo[g % 4u]) >> (BYTE_SHIFTS + vec4<u32>(4u * (g / 4u)))) & vec4<u32>(15u);
 #ifdef HIGH_BITS
-    let h = ((vec4<u32>(b.h >> (4u * g)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
+    let h = ((vec4<u32>(b.hlo.x >> (4u * g)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
     return vec4<f32>(q | h);
 #else
     return vec4<f32>(q);
 #endif
 #endif
 }
-
-fn deq8(r: RowRef, blk: u32, j: u32) -> V8 {
-    let s = block_scale(r, blk);
-    let b = block_quants(r, blk);
-    let g = j / 4u;
-    return V8(group_q(b, g) * s.x + s.y, group_q(b, g + 1u) * s.x + s.y);
-}
 #else
 fn row_ref(base: u32, nb: u32) -> RowRef { return RowRef(base, base, base, base); }
-#endif
 
-#ifdef KQUANT_SCALES
-// The 6-bit scale and min of sub-block `sb` (0..8) from the 12 scale bytes at words 1..4.
-fn scale_min(base: u32, sb: u32) -> vec2<f32> {
-    let s = base + 1u;
-    if (sb < 4u) {
-        return vec2<f32>(f32(byte_at(s, sb) & 63u), f32(byte_at(s, sb + 4u) & 63u));
-    }
-    let x = byte_at(s, sb + 4u);
-    return vec2<f32>(f32((x & 15u) | ((byte_at(s, sb - 4u) >> 6u) << 4u)),
-                     f32((x >> 4u) | ((byte_at(s, sb) >> 6u) << 4u)));
-}
-#endif
-
-#ifdef T_Q4_K
-fn deq8(r: RowRef, blk: u32, j: u32) -> V8 {
-    let base = r.base + blk * BW;
-    // Groups of 64 values: sub-block 2g in the low nibbles of 32 bytes, 2g+1 in the high ones.
-    let g = j / 64u;
-    let hi = (j / 32u) % 2u;
-    let l = j % 32u;
-    let dm = unpack2x16float(word(base));
-    let sm = scale_min(base, 2u * g + hi);
-    let q = bytes8(base + 4u, (g * 32u + l) / 4u);
-    let s = vec4<u32>(4u * hi);
-    let dl = dm.x * sm.x;
-    let ml = dm.y * sm.y;
-    return V8(vec4<f32>((q[0] >> s) & vec4<u32>(15u)) * dl - ml,
-              vec4<f32>((q[1] >> s) & vec4<u32>(15u)) * dl - ml);
-}
-#endif
-
-#ifdef T_Q5_K
-fn deq8(r: RowRef, blk: u32, j: u32) -> V8 {
-    let base = r.base + blk * BW;
-    let g = j / 64u;
-    let hi = (j / 32u) % 2u;
-    let l = j % 32u;
-    let sb = 2u * g + hi;
-    let dm = unpack2x16float(word(base));
-    let sm = scale_min(base, sb);
-    let q = bytes8(base + 12u, (g * 32u + l) / 4u);
-    let qh = bytes8(base + 4u, l / 4u);
-    let s = vec4<u32>(4u * hi);
-    let hs = vec4<u32>(sb);
-    let dl = dm.x * sm.x;
-    let ml = dm.y * sm.y;
-    return V8(vec4<f32>(((q[0] >> s) & vec4<u32>(15u)) | (((qh[0] >> hs) & vec4<u32>(1u)) << vec4<u32>(4u))) * dl - ml,
-              vec4<f32>(((q[1] >> s) & vec4<u32>(15u)) | (((qh[1] >> hs) & vec4<u32>(1u)) << vec4<u32>(4u))) * dl - ml);
-}
-#endif
+// 16-byte word i of block `blk` of the row.
+fn block_vec(r: RowRef, blk: u32, i: u32) -> vec4<u32> { return w[((r.base + blk * BW) >> 2u) + i]; }
 
 #ifdef T_Q6_K
-fn deq8(r: RowRef, blk: u32, j: u32) -> V8 {
-    let base = r.base + blk * BW;
-    // Halves of 128 values; quarter qq of a half takes low nibbles of ql[l] / ql[l+32]
-    // (qq 0, 1) or their high nibbles (qq 2, 3), and bits 2qq..2qq+2 of qh[l].
-    let h = j / 128u;
-    let qq = (j % 128u) / 32u;
-    let l = j % 32u;
-    let ql = bytes8(base, (h * 64u + l + 32u * (qq % 2u)) / 4u);
-    let qh = bytes8(base + 32u, (h * 32u + l) / 4u);
-    let sc_byte = byte_at(base + 48u, h * 8u + l / 16u + 2u * qq);
-    let sc = f32(bitcast<i32>(sc_byte << 24u) >> 24u);
-    let d = half_lo(word(base + 52u)) * sc;
-    let s = vec4<u32>(4u * (qq / 2u));
-    let hs = vec4<u32>(2u * qq);
-    let a = ((ql[0] >> s) & vec4<u32>(15u)) | (((qh[0] >> hs) & vec4<u32>(3u)) << vec4<u32>(4u));
-    let b = ((ql[1] >> s) & vec4<u32>(15u)) | (((qh[1] >> hs) & vec4<u32>(3u)) << vec4<u32>(4u));
-    return V8((vec4<f32>(a) - 32.0) * d, (vec4<f32>(b) - 32.0) * d);
+// A step is half h of a block: its 64 ql bytes (a..d; quarter qq takes the low nibbles of
+// bytes 32 (qq % 2) + l for qq < 2, the high nibbles after), its 32 qh bytes (e, f; bits 2qq
+// of byte l), the block's 16 scales (s; quarter qq scales values l < 16 by scale 8h + 2qq and
+// the rest by the next) and d (dw). Unit i of the step is quarter i.
+const UNITS = 4u;
+
+fn step_load(r: RowRef, st: u32) -> Step {
+    let blk = st / 2u;
+    let h = st % 2u;
+    return Step(block_vec(r, blk, 4u * h), block_vec(r, blk, 4u * h + 1u),
+                block_vec(r, blk, 4u * h + 2u), block_vec(r, blk, 4u * h + 3u),
+                block_vec(r, blk, 8u + 2u * h), block_vec(r, blk, 9u + 2u * h),
+                block_vec(r, blk, 12u), 8u * h, block_vec(r, blk, 13u).x);
+}
+
+// The words unit u needs, where step_unit(_, u % 4) looks for them.
+fn unit_step(r: RowRef, u: u32) -> Step {
+    let blk = u / 8u;
+    let h = (u / 4u) % 2u;
+    let ql = 4u * h + 2u * (u % 2u);
+    let lo = block_vec(r, blk, ql);
+    let hi = block_vec(r, blk, ql + 1u);
+    return Step(lo, hi, lo, hi, block_vec(r, blk, 8u + 2u * h), block_vec(r, blk, 9u + 2u * h),
+                block_vec(r, blk, 12u), 8u * h, block_vec(r, blk, 13u).x);
+}
+
+fn step_unit(t: Step, i: u32) -> QB {
+    let odd = i % 2u == 1u;
+    return QB(select(t.a, t.c, odd), select(t.b, t.d, odd), t.e, t.f, 4u * (i / 2u), 2u * i);
+}
+
+fn step_scale(t: Step, i: u32) -> vec4<f32> {
+    let d = unpack2x16float(t.dw).x;
+    let d0 = d * i8_of(t.s, t.first + 2u * i);
+    let d1 = d * i8_of(t.s, t.first + 2u * i + 1u);
+    return vec4<f32>(d0, d1, -32.0 * d0, -32.0 * d1);
+}
+
+fn group_q(b: QB, g: u32) -> vec4<f32> {
+    let h = (vec4<u32>(pick(b.hlo, b.hhi, g)) >> (BYTE_SHIFTS + vec4<u32>(b.hshift))) & vec4<u32>(3u);
+    return vec4<f32>(nibbles(b.lo, b.hi, g, b.shift) | (h << vec4<u32>(4u)));
+}
+#else
+// Q4_K / Q5_K: a step is group g of a block, sub-blocks 2g and 2g + 1 (units 0 and 1): the low
+// and the high nibbles of its 32 bytes (a, b), scaled by d * scale - dmin * min (6-bit, packed
+// in the header's words 1..3: s); Q5_K's 5th bits are bit (sub-block) of the 32 qh bytes (e, f).
+const UNITS = 2u;
+#ifdef T_Q5_K
+const QS_AT = 3u;   // the nibbles start at word 12, after 32 bytes of high bits at word 4
+#else
+const QS_AT = 1u;
+#endif
+
+fn step_load(r: RowRef, st: u32) -> Step {
+    let blk = st / 4u;
+    let g = st % 4u;
+    let z = vec4<u32>(0u);
+#ifdef T_Q5_K
+    let e = block_vec(r, blk, 1u);
+    let f = block_vec(r, blk, 2u);
+#else
+    let e = z;
+    let f = z;
+#endif
+    return Step(block_vec(r, blk, QS_AT + 2u * g), block_vec(r, blk, QS_AT + 2u * g + 1u), z, z,
+                e, f, block_vec(r, blk, 0u), 2u * g, 0u);
+}
+
+fn unit_step(r: RowRef, u: u32) -> Step { return step_load(r, u / 2u); }
+
+fn step_unit(t: Step, i: u32) -> QB { return QB(t.a, t.b, t.e, t.f, 4u * i, t.first + i); }
+
+fn step_scale(t: Step, i: u32) -> vec4<f32> {
+    let sb = t.first + i;
+    let dm = unpack2x16float(t.s.x);
+    let sv = vec4<u32>(t.s.y, t.s.z, t.s.w, 0u);
+    var sm: vec2<f32>;
+    if (sb < 4u) {
+        sm = vec2<f32>(f32(byte_of(sv, sb) & 63u), f32(byte_of(sv, sb + 4u) & 63u));
+    } else {
+        let x = byte_of(sv, sb + 4u);
+        sm = vec2<f32>(f32((x & 15u) | ((byte_of(sv, sb - 4u) >> 6u) << 4u)),
+                       f32((x >> 4u) | ((byte_of(sv, sb) >> 6u) << 4u)));
+    }
+    let d = dm.x * sm.x;
+    let c = -dm.y * sm.y;
+    return vec4<f32>(d, d, c, c);
+}
+
+fn group_q(b: QB, g: u32) -> vec4<f32> {
+    let q = nibbles(b.lo, b.hi, g, b.shift);
+#ifdef T_Q5_K
+    let h = (vec4<u32>(pick(b.hlo, b.hhi, g)) >> (BYTE_SHIFTS + vec4<u32>(b.hshift))) & vec4<u32>(1u);
+    return vec4<f32>(q | (h << vec4<u32>(4u)));
+#else
+    return vec4<f32>(q);
+#endif
 }
 #endif
+#endif
+
+// Values 4g .. 4g + 8 of unit u (g even).
+fn deq8(r: RowRef, u: u32, g: u32) -> V8 {
+    let t = unit_step(r, u);
+    let s = step_scale(t, u % UNITS);
+    let b = step_unit(t, u % UNITS);
+    let d = select(s.y, s.x, g < 4u);
+    let c = select(s.w, s.z, g < 4u);
+    return V8(group_q(b, g) * d + c, group_q(b, g + 1u) * d + c);
+}

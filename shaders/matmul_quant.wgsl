@@ -7,11 +7,10 @@
 // Entry points:
 //   qmatmul_lanes   64 invocations, each owning 4 consecutive W rows (output columns) and XR <= 4
 //                   rows of x (grid.y steps over blocks of 4 rows), in named accumulators, no
-//                   workgroup memory. 32-value types go a block per step (its values in one or
-//                   two 16-byte loads, the scale applied once to the block's integer dot
-//                   product; with SG_X the x values come by subgroup broadcast); K-quants go 8
-//                   values per step, each group used XR times and every x load 4 times.
-//                   CPU adapters (llvmpipe), for mat-vec and prefill.
+//                   workgroup memory; a step of UNITS units of 32 values at a time (integers
+//                   and scales in 16-byte loads shared by the step's units, the scales applied
+//                   once per half unit to integer dot products; with SG_X the x values come by
+//                   subgroup broadcast). CPU adapters (llvmpipe), for mat-vec and prefill.
 //   qmatvec_split   64 x 4 invocations: 4 W rows per workgroup, 64 lanes along K of each, partial
 //                   sums reduced in workgroup memory; grid.y = row of x (m <= 4). GPU decode.
 //   qmatmul_tiled   16 x 16 invocations, 64 x 64 output tile, 4 x 4 per invocation; per K-step
@@ -26,18 +25,11 @@
 
 fn row_at(c: u32) -> RowRef { return row_ref(min(c, p.n - 1u) * p.ldw4, p.k / QK); }
 
-// The dot products of 8 x values with 8 values of each of 4 W rows.
-fn mac8(x: V8, w0: V8, w1: V8, w2: V8, w3: V8) -> vec4<f32> {
-    return vec4<f32>(dot(w0.a, x.a) + dot(w0.b, x.b), dot(w1.a, x.a) + dot(w1.b, x.b),
-                     dot(w2.a, x.a) + dot(w2.b, x.b), dot(w3.a, x.a) + dot(w3.b, x.b));
-}
-
 fn dot8(v: V8, base: u32, k: u32) -> f32 {
     return dot(v.a, x4(base, k)) + dot(v.b, x4(base, k + 4u));
 }
 
-#ifdef SPLIT_ROWS
-// The 32 activations of one block, 4 per field.
+// The 32 activations of one unit, 4 per field.
 struct X32 { v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
              v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32> }
 
@@ -56,19 +48,46 @@ fn x32(base: u32, kb: u32, lane: u32) -> X32 {
 #endif
 }
 
-// Sum of a block's integers times its activations.
-fn qdot(b: QB, x: X32) -> f32 {
-    return dot(group_q(b, 0u), x.v0) + dot(group_q(b, 1u), x.v1) + dot(group_q(b, 2u), x.v2)
-         + dot(group_q(b, 3u), x.v3) + dot(group_q(b, 4u), x.v4) + dot(group_q(b, 5u), x.v5)
-         + dot(group_q(b, 6u), x.v6) + dot(group_q(b, 7u), x.v7);
+// One unit of one W row against x: with scales (d0, d1, c0, c1) and sums (sx0, sx1) of the two
+// halves of x, d0 (q . x over groups 0..3) + d1 (q . x over 4..7) + c0 sx0 + c1 sx1.
+fn unit_dot(b: QB, s: vec4<f32>, x: X32, sx: vec2<f32>) -> f32 {
+    let t0 = dot(group_q(b, 0u), x.v0) + dot(group_q(b, 1u), x.v1) + dot(group_q(b, 2u), x.v2)
+           + dot(group_q(b, 3u), x.v3);
+    let t1 = dot(group_q(b, 4u), x.v4) + dot(group_q(b, 5u), x.v5) + dot(group_q(b, 6u), x.v6)
+           + dot(group_q(b, 7u), x.v7);
+    return dot(s, vec4<f32>(t0, t1, sx));
 }
 
-// One block of 4 W rows against one x row: sum d q x + c x = d (q . x) + c (sum of x).
-fn block_mac(x: X32, q0: QB, q1: QB, q2: QB, q3: QB, d: vec4<f32>, c: vec4<f32>) -> vec4<f32> {
-    let sx = dot(x.v0 + x.v1 + x.v2 + x.v3 + x.v4 + x.v5 + x.v6 + x.v7, vec4<f32>(1.0));
-    return d * vec4<f32>(qdot(q0, x), qdot(q1, x), qdot(q2, x), qdot(q3, x)) + c * sx;
+// One unit of 4 W rows against one x row.
+fn unit_mac(x: X32, q0: QB, q1: QB, q2: QB, q3: QB, s0: vec4<f32>, s1: vec4<f32>, s2: vec4<f32>,
+            s3: vec4<f32>) -> vec4<f32> {
+    let one = vec4<f32>(1.0);
+    let sx = vec2<f32>(dot(x.v0 + x.v1 + x.v2 + x.v3, one), dot(x.v4 + x.v5 + x.v6 + x.v7, one));
+    return vec4<f32>(unit_dot(q0, s0, x, sx), unit_dot(q1, s1, x, sx), unit_dot(q2, s2, x, sx),
+                     unit_dot(q3, s3, x, sx));
 }
-#endif
+
+// Per x row, 4 W rows' sums.
+struct Acc { r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32> }
+
+// acc plus unit i of the steps t0..t3 (4 W rows) against the XR x rows at xr, values kb ...
+fn unit_rows(acc: Acc, xr: vec4<u32>, kb: u32, lane: u32, t0: Step, t1: Step, t2: Step, t3: Step,
+             i: u32) -> Acc {
+    let q0 = step_unit(t0, i);
+    let q1 = step_unit(t1, i);
+    let q2 = step_unit(t2, i);
+    let q3 = step_unit(t3, i);
+    let s0 = step_scale(t0, i);
+    let s1 = step_scale(t1, i);
+    let s2 = step_scale(t2, i);
+    let s3 = step_scale(t3, i);
+    var a = acc;
+    a.r0 += unit_mac(x32(xr.x, kb, lane), q0, q1, q2, q3, s0, s1, s2, s3);
+    if (XR > 1u) { a.r1 += unit_mac(x32(xr.y, kb, lane), q0, q1, q2, q3, s0, s1, s2, s3); }
+    if (XR > 2u) { a.r2 += unit_mac(x32(xr.z, kb, lane), q0, q1, q2, q3, s0, s1, s2, s3); }
+    if (XR > 3u) { a.r3 += unit_mac(x32(xr.w, kb, lane), q0, q1, q2, q3, s0, s1, s2, s3); }
+    return a;
+}
 
 @compute @workgroup_size(64)
 fn qmatmul_lanes(@builtin(global_invocation_id) g: vec3<u32>
@@ -76,6 +95,11 @@ fn qmatmul_lanes(@builtin(global_invocation_id) g: vec3<u32>
                  , @builtin(subgroup_invocation_id) sid: u32
 #endif
                  ) {
+#ifdef SG_X
+    let lane = sid % 8u;
+#else
+    let lane = 0u;
+#endif
     // No early exit past the last column: with SG_X every lane takes part in the broadcasts;
     // such lanes re-read the last W row and store nothing.
     let c0 = g.x * 4u;
@@ -89,55 +113,30 @@ fn qmatmul_lanes(@builtin(global_invocation_id) g: vec3<u32>
     let x1 = min(r0 + 1u, last) * p.k;
     let x2 = min(r0 + 2u, last) * p.k;
     let x3 = min(r0 + 3u, last) * p.k;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-#ifdef SPLIT_ROWS
-#ifdef SG_X
-    let lane = sid % 8u;
-#else
-    let lane = 0u;
+    let xr = vec4<u32>(x0, x1, x2, x3);
+    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    // A step of UNITS units of 32 values: each W row's integers and scales in 16-byte loads
+    // shared by the step's units (unrolled by hand: llvmpipe runs a loop over them, even of
+    // constant length, under execution masks, at up to half the speed).
+    for (var st = 0u; st < p.k / (32u * UNITS); st++) {
+        let t0 = step_load(rw0, st);
+        let t1 = step_load(rw1, st);
+        let t2 = step_load(rw2, st);
+        let t3 = step_load(rw3, st);
+        let kb = st * UNITS * 32u;
+        acc = unit_rows(acc, xr, kb, lane, t0, t1, t2, t3, 0u);
+#ifndef SPLIT_ROWS
+        acc = unit_rows(acc, xr, kb + 32u, lane, t0, t1, t2, t3, 1u);
+#ifdef T_Q6_K
+        acc = unit_rows(acc, xr, kb + 64u, lane, t0, t1, t2, t3, 2u);
+        acc = unit_rows(acc, xr, kb + 96u, lane, t0, t1, t2, t3, 3u);
 #endif
-    // A whole block per step: each W row's values in one or two 16-byte loads, its scale once.
-    for (var blk = 0u; blk < p.k / 32u; blk++) {
-        let kb = blk * 32u;
-        let q0 = block_quants(rw0, blk);
-        let q1 = block_quants(rw1, blk);
-        let q2 = block_quants(rw2, blk);
-        let q3 = block_quants(rw3, blk);
-        let s0 = block_scale(rw0, blk);
-        let s1 = block_scale(rw1, blk);
-        let s2 = block_scale(rw2, blk);
-        let s3 = block_scale(rw3, blk);
-        let d = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
-        let c = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
-        acc0 += block_mac(x32(x0, kb, lane), q0, q1, q2, q3, d, c);
-        if (XR > 1u) { acc1 += block_mac(x32(x1, kb, lane), q0, q1, q2, q3, d, c); }
-        if (XR > 2u) { acc2 += block_mac(x32(x2, kb, lane), q0, q1, q2, q3, d, c); }
-        if (XR > 3u) { acc3 += block_mac(x32(x3, kb, lane), q0, q1, q2, q3, d, c); }
-    }
-#else
-    for (var kb = 0u; kb < p.k; kb += QK) {
-        let blk = kb / QK;
-        for (var j = 0u; j < QK; j += 8u) {
-            let k = kb + j;
-            let w0 = deq8(rw0, blk, j);
-            let w1 = deq8(rw1, blk, j);
-            let w2 = deq8(rw2, blk, j);
-            let w3 = deq8(rw3, blk, j);
-            // Each x row's 8 values are loaded once and used by the 4 W rows.
-            acc0 += mac8(V8(x4(x0, k), x4(x0, k + 4u)), w0, w1, w2, w3);
-            if (XR > 1u) { acc1 += mac8(V8(x4(x1, k), x4(x1, k + 4u)), w0, w1, w2, w3); }
-            if (XR > 2u) { acc2 += mac8(V8(x4(x2, k), x4(x2, k + 4u)), w0, w1, w2, w3); }
-            if (XR > 3u) { acc3 += mac8(V8(x4(x3, k), x4(x3, k + 4u)), w0, w1, w2, w3); }
-        }
-    }
 #endif
-    store4(r0, g.x, acc0);
-    if (XR > 1u) { store4(r0 + 1u, g.x, acc1); }
-    if (XR > 2u) { store4(r0 + 2u, g.x, acc2); }
-    if (XR > 3u) { store4(r0 + 3u, g.x, acc3); }
+    }
+    store4(r0, g.x, acc.r0);
+    if (XR > 1u) { store4(r0 + 1u, g.x, acc.r1); }
+    if (XR > 2u) { store4(r0 + 2u, g.x, acc.r2); }
+    if (XR > 3u) { store4(r0 + 3u, g.x, acc.r3); }
 }
 
 var<workgroup> partial: array<f32, 256>;
@@ -151,7 +150,7 @@ fn qmatvec_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     // Lane l.x takes values 8 l.x .. 8 l.x + 8 of every 512: neighbouring lanes read
     // neighbouring words of a block.
     for (var k = l.x * 8u; k < p.k; k += 512u) {
-        acc += dot8(deq8(row, k / QK, k % QK), xb, k);
+        acc += dot8(deq8(row, k / 32u, (k % 32u) / 4u), xb, k);
     }
     let slot = l.y * 64u + l.x;
     partial[slot] = acc;
@@ -186,7 +185,7 @@ fn qmatmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             tile_x[i] = x4(r * p.k, k0 + (i % 8u) * 4u);
         }
         let k = k0 + wq;
-        let v = deq8(wrow, k / QK, k % QK);
+        let v = deq8(wrow, k / 32u, (k % 32u) / 4u);
         for (var j = 0u; j < 4u; j++) {
             tile_w[(wq + j) * 16u + wc / 4u][wc % 4u] = v.a[j];
             tile_w[(wq + 4u + j) * 16u + wc / 4u][wc % 4u] = v.b[j];

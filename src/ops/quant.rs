@@ -96,10 +96,14 @@ impl GgmlType {
         self.block_elems() > 1
     }
 
-    /// u32 words one K-quant block takes on the GPU: its bytes, padded so every field is
-    /// word-aligned (layouts in `shaders/ggml_blocks.wgsl`).
+    /// u32 words one K-quant block takes on the GPU: its bytes, padded to a multiple of 4 words
+    /// (layouts in `shaders/ggml_blocks.wgsl`).
     pub fn gpu_block_words(self) -> usize {
-        self.block_bytes().div_ceil(4)
+        match self {
+            // 210 bytes, padded to whole 16-byte words so every block starts on one.
+            Self::Q6K => 56,
+            _ => self.block_bytes().div_ceil(4),
+        }
     }
 
     /// u32 words one row of `k` values takes on the GPU, a multiple of 4 so that every row
@@ -142,7 +146,7 @@ impl GgmlType {
             if self.block_elems() == 256 {
                 let bw = self.gpu_block_words();
                 for (blk, d) in src.chunks_exact(bb).zip(dst.chunks_exact_mut(bw)) {
-                    let mut padded = [0u8; 212];
+                    let mut padded = [0u8; 224];
                     padded[..bb].copy_from_slice(blk);
                     for (w, b) in d.iter_mut().zip(padded.chunks_exact(4)) {
                         *w = word(b);
