@@ -15,12 +15,33 @@
 //                    K-step of 8 and subgroupBroadcast shares it, instead of every lane loading all
 //                    8: llvmpipe turns each per-lane storage load into ~13 scalar instructions.
 //   matvec           m = MV_ROWS <= 4 (decode): 64 vec4 columns x KSPLIT slices of K per workgroup,
-//                    partial sums combined in workgroup memory.
+//                    partial sums combined in workgroup memory (GPUs).
+//   matvec_lanes     m = MV_ROWS <= 4 (decode, CPU adapters; W_COLS8, columns padded to 8): each
+//                    of 64 invocations owns 8 columns, read 16 bytes (f16) at a time along K, no
+//                    workgroup memory; with SG_X each lane of 8 loads one activation of a K-step
+//                    of 8 and subgroupBroadcast shares it.
 
 #include "matmul_common"
 
 // load_w4: 4 columns from vec4 column c4 of row k (tiled, matvec). load_wc: the WC columns at
 // index i = row * ldwc + column group (matmul_register).
+#ifdef W_COLS8
+// load_w8: the 8 columns of group c8 of row k (matvec_lanes); rows hold ldw4 / 2 groups.
+#ifdef W_F16
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+fn load_w8(k: u32, c8: u32) -> array<vec4<f32>, 2> {
+    let q = w[k * (p.ldw4 / 2u) + c8];
+    return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+                               vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+}
+#else
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+fn load_w8(k: u32, c8: u32) -> array<vec4<f32>, 2> {
+    let i = k * p.ldw4 + 2u * c8;
+    return array<vec4<f32>, 2>(w[i], w[i + 1u]);
+}
+#endif
+#else
 #ifdef W_F16
 #ifdef W_COLS2
 @group(0) @binding(2) var<storage, read> w: array<u32>;
@@ -56,7 +77,9 @@ fn load_w4(k: u32, c4: u32) -> vec4<f32> {
 fn load_wc(i: u32) -> vec4<f32> { return w[i]; }
 #endif
 #endif
+#endif
 
+#ifndef W_COLS8
 // ---------------------------------------------------------------- tiled
 
 var<workgroup> tile_a: array<f32, 1024>;       // [64 rows][16 k]
@@ -285,6 +308,94 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             store4(r, c4, s);
         }
         workgroupBarrier();
+    }
+}
+#endif
+#endif  // W_COLS8
+
+#ifdef W_COLS8
+// acc + x(lane t) * w_t over t = 0..8 for the K-step whose activations lane t holds (SG_X), or
+// the 8 activations from k on.
+struct Acc8 { a: vec4<f32>, b: vec4<f32> }
+
+fn mac8(acc: Acc8, x: f32, xb: u32, k: u32, w0: array<vec4<f32>, 2>, w1: array<vec4<f32>, 2>,
+        w2: array<vec4<f32>, 2>, w3: array<vec4<f32>, 2>, w4: array<vec4<f32>, 2>,
+        w5: array<vec4<f32>, 2>, w6: array<vec4<f32>, 2>, w7: array<vec4<f32>, 2>) -> Acc8 {
+#ifdef SG_X
+    let x0 = subgroupBroadcast(x, 0u);
+    let x1 = subgroupBroadcast(x, 1u);
+    let x2 = subgroupBroadcast(x, 2u);
+    let x3 = subgroupBroadcast(x, 3u);
+    let x4 = subgroupBroadcast(x, 4u);
+    let x5 = subgroupBroadcast(x, 5u);
+    let x6 = subgroupBroadcast(x, 6u);
+    let x7 = subgroupBroadcast(x, 7u);
+#else
+    let kmax = p.k - 1u;
+    let x0 = select(0.0, xs(xb + min(k, kmax)), k < p.k);
+    let x1 = select(0.0, xs(xb + min(k + 1u, kmax)), k + 1u < p.k);
+    let x2 = select(0.0, xs(xb + min(k + 2u, kmax)), k + 2u < p.k);
+    let x3 = select(0.0, xs(xb + min(k + 3u, kmax)), k + 3u < p.k);
+    let x4 = select(0.0, xs(xb + min(k + 4u, kmax)), k + 4u < p.k);
+    let x5 = select(0.0, xs(xb + min(k + 5u, kmax)), k + 5u < p.k);
+    let x6 = select(0.0, xs(xb + min(k + 6u, kmax)), k + 6u < p.k);
+    let x7 = select(0.0, xs(xb + min(k + 7u, kmax)), k + 7u < p.k);
+#endif
+    return Acc8(acc.a + x0 * w0[0] + x1 * w1[0] + x2 * w2[0] + x3 * w3[0] + x4 * w4[0] + x5 * w5[0]
+                      + x6 * w6[0] + x7 * w7[0],
+                acc.b + x0 * w0[1] + x1 * w1[1] + x2 * w2[1] + x3 * w3[1] + x4 * w4[1] + x5 * w5[1]
+                      + x6 * w6[1] + x7 * w7[1]);
+}
+
+@compute @workgroup_size(64)
+fn matvec_lanes(@builtin(global_invocation_id) g: vec3<u32>
+#ifdef SG_X
+                , @builtin(subgroup_invocation_id) sid: u32
+#endif
+                ) {
+    // No early exit past the last group: with SG_X every lane takes part in the broadcasts.
+    let c8 = min(g.x, p.ldw4 / 2u - 1u);
+    let last = p.m - 1u;
+    let o1 = min(1u, last) * p.k;
+    let o2 = min(2u, last) * p.k;
+    let o3 = min(3u, last) * p.k;
+    let zero = Acc8(vec4<f32>(0.0), vec4<f32>(0.0));
+    var a0 = zero;
+    var a1 = zero;
+    var a2 = zero;
+    var a3 = zero;
+    let kmax = p.k - 1u;
+    // K in steps of 8; weight rows past the end are clamped (their activations are 0).
+    for (var kb = 0u; kb < p.k; kb += 8u) {
+        let w0 = load_w8(min(kb, kmax), c8);
+        let w1 = load_w8(min(kb + 1u, kmax), c8);
+        let w2 = load_w8(min(kb + 2u, kmax), c8);
+        let w3 = load_w8(min(kb + 3u, kmax), c8);
+        let w4 = load_w8(min(kb + 4u, kmax), c8);
+        let w5 = load_w8(min(kb + 5u, kmax), c8);
+        let w6 = load_w8(min(kb + 6u, kmax), c8);
+        let w7 = load_w8(min(kb + 7u, kmax), c8);
+#ifdef SG_X
+        let kx = kb + sid % 8u;
+        let ok = kx < p.k;
+        let kc = min(kx, kmax);
+        a0 = mac8(a0, select(0.0, xs(kc), ok), 0u, kb, w0, w1, w2, w3, w4, w5, w6, w7);
+        if (MV_ROWS > 1u) { a1 = mac8(a1, select(0.0, xs(o1 + kc), ok), o1, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (MV_ROWS > 2u) { a2 = mac8(a2, select(0.0, xs(o2 + kc), ok), o2, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (MV_ROWS > 3u) { a3 = mac8(a3, select(0.0, xs(o3 + kc), ok), o3, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
+#else
+        a0 = mac8(a0, 0.0, 0u, kb, w0, w1, w2, w3, w4, w5, w6, w7);
+        if (MV_ROWS > 1u) { a1 = mac8(a1, 0.0, o1, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (MV_ROWS > 2u) { a2 = mac8(a2, 0.0, o2, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (MV_ROWS > 3u) { a3 = mac8(a3, 0.0, o3, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
+#endif
+    }
+    if (g.x < p.ldw4 / 2u) {
+        store4(0u, 2u * g.x, a0.a);
+        store4(0u, 2u * g.x + 1u, a0.b);
+        if (MV_ROWS > 1u) { store4(1u, 2u * g.x, a1.a); store4(1u, 2u * g.x + 1u, a1.b); }
+        if (MV_ROWS > 2u) { store4(2u, 2u * g.x, a2.a); store4(2u, 2u * g.x + 1u, a2.b); }
+        if (MV_ROWS > 3u) { store4(3u, 2u * g.x, a3.a); store4(3u, 2u * g.x + 1u, a3.b); }
     }
 }
 #endif

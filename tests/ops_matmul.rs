@@ -143,10 +143,18 @@ fn subgroup_tiles_are_refused_without_subgroups() {
 #[test]
 fn matvec_matches_cpu() {
     for g in [gpu(), portable_gpu()] {
-        for (m, k, n) in [(1, 64, 96), (3, 40, 36), (4, 257, 129), (2, 1000, 300)] {
-            for dtype in [DType::F32, DType::F16] {
-                for (i, e) in EPIS.into_iter().enumerate() {
-                    check(g, MatmulPath::MatVec, m, k, n, dtype, e, i % 2 == 1);
+        for path in [MatmulPath::MatVec, MatmulPath::MatVecSplit] {
+            for (m, k, n) in [
+                (1, 64, 96),
+                (3, 40, 36),
+                (4, 257, 129),
+                (2, 1000, 300),
+                (1, 13, 5),
+            ] {
+                for dtype in [DType::F32, DType::F16] {
+                    for (i, e) in EPIS.into_iter().enumerate() {
+                        check(g, path, m, k, n, dtype, e, i % 2 == 1);
+                    }
                 }
             }
         }
@@ -163,10 +171,11 @@ fn weights_above_the_binding_limit_are_split() {
     let w = rand_vec(300 * 64, 9, 1.0);
     let tw = WeightMatrix::from_out_in(&g, &w, 300, 64, DType::F32, "w").unwrap();
     assert!(tw.chunks() >= 4, "{} chunks", tw.chunks());
-    for path in [MatmulPath::MatVec].into_iter().chain(matrix_paths(&g)) {
+    let matvecs = [MatmulPath::MatVec, MatmulPath::MatVecSplit];
+    for path in matvecs.into_iter().chain(matrix_paths(&g)) {
         for dtype in [DType::F32, DType::F16] {
             check(&g, path, 3, 64, 300, dtype, Epilogue::None, true);
-            if path != MatmulPath::MatVec {
+            if !matvecs.contains(&path) {
                 check(&g, path, 13, 64, 300, dtype, Epilogue::Accumulate, false);
             }
         }

@@ -86,13 +86,20 @@ fn gelu(v: f64) -> f64 {
 /// dot products of the oracle's dequantised values.
 #[test]
 fn gpu_kernels_match_the_oracle_values() {
-    let g = common::gpu();
-    let paths = [
+    let lanes = [
         (MatmulPath::MatVec, &[1usize, 3][..]),
-        (MatmulPath::MatVecSplit, &[1, 4][..]),
         (MatmulPath::Matrix(MatmulVariant::Register), &[5, 37][..]),
+    ];
+    let split = [
+        (MatmulPath::MatVecSplit, &[1usize, 4][..]),
         (MatmulPath::Matrix(MatmulVariant::Tiled), &[5, 70][..]),
     ];
+    kernels_match_the_oracle_values(common::gpu(), &[&lanes[..], &split[..]].concat());
+    // Without subgroups the lanes kernel loads every activation instead of broadcasting.
+    kernels_match_the_oracle_values(common::portable_gpu(), &lanes);
+}
+
+fn kernels_match_the_oracle_values(g: &Gpu, paths: &[(MatmulPath, &[usize])]) {
     for (name, ty) in TYPES {
         let blocks = if ty.block_elems() == 256 { 2 } else { 5 };
         let n = 13;
@@ -100,7 +107,7 @@ fn gpu_kernels_match_the_oracle_values() {
         let (wb, wv) = tiled_matrix(name, ty, n, blocks);
         let w = WeightMatrix::from_ggml(g, ty, &wb, n, k, name).unwrap();
         assert_eq!(w.format(), WeightFormat::Blocks(ty));
-        for (path, ms) in paths {
+        for &(path, ms) in paths {
             for &m in ms {
                 for (bias, e) in [(false, Epilogue::None), (true, Epilogue::Gelu)] {
                     let x = common::rand_vec(m * k, m as u64, 1.0);

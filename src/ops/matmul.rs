@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// How a [`WeightMatrix`] is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
-    /// `[K, N]` (PyTorch's `[out, in]` transposed), columns padded to a multiple of 4.
+    /// `[K, N]` (PyTorch's `[out, in]` transposed), columns padded to a multiple of 8.
     Dense(DType),
     /// llama.cpp's blocks, one row along K per output column, in the GPU row layout of
     /// [`GgmlType::to_gpu_rows`] ([`GgmlType::gpu_row_words`] words per row).
@@ -47,7 +47,7 @@ impl WeightMatrix {
         if data.len() != n * k || n == 0 || k == 0 {
             return Err(Error::shape(label, format!("[{n}, {k}]"), data.len()));
         }
-        let max_cols = (gpu.caps.max_binding / dtype.bytes(k).max(1)) as usize & !3;
+        let max_cols = (gpu.caps.max_binding / dtype.bytes(k).max(1)) as usize & !7;
         if max_cols == 0 {
             return Err(Error::Unsupported(format!(
                 "{label}: one column of {k} values exceeds the storage binding limit"
@@ -57,7 +57,8 @@ impl WeightMatrix {
         let mut col = 0;
         while col < n {
             let cols = max_cols.min(n - col);
-            let padded = cols.next_multiple_of(4);
+            // Whole groups of 8 columns: matvec_lanes reads 8 at a time.
+            let padded = cols.next_multiple_of(8);
             let mut t = vec![0f32; k * padded];
             for c in 0..cols {
                 let src = &data[(col + c) * k..(col + c + 1) * k];
@@ -206,10 +207,11 @@ pub enum MatmulPath {
     Matrix(MatmulVariant),
     /// `matmul_register` with an explicit tile (tests, tuning).
     Register(RegisterTile),
-    /// For M <= 4 rows. With quantised weights: `qmatmul_lanes` on CPU adapters,
-    /// [`MatmulPath::MatVecSplit`] elsewhere.
+    /// For M <= 4 rows, each invocation owning a few output columns along all of K, no
+    /// workgroup memory (`matvec_lanes`, `qmatmul_lanes`): chosen on CPU adapters.
     MatVec,
-    /// Quantised weights only: the mat-vec with 64 lanes along K of each row (GPU decode).
+    /// For M <= 4 rows, K split over the lanes of a workgroup and reduced in workgroup memory
+    /// (`matvec`, `qmatvec_split`): chosen on GPUs.
     MatVecSplit,
 }
 
@@ -321,8 +323,13 @@ pub fn matmul(
         };
         return matmul_with(b, path, x, w, bias, epilogue, out);
     }
+    let cpu = b.gpu().info.device_type == wgpu::DeviceType::Cpu;
     let path = if m <= MATVEC_MAX_ROWS {
-        MatmulPath::MatVec
+        if cpu {
+            MatmulPath::MatVec
+        } else {
+            MatmulPath::MatVecSplit
+        }
     } else {
         MatmulPath::Matrix(b.gpu().caps.matmul)
     };
@@ -362,16 +369,12 @@ pub fn matmul_with(
         }
         WeightFormat::Dense(dtype) => dtype,
     };
-    if path == MatmulPath::MatVecSplit {
-        return Err(Error::InvalidArgument(
-            "the split mat-vec is for quantised weights".into(),
-        ));
-    }
     let tile = match path {
         MatmulPath::Matrix(MatmulVariant::Register) => Some(RegisterTile::default_for(b.gpu())),
         MatmulPath::Register(t) => Some(t),
         _ => None,
     };
+    let lanes = path == MatmulPath::MatVec;
     let (entry, size) = if let Some(t) = tile {
         if !RegisterTile::ALL.contains(&t) {
             return Err(Error::InvalidArgument(format!("register tile {t:?}")));
@@ -384,23 +387,26 @@ pub fn matmul_with(
         }
         // 64 invocations x `cols` columns, `rows` rows.
         ("matmul_register", [64 * t.cols, t.rows])
-    } else if path == MatmulPath::MatVec {
+    } else if lanes {
+        ("matvec_lanes", [512, MATVEC_MAX_ROWS as u32])
+    } else if path == MatmulPath::MatVecSplit {
         ("matvec", [256, MATVEC_MAX_ROWS as u32])
     } else {
         ("matmul_tiled", [64u32, 64])
     };
-    let sg = tile.is_some_and(|t| t.subgroup);
+    let sg = tile.is_some_and(|t| t.subgroup) || (lanes && b.gpu().caps.subgroups_of_eight());
     let kernel = Kernel::new("matmul", entry)
         // vec4 activation loads need rows that start on 16 bytes; the subgroup tiles load scalars.
         .flag_if("X_VEC4", k % 4 == 0 && !sg)
         .flag_if("SG_X", sg)
         .flag_if("ROWS8", tile.is_some_and(|t| t.rows == 8))
         .flag_if("W_COLS2", tile.is_some_and(|t| t.cols == 2))
+        .flag_if("W_COLS8", lanes)
         .define("KSPLIT", format!("{KSPLIT}u"))
         .flag_if("W_F16", dtype == DType::F16)
         .flag_if("HAS_BIAS", bias.is_some());
     let kernel = epilogue.flags(kernel);
-    let kernel = if path == MatmulPath::MatVec {
+    let kernel = if matches!(path, MatmulPath::MatVec | MatmulPath::MatVecSplit) {
         kernel.define("MV_ROWS", format!("{m}u"))
     } else {
         kernel
