@@ -203,6 +203,38 @@ fn matmul_gflops(
         .collect())
 }
 
+/// Best GB/s of the decode mat-vec (one row of x) over a `[k, n]` matrix, and its GPU bytes.
+fn matvec_gbps(gpu: &Gpu, k: usize, n: usize, dtype: DType) -> ficoco::Result<(f64, u64)> {
+    let x = gpu.upload_f32(&vec![0.01; k], &[1, k], "x")?;
+    let w = WeightMatrix::from_out_in(gpu, &vec![0.01; n * k], n, k, dtype, "w")?;
+    let out = gpu.zeros(&[1, n], DType::F32, "out")?;
+    let mut best = f64::MAX;
+    for round in 0..11 {
+        let s = timed(gpu, |b| ops::matmul(b, &x, &w, None, Epilogue::None, &out))?;
+        if round > 0 {
+            best = best.min(s);
+        }
+    }
+    Ok((w.bytes() as f64 / best / 1e9, w.bytes()))
+}
+
+/// Runs a repo script with `FICOCO_PYTHON` (default .venv/bin/python) and parses its JSON.
+fn run_script(args: &[&str]) -> ficoco::Result<serde_json::Value> {
+    let py = std::env::var("FICOCO_PYTHON").unwrap_or(".venv/bin/python".into());
+    let out = std::process::Command::new(&py)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| ficoco::Error::InvalidArgument(format!("{py}: {e} (set FICOCO_PYTHON)")))?;
+    if !out.status.success() {
+        return Err(ficoco::Error::InvalidArgument(format!(
+            "{} failed with {} (its messages are above)",
+            args[0], out.status
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| ficoco::Error::InvalidArgument(e.to_string()))
+}
+
 /// Best GFLOP/s of the adapter's multiply-add roof (`ops::alu_peak`: register arithmetic only),
 /// over interleaved rounds like `matmul_gflops`.
 fn alu_peak_gflops(gpu: &Gpu) -> ficoco::Result<f64> {
@@ -316,9 +348,15 @@ struct Args {
     /// Benchmark this llama.cpp GGUF decoder (prompt and decode tokens/s, GB/s) instead
     #[arg(long, value_name = "FILE.gguf", conflicts_with_all = ["preset", "reduce"])]
     gguf: Option<PathBuf>,
-    /// With --gguf: also run transformers and llama.cpp on the same file (scripts/bench_gguf_peers.py)
-    #[arg(long, requires = "gguf")]
+    /// Also run the peers on the same machine: with --gguf transformers and llama.cpp on the file
+    /// (scripts/bench_gguf_peers.py), with a preset transformers' LLaVA on its shapes
+    /// (scripts/bench_llava_transformers.py); both with numpy's mat-vec bandwidth
+    #[arg(long)]
     peers: bool,
+    /// With a preset: time every kernel of one more generate (prefill and two decode steps),
+    /// each dispatch submitted and waited for alone
+    #[arg(long, conflicts_with = "gguf")]
+    profile: bool,
 }
 
 impl Args {
@@ -416,6 +454,22 @@ fn run(args: Args) -> ficoco::Result<()> {
         });
     }
     let warm_allocations = gpu.allocations() - allocs;
+    // Per-kernel time of one generate with two decode steps, each dispatch waited alone.
+    let profile: Vec<serde_json::Value> = if args.profile {
+        log("profiled run...");
+        gpu.start_profile();
+        let short = GenerateOptions {
+            max_new_tokens: 3,
+            ..gen.clone()
+        };
+        pollster::block_on(model.generate(&pixels, &prompt, &short, |_| true))?;
+        gpu.take_profile()
+            .iter()
+            .map(|k| serde_json::json!({"entry": k.entry, "calls": k.calls, "ms": k.ms}))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let tm = best.unwrap();
     let decode_per_token = tm.decode_ms / (p.decode_tokens - 1) as f64;
     let (_, peak) = gpu.memory();
@@ -464,7 +518,37 @@ fn run(args: Args) -> ficoco::Result<()> {
             "fraction_of_numpy": np.map(|x| g[0] / x)}),
         );
     }
-    let dv = matmul_gflops(&gpu, 1, th, ti, dtype, &[MatmulPath::MatVec])?[0];
+    let vocab = p.text.5;
+    let mut matvecs = Vec::new();
+    for (k, n) in [(th, ti), (ti, th), (th, vocab)] {
+        log(&format!("mat-vec {k}x{n}..."));
+        let (gbps, bytes) = matvec_gbps(&gpu, k, n, dtype)?;
+        matvecs.push(serde_json::json!({"k": k, "n": n, "bytes": bytes, "gb_per_s": gbps}));
+    }
+    // transformers on the same shapes and threads, and numpy's mat-vec over the same bytes.
+    let peers = if args.peers {
+        let bytes: Vec<String> = matvecs.iter().map(|m| m["bytes"].to_string()).collect();
+        let out = run_script(&[
+            "scripts/bench_llava_transformers.py",
+            "--config",
+            &config_json(p),
+            "--text-tokens",
+            &p.text_tokens.to_string(),
+            "--decode",
+            &(p.decode_tokens - 1).to_string(),
+            "--matvec-bytes",
+            &bytes.join(","),
+        ])?;
+        for (m, np) in matvecs
+            .iter_mut()
+            .zip(out["numpy_matvec"].as_array().into_iter().flatten())
+        {
+            m["numpy_gb_per_s"] = np["gb_per_s"].clone();
+        }
+        out["transformers"].clone()
+    } else {
+        serde_json::Value::Null
+    };
     // Attention at the tower's and the decoder's prefill shapes, each variant (default first).
     let attn_variants = [
         gpu.caps.attention,
@@ -578,7 +662,9 @@ fn run(args: Args) -> ficoco::Result<()> {
         },
         "matmul": rows,
         "alu_peak_gflops": roof,
-        "matvec_gflops": {"m": 1, "k": th, "n": ti, "gflops": dv},
+        "matvecs": matvecs,
+        "profile": profile,
+        "transformers": peers,
         "attention": attn_rows,
         "peak_gpu_bytes": peak,
         "weights_bytes": weights_bytes,
@@ -633,9 +719,62 @@ fn run(args: Args) -> ficoco::Result<()> {
                 .map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0)),
         );
     }
-    println!("| 1 x {th} x {ti} (mat-vec) | {dv:.1} | | | | |");
     println!("| multiply-add roof (`shaders/peak.wgsl`, no memory traffic) | {roof:.1} | | | | |");
     println!();
+    if !profile.is_empty() {
+        println!(
+            "| kernel (one generate: prefill + 2 decode steps, each dispatch alone) | calls | ms |"
+        );
+        println!("|---|---|---|");
+        for k in &profile {
+            println!(
+                "| {} | {} | {:.1} |",
+                k["entry"].as_str().unwrap_or(""),
+                k["calls"],
+                k["ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!();
+    }
+    println!("| decode mat-vec 1 x K x N | MiB | GB/s | numpy f32 mat-vec GB/s (same bytes) | fraction |");
+    println!("|---|---|---|---|---|");
+    for m in &matvecs {
+        let np = m["numpy_gb_per_s"].as_f64();
+        println!(
+            "| 1 x {} x {} | {} | {:.2} | {} | {} |",
+            m["k"],
+            m["n"],
+            m["bytes"].as_u64().unwrap_or(0) >> 20,
+            m["gb_per_s"].as_f64().unwrap_or(0.0),
+            np.map_or("n/a".into(), |x| format!("{x:.1}")),
+            np.map_or("n/a".into(), |x| format!(
+                "{:.0}%",
+                100.0 * m["gb_per_s"].as_f64().unwrap_or(0.0) / x
+            )),
+        );
+    }
+    println!();
+    if !peers.is_null() {
+        let tvp = peers["vision_prefill_ms"].as_f64().unwrap_or(f64::NAN);
+        let tdec = peers["decode_ms_per_token"].as_f64().unwrap_or(f64::NAN);
+        let ours = tm.vision_ms + tm.prefill_ms;
+        println!("| same shapes, same threads | vision + prefill ms | decode ms/token |");
+        println!("|---|---|---|");
+        println!(
+            "| ficoco ({}) | {ours:.0} | {decode_per_token:.1} |",
+            gpu.info.name
+        );
+        println!(
+            "| transformers {} fp32 | {tvp:.0} | {tdec:.1} |",
+            peers["version"].as_str().unwrap_or("?")
+        );
+        println!(
+            "| ratio (ficoco / transformers) | {:.2} | {:.2} |",
+            ours / tvp,
+            decode_per_token / tdec
+        );
+        println!();
+    }
     println!(
         "| attention (tokens, heads/kv heads x head dim) | {} GFLOP/s | {} GFLOP/s |",
         attn_variants[0].name(),

@@ -19,6 +19,9 @@
 //              registers and rescales once per eight keys. No workgroup memory, barriers or
 //              cross-invocation reductions: the shape CPU adapters want (llvmpipe runs
 //              invocations as SIMD lanes and every loop-indexed load lane by lane).
+//              With DECODE_HEADS (one query, heads per kv head a multiple of 8: decode with
+//              grouped-query heads) one invocation per head instead, 64 heads per workgroup: each
+//              8 lanes are heads of one kv head, so the same broadcasts share its keys.
 //              Bindings as `attention`, with k and v read as vec4s.
 //   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
 //              strided over keys; masked entries are exactly 0.
@@ -128,10 +131,19 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                   @builtin(local_invocation_index) lid: u32,
                   @builtin(subgroup_invocation_id) sid: u32) {
     let flat = wid.x + wid.y * nwg.x;
+#ifdef DECODE_HEADS
+    // One query; invocation lid takes head 64 flat + lid, so each 8 lanes are heads of one kv
+    // head (heads per kv head a multiple of 8) and share its keys as below.
+    if (flat * 64u >= p.heads) { return; }
+    let h = min(flat * 64u + lid, p.heads - 1u);
+    let first = 0u;
+    let i = 0u;
+#else
     if (flat >= ((p.q_len + 63u) / 64u) * p.heads) { return; }
     let h = flat % p.heads;
     let first = (flat / p.heads) * 64u;
     let i = min(first + lid, p.q_len - 1u);
+#endif
     let kvd4 = p.kv_heads * C4;
     let koff4 = kv_head(h) * C4;
     let qb = i * p.heads * HD + h * HD;
@@ -142,7 +154,11 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     let seen = vec4<u32>(visible(i));
     // The workgroup's last query sees the most keys: a bound uniform over the workgroup.
+#ifdef DECODE_HEADS
+    let n = visible(0u);
+#else
     let n = visible(min(first + 63u, p.q_len - 1u));
+#endif
     let kl = sid & 7u;
     var m = NEG_INF;
     var l = 0.0;
@@ -169,7 +185,11 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         m = m_new;
         for (var c = 0u; c < C4; c++) { o[c] = o[c] * alpha + mix8(w, v4[row + c]); }
     }
+#ifdef DECODE_HEADS
+    if (flat * 64u + lid >= p.heads) { return; }
+#else
     if (first + lid >= p.q_len) { return; }
+#endif
     let ob = i * p.heads * HD + h * HD;
     for (var c = 0u; c < C4; c++) {
         let r = o[c] / l;

@@ -235,7 +235,15 @@ fn key_sizes_match_cpu() {
 #[test]
 fn decode_and_continued_prefill_match_cpu() {
     for g in [gpu(), portable_gpu()] {
-        for (h, kvh, hd) in [(4, 2, 16), (8, 1, 64), (4, 4, 128)] {
+        // (32, 4, 64) and (16, 1, 32): 8 or more heads per kv head, where `rows` decodes with
+        // an invocation per head.
+        for (h, kvh, hd) in [
+            (4, 2, 16),
+            (8, 1, 64),
+            (4, 4, 128),
+            (32, 4, 64),
+            (16, 1, 32),
+        ] {
             check(g, &shape(h, kvh, hd, true), 1, 1, 8, true);
             check(g, &shape(h, kvh, hd, true), 1, 133, 140, true);
             check(g, &shape(h, kvh, hd, true), 3, 65, 65, true);

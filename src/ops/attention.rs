@@ -63,9 +63,10 @@ struct Params {
 /// (row = query). `key_sizes [kv_len]` (ToMe's proportional attention) weighs each key by the
 /// number of tokens it stands for.
 ///
-/// `variant` names the kernel; `None` takes the device's [`AttentionVariant`] for prefill and
-/// [`AttentionVariant::Shared`] for a single query or a head size that is no multiple of 4
-/// (`rows` loads heads in vec4s).
+/// `variant` names the kernel; `None` takes the device's [`AttentionVariant`], except
+/// [`AttentionVariant::Shared`] for a head size that is no multiple of 4 (`rows` loads heads in
+/// vec4s) and for a single query unless heads per kv head are a multiple of 8 (`rows` then
+/// gives each head an invocation and 8 heads share each key load).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Batch,
@@ -80,9 +81,13 @@ pub fn attention(
     map: Option<(&Tensor, AttentionMap)>,
     key_sizes: Option<&Tensor>,
 ) -> Result<()> {
+    // One query: `rows` gives each head an invocation only where 8 heads share a kv head.
+    let decode_heads = q.shape().first() == Some(&1)
+        && shape.kv_heads > 0
+        && (shape.heads / shape.kv_heads) % 8 == 0;
     let variant = variant.unwrap_or(match q.shape().first() {
-        Some(1) => AttentionVariant::Shared,
         _ if shape.head_dim % 4 != 0 => AttentionVariant::Shared,
+        Some(1) if !decode_heads => AttentionVariant::Shared,
         _ => b.gpu().caps.attention,
     });
     let s = shape;
@@ -155,6 +160,7 @@ pub fn attention(
             (
                 Kernel::new("attention", "attention_rows")
                     .flag("ROWS")
+                    .flag_if("DECODE_HEADS", decode_heads)
                     .define("HD", format!("{}u", s.head_dim)),
                 64,
             )
@@ -169,9 +175,12 @@ pub fn attention(
         binds.push(Bind::W(&lse));
     }
     binds.extend(key_sizes.map(Bind::R));
-    let grid = b
-        .gpu()
-        .grid((q_len.div_ceil(queries_per_workgroup) * s.heads) as u32);
+    let workgroups = if variant == AttentionVariant::Rows && decode_heads {
+        s.heads.div_ceil(64)
+    } else {
+        q_len.div_ceil(queries_per_workgroup) * s.heads
+    };
+    let grid = b.gpu().grid(workgroups as u32);
     b.dispatch(&kernel, &p, &binds, grid)?;
     if let Some((probs, kind)) = map {
         expect_shape("attention map", probs, &[q_len, kv_len])?;
