@@ -9,37 +9,33 @@
 //   matmul_tiled     16x16 invocations, 64x64 output tile, 4x4 per invocation; A and B tiles of
 //                    depth 16 in workgroup memory (discrete GPUs, iGPUs, browsers).
 //   matmul_register  64 invocations along contiguous columns of W, each owning 4 rows (8 with
-//                    ROWS8) x 4 columns (2 with W_COLS2) in named accumulators; no workgroup
+//                    ROWS8) x 4 columns (2 with W_COLS2, 8 with W_COLS8) in named accumulators; no workgroup
 //                    memory (CPU adapters such as llvmpipe prefer this). With SG_X (needs
 //                    subgroups whose size is a multiple of 8) each lane loads one activation of a
 //                    K-step of 8 and subgroupBroadcast shares it, instead of every lane loading all
 //                    8: llvmpipe turns each per-lane storage load into ~13 scalar instructions.
 //   matvec           m = MV_ROWS <= 4 (decode): 64 vec4 columns x KSPLIT slices of K per workgroup,
 //                    partial sums combined in workgroup memory (GPUs).
-//   matvec_lanes     m = MV_ROWS <= 4 (decode, CPU adapters; W_COLS8, columns padded to 8): each
-//                    of 64 invocations owns 8 columns, read 16 bytes (f16) at a time along K, no
-//                    workgroup memory; with SG_X each lane of 8 loads one activation of a K-step
-//                    of 8 and subgroupBroadcast shares it.
+//                    The valued define ROWS_USED (<= the tile's rows) skips the arithmetic of
+//                    rows that do not exist: the decode mat-vec of CPU adapters is this kernel
+//                    with 4 x 8 columns (W_COLS8: 16-byte f16 loads) and ROWS_USED = m.
 
 #include "matmul_common"
 
 // load_w4: 4 columns from vec4 column c4 of row k (tiled, matvec). load_wc: the WC columns at
 // index i = row * ldwc + column group (matmul_register).
 #ifdef W_COLS8
-// load_w8: the 8 columns of group c8 of row k (matvec_lanes); rows hold ldw4 / 2 groups.
+// Groups of 8 columns (rows hold ldw4 / 2 of them), as the two columns of a mat2x4.
 #ifdef W_F16
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-fn load_w8(k: u32, c8: u32) -> array<vec4<f32>, 2> {
-    let q = w[k * (p.ldw4 / 2u) + c8];
-    return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
-                               vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+fn load_wc(i: u32) -> mat2x4<f32> {
+    let q = w[i];
+    return mat2x4<f32>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+                       vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
 }
 #else
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
-fn load_w8(k: u32, c8: u32) -> array<vec4<f32>, 2> {
-    let i = k * p.ldw4 + 2u * c8;
-    return array<vec4<f32>, 2>(w[i], w[i + 1u]);
-}
+fn load_wc(i: u32) -> mat2x4<f32> { return mat2x4<f32>(w[2u * i], w[2u * i + 1u]); }
 #endif
 #else
 #ifdef W_F16
@@ -124,15 +120,24 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     store4(row + 3u, c4, acc3);
 }
 
+#endif  // W_COLS8
+
 // ---------------------------------------------------------------- register
 
 // WV holds the WC columns one invocation owns, in one row.
+#ifdef W_COLS8
+alias WV = mat2x4<f32>;
+const WC = 8u;
+fn wv_at(a: WV, j: u32) -> f32 { return a[j / 4u][j % 4u]; }
+#else
 #ifdef W_COLS2
 alias WV = vec2<f32>;
 const WC = 2u;
 #else
 alias WV = vec4<f32>;
 const WC = 4u;
+#endif
+fn wv_at(a: WV, j: u32) -> f32 { return a[j]; }
 #endif
 
 fn store_wc(row: u32, cg: u32, acc: WV) {
@@ -142,9 +147,9 @@ fn store_wc(row: u32, cg: u32, acc: WV) {
         if (col < p.n) {
             let i = row * p.ldo + p.n_off + col;
 #ifdef EPI_ACCUMULATE
-            out[i] = out[i] + finish(acc[j], col);
+            out[i] = out[i] + finish(wv_at(acc, j), col);
 #else
-            out[i] = finish(acc[j], col);
+            out[i] = finish(wv_at(acc, j), col);
 #endif
         }
     }
@@ -153,14 +158,14 @@ fn store_wc(row: u32, cg: u32, acc: WV) {
 #ifdef SG_X
 // acc + sum over t of x(lane t) * w_t: x holds, in lane t, the activation at k = kb + t.
 fn step8(acc: WV, x: f32, w0: WV, w1: WV, w2: WV, w3: WV, w4: WV, w5: WV, w6: WV, w7: WV) -> WV {
-    return acc + WV(subgroupBroadcast(x, 0u)) * w0 + WV(subgroupBroadcast(x, 1u)) * w1
-               + WV(subgroupBroadcast(x, 2u)) * w2 + WV(subgroupBroadcast(x, 3u)) * w3
-               + WV(subgroupBroadcast(x, 4u)) * w4 + WV(subgroupBroadcast(x, 5u)) * w5
-               + WV(subgroupBroadcast(x, 6u)) * w6 + WV(subgroupBroadcast(x, 7u)) * w7;
+    return acc + subgroupBroadcast(x, 0u) * w0 + subgroupBroadcast(x, 1u) * w1
+               + subgroupBroadcast(x, 2u) * w2 + subgroupBroadcast(x, 3u) * w3
+               + subgroupBroadcast(x, 4u) * w4 + subgroupBroadcast(x, 5u) * w5
+               + subgroupBroadcast(x, 6u) * w6 + subgroupBroadcast(x, 7u) * w7;
 }
 #else
 fn mac4(acc: WV, a: vec4<f32>, w0: WV, w1: WV, w2: WV, w3: WV) -> WV {
-    return acc + WV(a.x) * w0 + WV(a.y) * w1 + WV(a.z) * w2 + WV(a.w) * w3;
+    return acc + a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
 }
 #endif
 
@@ -170,7 +175,7 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                    , @builtin(subgroup_invocation_id) sid: u32
 #endif
                    ) {
-    let ldw = p.ldw4 * (4u / WC);
+    let ldw = p.ldw4 * 4u / WC;
     let cg = wid.x * 64u + lid;
     let cw = min(cg, ldw - 1u);
 #ifdef ROWS8
@@ -184,19 +189,19 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let o1 = min(row + 1u, last) * p.k;
     let o2 = min(row + 2u, last) * p.k;
     let o3 = min(row + 3u, last) * p.k;
-    var a0 = WV(0.0);
-    var a1 = WV(0.0);
-    var a2 = WV(0.0);
-    var a3 = WV(0.0);
+    var a0 = WV();
+    var a1 = WV();
+    var a2 = WV();
+    var a3 = WV();
 #ifdef ROWS8
     let o4 = min(row + 4u, last) * p.k;
     let o5 = min(row + 5u, last) * p.k;
     let o6 = min(row + 6u, last) * p.k;
     let o7 = min(row + 7u, last) * p.k;
-    var a4 = WV(0.0);
-    var a5 = WV(0.0);
-    var a6 = WV(0.0);
-    var a7 = WV(0.0);
+    var a4 = WV();
+    var a5 = WV();
+    var a6 = WV();
+    var a7 = WV();
 #endif
 #ifdef SG_X
     // K in steps of 8; past the end, activations read as 0 and weight rows are clamped.
@@ -215,14 +220,14 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let w6 = load_wc(min(kb + 6u, kmax) * ldw + cw);
         let w7 = load_wc(min(kb + 7u, kmax) * ldw + cw);
         a0 = step8(a0, select(0.0, xs(o0 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
-        a1 = step8(a1, select(0.0, xs(o1 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
-        a2 = step8(a2, select(0.0, xs(o2 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
-        a3 = step8(a3, select(0.0, xs(o3 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        if (ROWS_USED > 1u) { a1 = step8(a1, select(0.0, xs(o1 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (ROWS_USED > 2u) { a2 = step8(a2, select(0.0, xs(o2 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (ROWS_USED > 3u) { a3 = step8(a3, select(0.0, xs(o3 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
 #ifdef ROWS8
-        a4 = step8(a4, select(0.0, xs(o4 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
-        a5 = step8(a5, select(0.0, xs(o5 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
-        a6 = step8(a6, select(0.0, xs(o6 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
-        a7 = step8(a7, select(0.0, xs(o7 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
+        if (ROWS_USED > 4u) { a4 = step8(a4, select(0.0, xs(o4 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (ROWS_USED > 5u) { a5 = step8(a5, select(0.0, xs(o5 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (ROWS_USED > 6u) { a6 = step8(a6, select(0.0, xs(o6 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
+        if (ROWS_USED > 7u) { a7 = step8(a7, select(0.0, xs(o7 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
 #endif
     }
 #else
@@ -234,27 +239,27 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let w2 = load_wc(i + 2u * ldw);
         let w3 = load_wc(i + 3u * ldw);
         a0 = mac4(a0, x4(o0, k), w0, w1, w2, w3);
-        a1 = mac4(a1, x4(o1, k), w0, w1, w2, w3);
-        a2 = mac4(a2, x4(o2, k), w0, w1, w2, w3);
-        a3 = mac4(a3, x4(o3, k), w0, w1, w2, w3);
+        if (ROWS_USED > 1u) { a1 = mac4(a1, x4(o1, k), w0, w1, w2, w3); }
+        if (ROWS_USED > 2u) { a2 = mac4(a2, x4(o2, k), w0, w1, w2, w3); }
+        if (ROWS_USED > 3u) { a3 = mac4(a3, x4(o3, k), w0, w1, w2, w3); }
 #ifdef ROWS8
-        a4 = mac4(a4, x4(o4, k), w0, w1, w2, w3);
-        a5 = mac4(a5, x4(o5, k), w0, w1, w2, w3);
-        a6 = mac4(a6, x4(o6, k), w0, w1, w2, w3);
-        a7 = mac4(a7, x4(o7, k), w0, w1, w2, w3);
+        if (ROWS_USED > 4u) { a4 = mac4(a4, x4(o4, k), w0, w1, w2, w3); }
+        if (ROWS_USED > 5u) { a5 = mac4(a5, x4(o5, k), w0, w1, w2, w3); }
+        if (ROWS_USED > 6u) { a6 = mac4(a6, x4(o6, k), w0, w1, w2, w3); }
+        if (ROWS_USED > 7u) { a7 = mac4(a7, x4(o7, k), w0, w1, w2, w3); }
 #endif
     }
     for (var k = k4; k < p.k; k++) {
         let wv = load_wc(k * ldw + cw);
         a0 += xs(o0 + k) * wv;
-        a1 += xs(o1 + k) * wv;
-        a2 += xs(o2 + k) * wv;
-        a3 += xs(o3 + k) * wv;
+        if (ROWS_USED > 1u) { a1 += xs(o1 + k) * wv; }
+        if (ROWS_USED > 2u) { a2 += xs(o2 + k) * wv; }
+        if (ROWS_USED > 3u) { a3 += xs(o3 + k) * wv; }
 #ifdef ROWS8
-        a4 += xs(o4 + k) * wv;
-        a5 += xs(o5 + k) * wv;
-        a6 += xs(o6 + k) * wv;
-        a7 += xs(o7 + k) * wv;
+        if (ROWS_USED > 4u) { a4 += xs(o4 + k) * wv; }
+        if (ROWS_USED > 5u) { a5 += xs(o5 + k) * wv; }
+        if (ROWS_USED > 6u) { a6 += xs(o6 + k) * wv; }
+        if (ROWS_USED > 7u) { a7 += xs(o7 + k) * wv; }
 #endif
     }
 #endif
@@ -272,6 +277,7 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
+#ifndef W_COLS8
 // ---------------------------------------------------------------- matvec
 
 #ifdef MV_ROWS
@@ -312,90 +318,3 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
 }
 #endif
 #endif  // W_COLS8
-
-#ifdef W_COLS8
-// acc + x(lane t) * w_t over t = 0..8 for the K-step whose activations lane t holds (SG_X), or
-// the 8 activations from k on.
-struct Acc8 { a: vec4<f32>, b: vec4<f32> }
-
-fn mac8(acc: Acc8, x: f32, xb: u32, k: u32, w0: array<vec4<f32>, 2>, w1: array<vec4<f32>, 2>,
-        w2: array<vec4<f32>, 2>, w3: array<vec4<f32>, 2>, w4: array<vec4<f32>, 2>,
-        w5: array<vec4<f32>, 2>, w6: array<vec4<f32>, 2>, w7: array<vec4<f32>, 2>) -> Acc8 {
-#ifdef SG_X
-    let x0 = subgroupBroadcast(x, 0u);
-    let x1 = subgroupBroadcast(x, 1u);
-    let x2 = subgroupBroadcast(x, 2u);
-    let x3 = subgroupBroadcast(x, 3u);
-    let x4 = subgroupBroadcast(x, 4u);
-    let x5 = subgroupBroadcast(x, 5u);
-    let x6 = subgroupBroadcast(x, 6u);
-    let x7 = subgroupBroadcast(x, 7u);
-#else
-    let kmax = p.k - 1u;
-    let x0 = select(0.0, xs(xb + min(k, kmax)), k < p.k);
-    let x1 = select(0.0, xs(xb + min(k + 1u, kmax)), k + 1u < p.k);
-    let x2 = select(0.0, xs(xb + min(k + 2u, kmax)), k + 2u < p.k);
-    let x3 = select(0.0, xs(xb + min(k + 3u, kmax)), k + 3u < p.k);
-    let x4 = select(0.0, xs(xb + min(k + 4u, kmax)), k + 4u < p.k);
-    let x5 = select(0.0, xs(xb + min(k + 5u, kmax)), k + 5u < p.k);
-    let x6 = select(0.0, xs(xb + min(k + 6u, kmax)), k + 6u < p.k);
-    let x7 = select(0.0, xs(xb + min(k + 7u, kmax)), k + 7u < p.k);
-#endif
-    return Acc8(acc.a + x0 * w0[0] + x1 * w1[0] + x2 * w2[0] + x3 * w3[0] + x4 * w4[0] + x5 * w5[0]
-                      + x6 * w6[0] + x7 * w7[0],
-                acc.b + x0 * w0[1] + x1 * w1[1] + x2 * w2[1] + x3 * w3[1] + x4 * w4[1] + x5 * w5[1]
-                      + x6 * w6[1] + x7 * w7[1]);
-}
-
-@compute @workgroup_size(64)
-fn matvec_lanes(@builtin(global_invocation_id) g: vec3<u32>
-#ifdef SG_X
-                , @builtin(subgroup_invocation_id) sid: u32
-#endif
-                ) {
-    // No early exit past the last group: with SG_X every lane takes part in the broadcasts.
-    let c8 = min(g.x, p.ldw4 / 2u - 1u);
-    let last = p.m - 1u;
-    let o1 = min(1u, last) * p.k;
-    let o2 = min(2u, last) * p.k;
-    let o3 = min(3u, last) * p.k;
-    let zero = Acc8(vec4<f32>(0.0), vec4<f32>(0.0));
-    var a0 = zero;
-    var a1 = zero;
-    var a2 = zero;
-    var a3 = zero;
-    let kmax = p.k - 1u;
-    // K in steps of 8; weight rows past the end are clamped (their activations are 0).
-    for (var kb = 0u; kb < p.k; kb += 8u) {
-        let w0 = load_w8(min(kb, kmax), c8);
-        let w1 = load_w8(min(kb + 1u, kmax), c8);
-        let w2 = load_w8(min(kb + 2u, kmax), c8);
-        let w3 = load_w8(min(kb + 3u, kmax), c8);
-        let w4 = load_w8(min(kb + 4u, kmax), c8);
-        let w5 = load_w8(min(kb + 5u, kmax), c8);
-        let w6 = load_w8(min(kb + 6u, kmax), c8);
-        let w7 = load_w8(min(kb + 7u, kmax), c8);
-#ifdef SG_X
-        let kx = kb + sid % 8u;
-        let ok = kx < p.k;
-        let kc = min(kx, kmax);
-        a0 = mac8(a0, select(0.0, xs(kc), ok), 0u, kb, w0, w1, w2, w3, w4, w5, w6, w7);
-        if (MV_ROWS > 1u) { a1 = mac8(a1, select(0.0, xs(o1 + kc), ok), o1, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
-        if (MV_ROWS > 2u) { a2 = mac8(a2, select(0.0, xs(o2 + kc), ok), o2, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
-        if (MV_ROWS > 3u) { a3 = mac8(a3, select(0.0, xs(o3 + kc), ok), o3, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
-#else
-        a0 = mac8(a0, 0.0, 0u, kb, w0, w1, w2, w3, w4, w5, w6, w7);
-        if (MV_ROWS > 1u) { a1 = mac8(a1, 0.0, o1, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
-        if (MV_ROWS > 2u) { a2 = mac8(a2, 0.0, o2, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
-        if (MV_ROWS > 3u) { a3 = mac8(a3, 0.0, o3, kb, w0, w1, w2, w3, w4, w5, w6, w7); }
-#endif
-    }
-    if (g.x < p.ldw4 / 2u) {
-        store4(0u, 2u * g.x, a0.a);
-        store4(0u, 2u * g.x + 1u, a0.b);
-        if (MV_ROWS > 1u) { store4(1u, 2u * g.x, a1.a); store4(1u, 2u * g.x + 1u, a1.b); }
-        if (MV_ROWS > 2u) { store4(2u, 2u * g.x, a2.a); store4(2u, 2u * g.x + 1u, a2.b); }
-        if (MV_ROWS > 3u) { store4(3u, 2u * g.x, a3.a); store4(3u, 2u * g.x + 1u, a3.b); }
-    }
-}
-#endif

@@ -108,7 +108,7 @@ fn register_tiles_cover_the_device() {
     assert!(tiles.contains(&RegisterTile::default_for(g)));
     let portable: Vec<RegisterTile> = RegisterTile::supported(portable_gpu()).collect();
     assert!(portable.iter().all(|t| !t.subgroup), "{portable:?}");
-    assert_eq!(portable.len(), 4);
+    assert_eq!(portable.len(), 6);
     if g.info.device_type == wgpu::DeviceType::Cpu && g.caps.subgroups {
         // llvmpipe: subgroups of 8, so the subgroup tiles (the default there) must run.
         assert_eq!(tiles.len(), RegisterTile::ALL.len());

@@ -57,7 +57,7 @@ impl WeightMatrix {
         let mut col = 0;
         while col < n {
             let cols = max_cols.min(n - col);
-            // Whole groups of 8 columns: matvec_lanes reads 8 at a time.
+            // Whole groups of 8 columns: the 8-column register tiles read 8 at a time.
             let padded = cols.next_multiple_of(8);
             let mut t = vec![0f32; k * padded];
             for c in 0..cols {
@@ -199,6 +199,18 @@ impl Epilogue {
     }
 }
 
+/// Whether this process runs on an x86 CPU with AVX-512 (a CPU adapter runs on the same CPU).
+fn host_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Which kernel runs: a prefill shape or the decode mat-vec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
@@ -208,7 +220,8 @@ pub enum MatmulPath {
     /// `matmul_register` with an explicit tile (tests, tuning).
     Register(RegisterTile),
     /// For M <= 4 rows, each invocation owning a few output columns along all of K, no
-    /// workgroup memory (`matvec_lanes`, `qmatmul_lanes`): chosen on CPU adapters.
+    /// workgroup memory (`matmul_register` with 4 x 8 tiles, `qmatmul_lanes`): chosen on CPU
+    /// adapters.
     MatVec,
     /// For M <= 4 rows, K split over the lanes of a workgroup and reduced in workgroup memory
     /// (`matvec`, `qmatvec_split`): chosen on GPUs.
@@ -221,7 +234,7 @@ pub enum MatmulPath {
 pub struct RegisterTile {
     /// 4 or 8.
     pub rows: u32,
-    /// 2 or 4.
+    /// 2, 4 or 8.
     pub cols: u32,
     /// Load each activation once per subgroup and share it with `subgroupBroadcast` (needs
     /// subgroups whose size is a multiple of 8, see [`RegisterTile::subgroups_usable`]).
@@ -230,15 +243,19 @@ pub struct RegisterTile {
 
 impl RegisterTile {
     /// Every supported tile.
-    pub const ALL: [RegisterTile; 8] = [
+    pub const ALL: [RegisterTile; 12] = [
         Self::new(4, 4, false),
         Self::new(8, 4, false),
         Self::new(4, 2, false),
         Self::new(8, 2, false),
+        Self::new(4, 8, false),
+        Self::new(8, 8, false),
         Self::new(4, 4, true),
         Self::new(8, 4, true),
         Self::new(4, 2, true),
         Self::new(8, 2, true),
+        Self::new(4, 8, true),
+        Self::new(8, 8, true),
     ];
 
     const fn new(rows: u32, cols: u32, subgroup: bool) -> Self {
@@ -263,16 +280,19 @@ impl RegisterTile {
 
     /// The tile [`MatmulPath::Matrix`]`(Register)` uses. On llvmpipe (Mesa 25, LLVM 15) every
     /// per-lane storage-buffer load becomes ~13 scalar instructions with two branches, so loads
-    /// per multiply-add decide the speed: 8 rows x 2 columns with subgroup-shared activations
-    /// loads the least per multiply-add among tiles whose accumulators fit the 16 AVX2
-    /// registers; bigger tiles spill and lose (see `register_tile_timings` in
-    /// tests/ops_matmul.rs). About 1.8x the 4 x 4 tile with f16 weights and 2x with f32 on a
-    /// 2-core Zen 3. Without usable subgroups: 4 rows x 4 columns.
+    /// per multiply-add decide the speed, up to the tile whose accumulators no longer fit the
+    /// vector registers: with subgroup-shared activations 8 rows x 2 columns where AVX2 has 16
+    /// registers (about 1.8x the 4 x 4 tile on a 2-core Zen 3), 8 x 4 on a CPU with AVX-512's
+    /// 32 (1.1-1.4x 8 x 2 at CLIP-L and TinyLlama prefill shapes on a 2-core EPYC; bigger tiles
+    /// spill and lose; `bench --preset tinyllava` times the default against the others).
+    /// Without usable subgroups: 4 rows x 4 columns.
     pub fn default_for(gpu: &Gpu) -> RegisterTile {
-        if Self::subgroups_usable(gpu) {
-            Self::new(8, 2, true)
-        } else {
+        if !Self::subgroups_usable(gpu) {
             Self::new(4, 4, false)
+        } else if gpu.info.device_type == wgpu::DeviceType::Cpu && host_has_avx512() {
+            Self::new(8, 4, true)
+        } else {
+            Self::new(8, 2, true)
         }
     }
 
@@ -372,9 +392,20 @@ pub fn matmul_with(
     let tile = match path {
         MatmulPath::Matrix(MatmulVariant::Register) => Some(RegisterTile::default_for(b.gpu())),
         MatmulPath::Register(t) => Some(t),
+        // 8 columns per invocation: 16-byte f16 weight loads, the most this path can use.
+        MatmulPath::MatVec => Some(RegisterTile::new(
+            4,
+            8,
+            RegisterTile::subgroups_usable(b.gpu()),
+        )),
         _ => None,
     };
-    let lanes = path == MatmulPath::MatVec;
+    // The register kernel computes only the rows that exist (the mat-vec's m <= 4).
+    let rows_used = match (path, tile) {
+        (MatmulPath::MatVec, _) => m as u32,
+        (_, Some(t)) => t.rows,
+        _ => 0,
+    };
     let (entry, size) = if let Some(t) = tile {
         if !RegisterTile::ALL.contains(&t) {
             return Err(Error::InvalidArgument(format!("register tile {t:?}")));
@@ -387,26 +418,25 @@ pub fn matmul_with(
         }
         // 64 invocations x `cols` columns, `rows` rows.
         ("matmul_register", [64 * t.cols, t.rows])
-    } else if lanes {
-        ("matvec_lanes", [512, MATVEC_MAX_ROWS as u32])
     } else if path == MatmulPath::MatVecSplit {
         ("matvec", [256, MATVEC_MAX_ROWS as u32])
     } else {
         ("matmul_tiled", [64u32, 64])
     };
-    let sg = tile.is_some_and(|t| t.subgroup) || (lanes && b.gpu().caps.subgroups_of_eight());
+    let sg = tile.is_some_and(|t| t.subgroup);
     let kernel = Kernel::new("matmul", entry)
         // vec4 activation loads need rows that start on 16 bytes; the subgroup tiles load scalars.
         .flag_if("X_VEC4", k % 4 == 0 && !sg)
         .flag_if("SG_X", sg)
         .flag_if("ROWS8", tile.is_some_and(|t| t.rows == 8))
         .flag_if("W_COLS2", tile.is_some_and(|t| t.cols == 2))
-        .flag_if("W_COLS8", lanes)
+        .flag_if("W_COLS8", tile.is_some_and(|t| t.cols == 8))
+        .define("ROWS_USED", format!("{rows_used}u"))
         .define("KSPLIT", format!("{KSPLIT}u"))
         .flag_if("W_F16", dtype == DType::F16)
         .flag_if("HAS_BIAS", bias.is_some());
     let kernel = epilogue.flags(kernel);
-    let kernel = if matches!(path, MatmulPath::MatVec | MatmulPath::MatVecSplit) {
+    let kernel = if path == MatmulPath::MatVecSplit {
         kernel.define("MV_ROWS", format!("{m}u"))
     } else {
         kernel
