@@ -1061,26 +1061,12 @@ fn gguf_bench(
     let matvecs = gguf_matvecs(&gpu, file)?;
     let gbps = read as f64 / (decode / 1e3) / 1e9;
     let peers = if peers {
-        let py = std::env::var("FICOCO_PYTHON").unwrap_or(".venv/bin/python".into());
-        let out = std::process::Command::new(&py)
-            .args([
-                "scripts/bench_gguf_peers.py",
-                &file.to_string_lossy(),
-                "--bytes",
-                &read.to_string(),
-            ])
-            .output()
-            .map_err(|e| {
-                ficoco::Error::InvalidArgument(format!("{py}: {e} (set FICOCO_PYTHON)"))
-            })?;
-        if !out.status.success() {
-            return Err(ficoco::Error::InvalidArgument(format!(
-                "scripts/bench_gguf_peers.py failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| ficoco::Error::InvalidArgument(e.to_string()))?
+        run_script(&[
+            "scripts/bench_gguf_peers.py",
+            &file.to_string_lossy(),
+            "--bytes",
+            &read.to_string(),
+        ])?
     } else {
         serde_json::Value::Null
     };
