@@ -19,9 +19,10 @@
 //              registers and rescales once per eight keys. No workgroup memory, barriers or
 //              cross-invocation reductions: the shape CPU adapters want (llvmpipe runs
 //              invocations as SIMD lanes and every loop-indexed load lane by lane).
-//              With DECODE_HEADS (one query, heads per kv head a multiple of 8: decode with
-//              grouped-query heads) one invocation per head instead, 64 heads per workgroup: each
-//              8 lanes are heads of one kv head, so the same broadcasts share its keys.
+//              With DECODE_HEADS (one query: decode) one invocation per head instead, each kv
+//              head's query heads on whole groups of 8 lanes (lanes past them idle), 64 lanes per
+//              workgroup, so the 8 lanes of a subgroup share one kv head's keys by the same
+//              broadcasts.
 //              Bindings as `attention`, with k and v read as vec4s.
 //   probs      head-averaged softmax probabilities, one workgroup of 64 per query, invocations
 //              strided over keys; masked entries are exactly 0.
@@ -132,10 +133,15 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                   @builtin(subgroup_invocation_id) sid: u32) {
     let flat = wid.x + wid.y * nwg.x;
 #ifdef DECODE_HEADS
-    // One query; invocation lid takes head 64 flat + lid, so each 8 lanes are heads of one kv
-    // head (heads per kv head a multiple of 8) and share its keys as below.
-    if (flat * 64u >= p.heads) { return; }
-    let h = min(flat * 64u + lid, p.heads - 1u);
+    // One query; each kv head gets whole groups of 8 lanes (its query heads, the rest idle), so
+    // the 8 lanes of a subgroup are heads of one kv head and share its keys as below.
+    let group = p.heads / p.kv_heads;
+    let lanes = ((group + 7u) / 8u) * 8u;
+    if (flat * 64u >= p.kv_heads * lanes) { return; }
+    let slot = flat * 64u + lid;
+    let hk = min(slot / lanes, p.kv_heads - 1u);
+    let live = slot < p.kv_heads * lanes && slot % lanes < group;
+    let h = hk * group + min(slot % lanes, group - 1u);
     let first = 0u;
     let i = 0u;
 #else
@@ -186,7 +192,7 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         for (var c = 0u; c < C4; c++) { o[c] = o[c] * alpha + mix8(w, v4[row + c]); }
     }
 #ifdef DECODE_HEADS
-    if (flat * 64u + lid >= p.heads) { return; }
+    if (!live) { return; }
 #else
     if (first + lid >= p.q_len) { return; }
 #endif

@@ -235,15 +235,18 @@ fn key_sizes_match_cpu() {
 #[test]
 fn decode_and_continued_prefill_match_cpu() {
     for g in [gpu(), portable_gpu()] {
-        // (32, 4, 64) and (16, 1, 32): 8 or more heads per kv head, where `rows` decodes with
-        // an invocation per head.
-        for (h, kvh, hd) in [
+        // `rows` decodes with an invocation per head, a kv head's heads on whole groups of 8
+        // lanes: groups of 2, 8, 1, 8, 16, 7 and 3 heads.
+        let shapes = [
             (4, 2, 16),
             (8, 1, 64),
             (4, 4, 128),
             (32, 4, 64),
             (16, 1, 32),
-        ] {
+            (14, 2, 64),
+            (9, 3, 64),
+        ];
+        for (h, kvh, hd) in shapes {
             check(g, &shape(h, kvh, hd, true), 1, 1, 8, true);
             check(g, &shape(h, kvh, hd, true), 1, 133, 140, true);
             check(g, &shape(h, kvh, hd, true), 3, 65, 65, true);

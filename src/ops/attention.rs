@@ -65,8 +65,8 @@ struct Params {
 ///
 /// `variant` names the kernel; `None` takes the device's [`AttentionVariant`], except
 /// [`AttentionVariant::Shared`] for a head size that is no multiple of 4 (`rows` loads heads in
-/// vec4s) and for a single query unless heads per kv head are a multiple of 8 (`rows` then
-/// gives each head an invocation and 8 heads share each key load).
+/// vec4s). For a single query `rows` gives each head an invocation, the heads of a kv head on
+/// whole groups of 8 lanes that share each key load.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Batch,
@@ -81,14 +81,14 @@ pub fn attention(
     map: Option<(&Tensor, AttentionMap)>,
     key_sizes: Option<&Tensor>,
 ) -> Result<()> {
-    // One query: `rows` gives each head an invocation only where 8 heads share a kv head.
-    let decode_heads = q.shape().first() == Some(&1)
-        && shape.kv_heads > 0
-        && (shape.heads / shape.kv_heads) % 8 == 0;
-    let variant = variant.unwrap_or(match q.shape().first() {
-        _ if shape.head_dim % 4 != 0 => AttentionVariant::Shared,
-        Some(1) if !decode_heads => AttentionVariant::Shared,
-        _ => b.gpu().caps.attention,
+    // One query: `rows` gives each head an invocation, each kv head's query heads whole groups
+    // of 8 lanes (the 8 lanes of a subgroup share every key load, idle ones included).
+    let decode = q.shape().first() == Some(&1);
+    let decode_lanes = (shape.heads / shape.kv_heads.max(1)).div_ceil(8) * 8;
+    let variant = variant.unwrap_or(if shape.head_dim % 4 != 0 {
+        AttentionVariant::Shared
+    } else {
+        b.gpu().caps.attention
     });
     let s = shape;
     if s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
@@ -160,7 +160,7 @@ pub fn attention(
             (
                 Kernel::new("attention", "attention_rows")
                     .flag("ROWS")
-                    .flag_if("DECODE_HEADS", decode_heads)
+                    .flag_if("DECODE_HEADS", decode)
                     .define("HD", format!("{}u", s.head_dim)),
                 64,
             )
@@ -175,8 +175,8 @@ pub fn attention(
         binds.push(Bind::W(&lse));
     }
     binds.extend(key_sizes.map(Bind::R));
-    let workgroups = if variant == AttentionVariant::Rows && decode_heads {
-        s.heads.div_ceil(64)
+    let workgroups = if variant == AttentionVariant::Rows && decode {
+        (s.kv_heads * decode_lanes).div_ceil(64)
     } else {
         q_len.div_ceil(queries_per_workgroup) * s.heads
     };
