@@ -203,19 +203,56 @@ fn matmul_gflops(
         .collect())
 }
 
-/// Best GB/s of the decode mat-vec (one row of x) over a `[k, n]` matrix, and its GPU bytes.
-fn matvec_gbps(gpu: &Gpu, k: usize, n: usize, dtype: DType) -> ficoco::Result<(f64, u64)> {
-    let x = gpu.upload_f32(&vec![0.01; k], &[1, k], "x")?;
-    let w = WeightMatrix::from_out_in(gpu, &vec![0.01; n * k], n, k, dtype, "w")?;
-    let out = gpu.zeros(&[1, n], DType::F32, "out")?;
+/// Best seconds of the decode mat-vec (one row of x) with `w`, over `rounds` after a warm-up.
+fn matvec_secs(gpu: &Gpu, w: &WeightMatrix, rounds: usize) -> ficoco::Result<f64> {
+    let x = gpu.upload_f32(&vec![0.01; w.k()], &[1, w.k()], "x")?;
+    let out = gpu.zeros(&[1, w.n()], DType::F32, "out")?;
     let mut best = f64::MAX;
-    for round in 0..11 {
-        let s = timed(gpu, |b| ops::matmul(b, &x, &w, None, Epilogue::None, &out))?;
+    for round in 0..=rounds {
+        let s = timed(gpu, |b| ops::matmul(b, &x, w, None, Epilogue::None, &out))?;
         if round > 0 {
             best = best.min(s);
         }
     }
-    Ok((w.bytes() as f64 / best / 1e9, w.bytes()))
+    Ok(best)
+}
+
+/// Best GB/s of the decode mat-vec over a dense `[k, n]` matrix, and its GPU bytes.
+fn matvec_gbps(gpu: &Gpu, k: usize, n: usize, dtype: DType) -> ficoco::Result<(f64, u64)> {
+    let w = WeightMatrix::from_out_in(gpu, &vec![0.01; n * k], n, k, dtype, "w")?;
+    let s = matvec_secs(gpu, &w, 10)?;
+    Ok((w.bytes() as f64 / s / 1e9, w.bytes()))
+}
+
+/// The time of every kernel `run` dispatches, each dispatch submitted and waited for alone,
+/// divided by `per` (steps), slowest first.
+fn profile_kernels(
+    gpu: &Gpu,
+    per: f64,
+    run: impl FnOnce() -> ficoco::Result<()>,
+) -> ficoco::Result<Vec<serde_json::Value>> {
+    gpu.start_profile();
+    let done = run();
+    let times = gpu.take_profile();
+    done?;
+    Ok(times
+        .iter()
+        .map(|k| serde_json::json!({"entry": k.entry, "calls": k.calls as f64 / per, "ms": k.ms / per}))
+        .collect())
+}
+
+fn print_kernels(title: &str, rows: &[serde_json::Value]) {
+    println!("| {title} | calls | ms |");
+    println!("|---|---|---|");
+    for k in rows {
+        println!(
+            "| {} | {} | {:.2} |",
+            k["entry"].as_str().unwrap_or(""),
+            k["calls"],
+            k["ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!();
 }
 
 /// Runs a repo script with `FICOCO_PYTHON` (default .venv/bin/python) and parses its JSON.
@@ -455,18 +492,15 @@ fn run(args: Args) -> ficoco::Result<()> {
     }
     let warm_allocations = gpu.allocations() - allocs;
     // Per-kernel time of one generate with two decode steps, each dispatch waited alone.
-    let profile: Vec<serde_json::Value> = if args.profile {
+    let profile = if args.profile {
         log("profiled run...");
-        gpu.start_profile();
         let short = GenerateOptions {
             max_new_tokens: 3,
             ..gen.clone()
         };
-        pollster::block_on(model.generate(&pixels, &prompt, &short, |_| true))?;
-        gpu.take_profile()
-            .iter()
-            .map(|k| serde_json::json!({"entry": k.entry, "calls": k.calls, "ms": k.ms}))
-            .collect()
+        profile_kernels(&gpu, 1.0, || {
+            pollster::block_on(model.generate(&pixels, &prompt, &short, |_| true)).map(drop)
+        })?
     } else {
         Vec::new()
     };
@@ -722,19 +756,10 @@ fn run(args: Args) -> ficoco::Result<()> {
     println!("| multiply-add roof (`shaders/peak.wgsl`, no memory traffic) | {roof:.1} | | | | |");
     println!();
     if !profile.is_empty() {
-        println!(
-            "| kernel (one generate: prefill + 2 decode steps, each dispatch alone) | calls | ms |"
+        print_kernels(
+            "kernel (one generate: prefill + 2 decode steps, each dispatch alone)",
+            &profile,
         );
-        println!("|---|---|---|");
-        for k in &profile {
-            println!(
-                "| {} | {} | {:.1} |",
-                k["entry"].as_str().unwrap_or(""),
-                k["calls"],
-                k["ms"].as_f64().unwrap_or(0.0)
-            );
-        }
-        println!();
     }
     println!("| decode mat-vec 1 x K x N | MiB | GB/s | numpy f32 mat-vec GB/s (same bytes) | fraction |");
     println!("|---|---|---|---|---|");
@@ -1036,24 +1061,14 @@ fn gguf_bench(
         }
     }
     // Per-kernel time of decode steps: a one-token prompt and 4 more, each dispatch waited alone.
-    gpu.start_profile();
     let steps = 5;
     let short = GenerateOptions {
         max_new_tokens: steps,
         ..gen.clone()
     };
-    pollster::block_on(model.generate(&ids[..1], &short, |_| true))?;
-    let decode_kernels: Vec<serde_json::Value> = gpu
-        .take_profile()
-        .iter()
-        .map(|k| {
-            serde_json::json!({
-                "entry": k.entry,
-                "calls_per_token": k.calls as f64 / steps as f64,
-                "ms_per_token": k.ms / steps as f64,
-            })
-        })
-        .collect();
+    let decode_kernels = profile_kernels(&gpu, steps as f64, || {
+        pollster::block_on(model.generate(&ids[..1], &short, |_| true)).map(drop)
+    })?;
     let (_, peak) = gpu.memory();
     let kv = model.kv_cache_bytes();
     let read = model.decode_read_bytes();
@@ -1112,16 +1127,11 @@ fn gguf_bench(
             r["gb_per_s"].as_f64().unwrap_or(0.0)
         );
     }
-    println!("\n| decode kernel (profiled, each dispatch alone) | calls / token | ms / token |");
-    println!("|---|---|---|");
-    for k in &decode_kernels {
-        println!(
-            "| {} | {} | {:.2} |",
-            k["entry"].as_str().unwrap_or(""),
-            k["calls_per_token"],
-            k["ms_per_token"].as_f64().unwrap_or(0.0)
-        );
-    }
+    println!();
+    print_kernels(
+        "decode kernel (profiled, each dispatch alone; per token)",
+        &decode_kernels,
+    );
     if !peers.is_null() {
         println!("peers: {peers}");
     }
@@ -1129,7 +1139,7 @@ fn gguf_bench(
 }
 
 /// The mat-vec of each distinct (type, K, N) among a GGUF file's quantised 2-D tensors, alone:
-/// one row of x, best of 20, GB/s of the matrix's GPU bytes.
+/// one row of x, best of 20 after a warm-up, GB/s of the matrix's GPU bytes.
 fn gguf_matvecs(gpu: &Gpu, file: &Path) -> ficoco::Result<Vec<serde_json::Value>> {
     let g = ficoco::model::Gguf::open(file)?;
     let mut seen = Vec::new();
@@ -1142,17 +1152,7 @@ fn gguf_matvecs(gpu: &Gpu, file: &Path) -> ficoco::Result<Vec<serde_json::Value>
         seen.push(key);
         let (k, n) = (t.dims[0], t.dims[1]);
         let w = WeightMatrix::from_ggml(gpu, t.ty, g.data(t), n, k, &t.name)?;
-        let x = gpu.upload_f32(&vec![0.5; k], &[1, k], "x")?;
-        let y = gpu.zeros(&[1, n], DType::F32, "y")?;
-        let mut best = f64::MAX;
-        for _ in 0..20 {
-            let t0 = Instant::now();
-            let mut b = gpu.batch();
-            ops::matmul(&mut b, &x, &w, None, Epilogue::None, &y)?;
-            b.submit();
-            gpu.wait()?;
-            best = best.min(t0.elapsed().as_secs_f64());
-        }
+        let best = matvec_secs(gpu, &w, 20)?;
         rows.push(serde_json::json!({
             "type": t.ty.name(),
             "k": k,

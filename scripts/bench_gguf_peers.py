@@ -34,6 +34,27 @@ def prompt_ids(n, vocab):
     return [int(100 + (i * 7919) % (min(vocab, 30000) - 200)) for i in range(n)]
 
 
+def time_prefill_decode(model, n_decode, runs=2, **prefill):
+    """Best seconds over `runs` of a transformers model's prefill (called with `prefill`) and of
+    one greedy decode step after it (mean over `n_decode` steps)."""
+    import torch
+
+    best_prefill, best_decode = 1e9, 1e9
+    with torch.no_grad():
+        for run in range(runs):
+            log(f"transformers: run {run + 1} ...")
+            t = time.perf_counter()
+            out = model(**prefill, use_cache=True)
+            best_prefill = min(best_prefill, time.perf_counter() - t)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            t = time.perf_counter()
+            for _ in range(n_decode):
+                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            best_decode = min(best_decode, (time.perf_counter() - t) / n_decode)
+    return best_prefill, best_decode
+
+
 def bench_transformers(path, n_prompt, n_decode, threads):
     import torch
     from transformers import AutoModelForCausalLM
@@ -43,18 +64,7 @@ def bench_transformers(path, n_prompt, n_decode, threads):
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     ).eval()
     ids = torch.tensor([prompt_ids(n_prompt, model.config.vocab_size)])
-    best_prefill, best_decode = 1e9, 1e9
-    with torch.no_grad():
-        for _ in range(2):
-            t = time.perf_counter()
-            out = model(ids, use_cache=True)
-            best_prefill = min(best_prefill, time.perf_counter() - t)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            t = time.perf_counter()
-            for _ in range(n_decode):
-                out = model(nxt, past_key_values=past, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            best_decode = min(best_decode, (time.perf_counter() - t) / n_decode)
+    best_prefill, best_decode = time_prefill_decode(model, n_decode, input_ids=ids)
     return {
         "version": __import__("transformers").__version__,
         "dtype": "float32",

@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gguf_peers import numpy_matvec  # noqa: E402
+from bench_gguf_peers import numpy_matvec, time_prefill_decode  # noqa: E402
 
 
 def log(msg):
@@ -53,19 +52,9 @@ def bench(cfg, text_tokens, n_decode, threads):
     words = [int(100 + (i * 7919) % (min(vocab, 30000) - 200)) for i in range(text_tokens)]
     ids = torch.tensor([[1] + [image] * visual + words[1:]])
     pixels = torch.randn(1, 3, vision["image_size"], vision["image_size"])
-    best_prefill, best_decode = 1e9, 1e9
-    with torch.no_grad():
-        for run in range(2):
-            log(f"transformers: run {run + 1} ...")
-            t = time.perf_counter()
-            out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
-            best_prefill = min(best_prefill, time.perf_counter() - t)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            t = time.perf_counter()
-            for _ in range(n_decode):
-                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            best_decode = min(best_decode, (time.perf_counter() - t) / n_decode)
+    best_prefill, best_decode = time_prefill_decode(
+        model, n_decode, input_ids=ids, pixel_values=pixels
+    )
     return {
         "version": __import__("transformers").__version__,
         "dtype": "float32",
