@@ -3,17 +3,22 @@
 // Entry points and bindings (0 is always the params uniform):
 //   activate   1 x [n] (read), 2 out [n]            out = act(x), ACT_* flag: gelu, gelu_tanh, quick_gelu, silu
 //   add        1 a [n], 2 out [n], 3 c [n]           out = a + c
-//   silu_mul   1 up [n], 2 gate [n]                  gate = silu(gate) * up (in place)
+//   silu_mul   1 gate_up [2, n] (IN_PLACE)           gate = silu(gate) * up, in place (up at row0 = n)
 //   copy_rows  1 src [rows, d], 2 dst [.., d]        dst[row0 + r] = src[r]
 //   gather_rows 1 src [.., d], 2 dst [rows, d], 3 idx u32 [rows]   dst[r] = src[idx[r]]
-// Layout: row-major; `d` is the row length, `row0` the destination row offset.
+// Layout: row-major; `d` is the row length, `row0` the destination row offset. IN_PLACE makes
+// binding 1 read_write for the kernels that update it in place.
 
 #include "erf"
 
 struct Params { n: u32, d: u32, row0: u32, _pad: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#ifdef IN_PLACE
+@group(0) @binding(1) var<storage, read_write> src: array<f32>;
+#else
 @group(0) @binding(1) var<storage, read> src: array<f32>;
+#endif
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 // Binding 3 is f32 data (add) or u32 indices (gather_rows): declared as words.
 @group(0) @binding(3) var<storage, read> aux: array<u32>;
@@ -50,13 +55,15 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     dst[i] = src[i] + bitcast<f32>(aux[i]);
 }
 
+#ifdef IN_PLACE
 @compute @workgroup_size(WG)
 fn silu_mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    dst[i] = silu(dst[i]) * src[i];
+    src[i] = silu(src[i]) * src[p.row0 + i];
 }
+#endif
 
 @compute @workgroup_size(WG)
 fn copy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -145,7 +145,7 @@ fn store_wc(row: u32, cg: u32, acc: WV) {
     for (var j = 0u; j < WC; j++) {
         let col = cg * WC + j;
         if (col < p.n) {
-            let i = row * p.ldo + p.n_off + col;
+            let i = out_index(row, p.n_off + col);
 #ifdef EPI_ACCUMULATE
             out[i] = out[i] + finish(wv_at(acc, j), col);
 #else

@@ -1,15 +1,17 @@
 // matmul_common.wgsl (included by matmul.wgsl and matmul_quant.wgsl): the parameters, the
 // activation, output and bias bindings and the epilogue shared by every matmul kernel.
 // Bindings: 0 params {m, n (columns of this W chunk), k, ldw4 (dense) or row_words (quantised),
-// ldo, n_off}; 1 x f32 [m, k] (array<vec4<f32>> with X_VEC4, else array<f32>); 3 out f32
-// [m, ldo] (read_write; the chunk's columns land at n_off ..); 4 bias f32 [n_off + n] (with
+// ldo, n_off, s1, s2}; 1 x f32 [m, k] (array<vec4<f32>> with X_VEC4, else array<f32>); 3 out f32
+// (read_write): ldo output columns, the chunk's at n_off .., where columns [0, s1), [s1, s2)
+// and [s2, ldo) are three row-major [m, width] blocks one after another (the q, k and v of a
+// fused projection; s1 = s2 = ldo for one plain [m, ldo] output); 4 bias f32 [ldo] (with
 // HAS_BIAS). The includer declares binding 2, the weights.
 // Epilogue flags: EPI_GELU (erf GELU), EPI_GELU_TANH (tanh GELU), EPI_QUICK_GELU,
 // EPI_ACCUMULATE (out += result).
 
 #include "erf"
 
-struct Params { m: u32, n: u32, k: u32, ldw4: u32, ldo: u32, n_off: u32, _p0: u32, _p1: u32 }
+struct Params { m: u32, n: u32, k: u32, ldw4: u32, ldo: u32, n_off: u32, s1: u32, s2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 #ifdef X_VEC4
@@ -45,9 +47,16 @@ fn finish(v: f32, col: u32) -> f32 {
     return r;
 }
 
+// Where output column `oc` (0..ldo) of row `row` lives.
+fn out_index(row: u32, oc: u32) -> u32 {
+    if (oc < p.s1) { return row * p.s1 + oc; }
+    if (oc < p.s2) { return p.m * p.s1 + row * (p.s2 - p.s1) + oc - p.s1; }
+    return p.m * p.s2 + row * (p.ldo - p.s2) + oc - p.s2;
+}
+
 // One output value of row `row`, column `col` of this chunk (both in range).
 fn store1(row: u32, col: u32, v: f32) {
-    let i = row * p.ldo + p.n_off + col;
+    let i = out_index(row, p.n_off + col);
 #ifdef EPI_ACCUMULATE
     out[i] = out[i] + finish(v, col);
 #else

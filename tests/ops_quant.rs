@@ -6,8 +6,8 @@ mod common;
 
 use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
 use ficoco::ops::{
-    dequantize, matmul_with, EmbeddingTable, Epilogue, GgmlType, MatmulPath, WeightFormat,
-    WeightMatrix,
+    dequantize, matmul_into, matmul_with, EmbeddingTable, Epilogue, GgmlType, MatmulPath,
+    WeightFormat, WeightMatrix,
 };
 use safetensors::SafeTensors;
 
@@ -144,6 +144,59 @@ fn kernels_match_the_oracle_values(g: &Gpu, paths: &[(MatmulPath, &[usize])]) {
             }
         }
     }
+}
+
+/// Layers side by side (a fused q | k | v): q and k in one Q5_0 matrix, v in Q8_0, written as
+/// three row-major blocks of one buffer, with a bias over all columns and an accumulating
+/// epilogue, for the mat-vec and the matmul paths.
+#[test]
+fn side_by_side_outputs_land_in_their_blocks() {
+    let g = common::gpu();
+    let (k, widths) = (64, [24usize, 8, 8]);
+    let (qb, qv) = tiled_matrix("Q5_0", GgmlType::Q5_0, 32, 2);
+    let (vb, vv) = tiled_matrix("Q8_0", GgmlType::Q8_0, 8, 2);
+    let qk = WeightMatrix::from_ggml(g, GgmlType::Q5_0, &qb, 32, k, "qk").unwrap();
+    let v = WeightMatrix::from_ggml(g, GgmlType::Q8_0, &vb, 8, k, "v").unwrap();
+    let wv = [qv, vv].concat();
+    let total = 40;
+    let bvec = common::rand_vec(total, 4, 0.5);
+    let tb = g.upload_f32(&bvec, &[total], "b").unwrap();
+    for m in [1usize, 3, 6] {
+        let x = common::rand_vec(m * k, 11 + m as u64, 1.0);
+        let old = common::rand_vec(m * total, 12, 1.0);
+        let tx = g.upload_f32(&x, &[m, k], "x").unwrap();
+        let out = g.upload_f32(&old, &[m * total], "out").unwrap();
+        let mut b = g.batch();
+        let e = Epilogue::Accumulate;
+        matmul_into(&mut b, &tx, &qk, Some(&tb), e, &out, &widths, 0).unwrap();
+        matmul_into(&mut b, &tx, &v, Some(&tb), e, &out, &widths, 32).unwrap();
+        b.submit();
+        let got = g.read_f32(&out).unwrap();
+        let mut want = old.clone();
+        let mut start = 0;
+        let mut col = 0;
+        for w in widths {
+            for r in 0..m {
+                for c in 0..w {
+                    let oc = col + c;
+                    let s: f64 = (0..k)
+                        .map(|i| x[r * k + i] as f64 * wv[oc * k + i] as f64)
+                        .sum();
+                    want[start + r * w + c] += (s + bvec[oc] as f64) as f32;
+                }
+            }
+            start += m * w;
+            col += w;
+        }
+        common::assert_close(&format!("side by side m={m}"), &got, &want, 1e-4, 1e-4);
+    }
+    // The blocks must hold every layer's columns.
+    let out = g.zeros(&[total], DType::F32, "small").unwrap();
+    let tx = g.upload_f32(&vec![0.0; 2 * k], &[2, k], "x").unwrap();
+    let mut b = g.batch();
+    let e = Epilogue::None;
+    assert!(matmul_into(&mut b, &tx, &qk, None, e, &out, &widths, 0).is_err());
+    assert!(matmul_into(&mut b, &tx, &v, None, e, &out, &[24, 8], 32).is_err());
 }
 
 /// The gather dequantises the same rows; a tied table shares the matrix's buffers; a matrix

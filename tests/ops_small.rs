@@ -52,14 +52,22 @@ fn add_silu_mul_copy_gather_match_cpu() {
     run1(g, |b| ops::add(b, &ta, &tc, &out).unwrap());
     let want: Vec<f32> = a.iter().zip(&c).map(|(x, y)| x + y).collect();
     assert_close("add", &g.read_f32(&out).unwrap(), &want, 0.0, 0.0);
-    run1(g, |b| ops::copy_rows(b, &ta, &out, 0).unwrap());
-    run1(g, |b| ops::silu_mul(b, &out, &tc).unwrap());
+    let gate_up = g.zeros(&[2, n, d], DType::F32, "gate_up").unwrap();
+    run1(g, |b| {
+        ops::copy_rows(b, &ta.view(&[n, d]), &gate_up.view(&[2 * n, d]), 0).unwrap()
+    });
+    run1(g, |b| {
+        ops::copy_rows(b, &tc, &gate_up.view(&[2 * n, d]), n).unwrap()
+    });
+    run1(g, |b| ops::silu_mul(b, &gate_up).unwrap());
     let want: Vec<f32> = a
         .iter()
         .zip(&c)
         .map(|(&x, &y)| ((x as f64 / (1.0 + (-x as f64).exp())) * y as f64) as f32)
         .collect();
-    assert_close("silu_mul", &g.read_f32(&out).unwrap(), &want, 1e-6, 1e-6);
+    let got = g.read_f32(&gate_up).unwrap();
+    assert_close("silu_mul", &got[..n * d], &want, 1e-6, 1e-6);
+    assert_close("silu_mul up", &got[n * d..], &c, 0.0, 0.0);
     let big = g.zeros(&[n + 5, d], DType::F32, "big").unwrap();
     run1(g, |b| ops::copy_rows(b, &ta, &big, 4).unwrap());
     let got = g.read_f32(&big).unwrap();

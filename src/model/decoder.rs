@@ -16,13 +16,12 @@ use std::ops::Range;
 
 struct DecoderLayer {
     norm1: Norm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v side by side.
+    qkv: Linear,
     o: Linear,
     norm2: Norm,
-    gate: Linear,
-    up: Linear,
+    /// gate and up side by side.
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -32,11 +31,10 @@ struct Workspace {
     x: Tensor,
     x_alt: Tensor,
     a: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    gate: Tensor,
-    up: Tensor,
+    /// q `[n, qd]`, then k and v `[n, kvd]` each (see [`Linear::forward_side_by_side`]).
+    qkv: Tensor,
+    /// gate, then up, `[n, intermediate]` each.
+    gate_up: Tensor,
     last: Tensor,
     last_normed: Tensor,
     logits: Tensor,
@@ -96,21 +94,17 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Shapes of the workspace tensors x, a, q, k, v, gate, up, x_alt: the activation slots the
+    /// Shapes of the workspace tensors x, a, qkv, gate_up, x_alt: the activation slots the
     /// decoder views (see [`Gpu::shared_activations`]). `a` also holds the attention output,
     /// dead by the time `a` is rewritten.
-    pub fn workspace_shapes(tc: &TextConfig, capacity: usize) -> [Vec<usize>; 8] {
+    pub fn workspace_shapes(tc: &TextConfig, capacity: usize) -> [Vec<usize>; 5] {
         let (d, qd) = (tc.hidden_size, tc.num_attention_heads * tc.head_dim());
         let kvd = tc.kv_heads() * tc.head_dim();
-        let inter = vec![capacity, tc.intermediate_size];
         [
             vec![capacity, d],
             vec![capacity * d.max(qd)],
-            vec![capacity, qd],
-            vec![capacity, kvd],
-            vec![capacity, kvd],
-            inter.clone(),
-            inter,
+            vec![capacity * (qd + 2 * kvd)],
+            vec![capacity * 2 * tc.intermediate_size],
             vec![capacity, d],
         ]
     }
@@ -159,18 +153,26 @@ impl Decoder {
         let layers = (0..tc.num_hidden_layers)
             .map(|i| {
                 let n = |s: &str| format!("text.layers.{i}.{s}");
-                let lin =
-                    |s: &str, o, k, bias| Linear::load_stored(gpu, wf, &n(s), o, k, bias, store);
+                let lin = |s: &str, o, k| Linear::load_stored(gpu, wf, &n(s), o, k, false, store);
+                let (q, k, v) = (
+                    n("self_attn.q_proj"),
+                    n("self_attn.k_proj"),
+                    n("self_attn.v_proj"),
+                );
+                let (gate, up) = (n("mlp.gate_proj"), n("mlp.up_proj"));
+                let qkv = [
+                    (&*q, heads * hd),
+                    (&*k, kv_heads * hd),
+                    (&*v, kv_heads * hd),
+                ];
+                let gate_up = [(&*gate, inter), (&*up, inter)];
                 Ok(DecoderLayer {
                     norm1: Norm::load(gpu, wf, &n("input_layernorm"), d, false)?,
-                    q: lin("self_attn.q_proj", heads * hd, d, qkv_bias)?,
-                    k: lin("self_attn.k_proj", kv_heads * hd, d, qkv_bias)?,
-                    v: lin("self_attn.v_proj", kv_heads * hd, d, qkv_bias)?,
-                    o: lin("self_attn.o_proj", d, heads * hd, false)?,
+                    qkv: Linear::load_side_by_side(gpu, wf, &qkv, d, qkv_bias, store)?,
+                    o: lin("self_attn.o_proj", d, heads * hd)?,
                     norm2: Norm::load(gpu, wf, &n("post_attention_layernorm"), d, false)?,
-                    gate: lin("mlp.gate_proj", inter, d, false)?,
-                    up: lin("mlp.up_proj", inter, d, false)?,
-                    down: lin("mlp.down_proj", d, inter, false)?,
+                    gate_up: Linear::load_side_by_side(gpu, wf, &gate_up, d, false, store)?,
+                    down: lin("mlp.down_proj", d, inter)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -178,7 +180,7 @@ impl Decoder {
         let rope = RopeTable::new(gpu, hd, tc.theta(), &tc.rope_scaling()?)?;
         let f = |shape: &[usize], label| gpu.zeros(shape, DType::F32, label);
         let mut slots = slots.iter();
-        let [x, a, q, k, v, gate, up, x_alt] = Self::workspace_shapes(&tc, capacity).map(|s| {
+        let [x, a, qkv, gate_up, x_alt] = Self::workspace_shapes(&tc, capacity).map(|s| {
             slots
                 .next()
                 .expect("one activation slot per workspace tensor")
@@ -188,11 +190,8 @@ impl Decoder {
             x,
             x_alt,
             a,
-            q,
-            k,
-            v,
-            gate,
-            up,
+            qkv,
+            gate_up,
             last: f(&[1, d], "last")?,
             last_normed: f(&[1, d], "last normed")?,
             logits: f(&[1, vocab], "logits")?,
@@ -351,21 +350,21 @@ impl Decoder {
             } else {
                 pos.view(&[n])
             };
-            let (xt, a) = (x.view(&[n, d]), ws.a.view(&[n, d]));
-            let (q, k, v, ctx) = (
-                ws.q.view(&[n, qd]),
-                ws.k.view(&[n, kvd]),
-                ws.v.view(&[n, kvd]),
-                ws.a.view(&[n, qd]),
-            );
+            let (xt, a, ctx) = (x.view(&[n, d]), ws.a.view(&[n, d]), ws.a.view(&[n, qd]));
             l.norm1.forward(b, &xt, eps, &a)?;
-            l.q.forward(b, &a, Epilogue::None, &q)?;
-            l.k.forward(b, &a, Epilogue::None, &k)?;
-            l.v.forward(b, &a, Epilogue::None, &v)?;
-            ops::rope(b, &q, &pn, self.shape.heads, &self.rope)?;
-            ops::rope(b, &k, &pn, self.shape.kv_heads, &self.rope)?;
-            b.copy(&k, &lc.k.slice(lc.len * kvd, &[n, kvd]))?;
-            b.copy(&v, &lc.v.slice(lc.len * kvd, &[n, kvd]))?;
+            let qkv = l.qkv.forward_side_by_side(b, &a, Epilogue::None, &ws.qkv)?;
+            let [q, k, v] = [&qkv[0], &qkv[1], &qkv[2]];
+            if n == 1 {
+                // One row: q's heads and k's are adjacent.
+                let qk = ws.qkv.slice(0, &[1, qd + kvd]);
+                let heads = self.shape.heads + self.shape.kv_heads;
+                ops::rope(b, &qk, &pn, heads, &self.rope)?;
+            } else {
+                ops::rope(b, q, &pn, self.shape.heads, &self.rope)?;
+                ops::rope(b, k, &pn, self.shape.kv_heads, &self.rope)?;
+            }
+            b.copy(k, &lc.k.slice(lc.len * kvd, &[n, kvd]))?;
+            b.copy(v, &lc.v.slice(lc.len * kvd, &[n, kvd]))?;
             lc.len += n;
             let scratch = ws.reduce.as_ref().filter(|_| drop > 0);
             let probs = match capture {
@@ -383,7 +382,7 @@ impl Decoder {
             ops::attention(
                 b,
                 None,
-                &q,
+                q,
                 &lc.k,
                 &lc.v,
                 lc.len,
@@ -419,12 +418,13 @@ impl Decoder {
                 sp.text = Some(text.start - drop..text.end - drop);
             }
             let (xt, a) = (x.view(&[n, d]), ws.a.view(&[n, d]));
-            let (gate, up) = (ws.gate.view(&[n, inter]), ws.up.view(&[n, inter]));
             l.norm2.forward(b, &xt, eps, &a)?;
-            l.gate.forward(b, &a, Epilogue::None, &gate)?;
-            l.up.forward(b, &a, Epilogue::None, &up)?;
-            ops::silu_mul(b, &gate, &up)?;
-            l.down.forward(b, &gate, Epilogue::Accumulate, &xt)?;
+            let gate_up = l
+                .gate_up
+                .forward_side_by_side(b, &a, Epilogue::None, &ws.gate_up)?;
+            let gate = &gate_up[0];
+            ops::silu_mul(b, &ws.gate_up.view(&[2, n, inter]))?;
+            l.down.forward(b, gate, Epilogue::Accumulate, &xt)?;
         }
         // The last prompt token is text, never reduced: its position continues the sequence.
         cache.next_position = positions[positions.len() - 1] + 1;
@@ -602,7 +602,7 @@ impl Decoder {
             .layers
             .iter()
             .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                [&l.qkv, &l.o, &l.gate_up, &l.down]
                     .iter()
                     .map(|x| x.bytes())
                     .sum::<u64>()

@@ -3,8 +3,9 @@
 
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
-use crate::ops::{matmul, quantize, EmbeddingTable, Epilogue, GgmlType, WeightMatrix};
+use crate::ops::{matmul, matmul_into, quantize, EmbeddingTable, Epilogue, GgmlType, WeightMatrix};
 use crate::{Error, Result};
+use std::borrow::Cow;
 
 /// How a model's big matrices are kept on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,14 +61,7 @@ pub fn load_matrix(
     k: usize,
     store: WeightStore,
 ) -> Result<WeightMatrix> {
-    if let Some(raw) = wf.get_quantized(name, &[n, k])? {
-        return WeightMatrix::from_ggml(gpu, raw.ty, &raw.bytes, n, k, name);
-    }
-    let w = wf.get(name, &[n, k])?;
-    match store.block_for(k) {
-        Some(ty) => WeightMatrix::from_ggml(gpu, ty, &quantize(ty, &w.data)?, n, k, name),
-        None => WeightMatrix::from_out_in(gpu, &w.data, n, k, store.dtype, name),
-    }
+    store_rows(gpu, file_rows(wf, name, n, k)?, n, k, store, name)
 }
 
 /// The `[vocab, dim]` embedding table `name`, like [`load_matrix`].
@@ -89,9 +83,29 @@ pub fn load_embedding(
     }
 }
 
+/// A Linear layer, or several over the same input side by side (q, k and v; gate and up):
+/// neighbours stored alike are one matrix, so one kernel reads the input for all of them.
 pub struct Linear {
-    pub weight: WeightMatrix,
+    /// (first output column, matrix).
+    parts: Vec<(usize, WeightMatrix)>,
+    /// Output columns of each layer.
+    widths: Vec<usize>,
+    /// Over all layers' columns.
     pub bias: Option<Tensor>,
+}
+
+/// One part's rows as the file stores them: GGML blocks, or f32 values.
+enum Rows<'a> {
+    Blocks(GgmlType, Cow<'a, [u8]>),
+    Values(Vec<f32>),
+}
+
+/// `{name}` (`[n, k]`) as the file stores it.
+fn file_rows<'a>(wf: &'a WeightFile, name: &str, n: usize, k: usize) -> Result<Rows<'a>> {
+    Ok(match wf.get_quantized(name, &[n, k])? {
+        Some(raw) => Rows::Blocks(raw.ty, raw.bytes),
+        None => Rows::Values(wf.get(name, &[n, k])?.data),
+    })
 }
 
 impl Linear {
@@ -119,15 +133,64 @@ impl Linear {
         bias: bool,
         store: WeightStore,
     ) -> Result<Self> {
-        let weight = load_matrix(gpu, wf, &format!("{name}.weight"), n_out, k_in, store)?;
+        Self::load_side_by_side(gpu, wf, &[(name, n_out)], k_in, bias, store)
+    }
+
+    /// The layers `(name, n_out)` over the same `k_in` inputs as one: output columns in the
+    /// order given. Neighbours that the file stores in the same GGML type (or both as values)
+    /// become one matrix, so one kernel reads them.
+    pub fn load_side_by_side(
+        gpu: &Gpu,
+        wf: &WeightFile,
+        layers: &[(&str, usize)],
+        k_in: usize,
+        bias: bool,
+        store: WeightStore,
+    ) -> Result<Self> {
+        let label = layers.iter().map(|l| l.0).collect::<Vec<_>>().join(" + ");
+        let mut parts = Vec::new();
+        let mut pending: Option<(usize, usize, Rows)> = None;
+        let mut col = 0;
+        for &(name, n) in layers {
+            let rows = file_rows(wf, &format!("{name}.weight"), n, k_in)?;
+            pending = match (pending, rows) {
+                (Some((c0, n0, Rows::Blocks(t0, mut b0))), Rows::Blocks(t, b)) if t0 == t => {
+                    b0.to_mut().extend_from_slice(&b);
+                    Some((c0, n0 + n, Rows::Blocks(t0, b0)))
+                }
+                (Some((c0, n0, Rows::Values(mut v0))), Rows::Values(v)) => {
+                    v0.extend_from_slice(&v);
+                    Some((c0, n0 + n, Rows::Values(v0)))
+                }
+                (done, rows) => {
+                    if let Some((c0, n0, r)) = done {
+                        parts.push((c0, store_rows(gpu, r, n0, k_in, store, &label)?));
+                    }
+                    Some((col, n, rows))
+                }
+            };
+            col += n;
+        }
+        if let Some((c0, n0, r)) = pending {
+            parts.push((c0, store_rows(gpu, r, n0, k_in, store, &label)?));
+        }
         let bias = if bias {
-            Some(load_vector(gpu, wf, &format!("{name}.bias"), n_out)?)
+            let mut values = Vec::with_capacity(col);
+            for &(name, n) in layers {
+                values.extend(wf.get(&format!("{name}.bias"), &[n])?.data);
+            }
+            Some(gpu.upload_f32(&values, &[col], &format!("{label} bias"))?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            parts,
+            widths: layers.iter().map(|l| l.1).collect(),
+            bias,
+        })
     }
 
+    /// `out [M, n_out] = epilogue(x @ W + bias)` for a single layer.
     pub fn forward(
         &self,
         b: &mut Batch,
@@ -135,11 +198,73 @@ impl Linear {
         epilogue: Epilogue,
         out: &Tensor,
     ) -> Result<()> {
-        matmul(b, x, &self.weight, self.bias.as_ref(), epilogue, out)
+        match self.parts.as_slice() {
+            [(_, w)] if self.widths.len() == 1 => {
+                matmul(b, x, w, self.bias.as_ref(), epilogue, out)
+            }
+            _ => Err(Error::InvalidArgument(format!(
+                "{} layers side by side: use forward_side_by_side",
+                self.widths.len()
+            ))),
+        }
+    }
+
+    /// Every layer's `epilogue(x @ W + bias)` for the `M` rows of x, written to `out` (at least
+    /// `M` x all layers' columns) as one row-major `[M, n_out]` block per layer, one after
+    /// another; returns those blocks.
+    pub fn forward_side_by_side(
+        &self,
+        b: &mut Batch,
+        x: &Tensor,
+        epilogue: Epilogue,
+        out: &Tensor,
+    ) -> Result<Vec<Tensor>> {
+        let m = x.shape().first().copied().unwrap_or(0);
+        for (col, w) in &self.parts {
+            matmul_into(
+                b,
+                x,
+                w,
+                self.bias.as_ref(),
+                epilogue,
+                out,
+                &self.widths,
+                *col,
+            )?;
+        }
+        let mut start = 0;
+        Ok(self
+            .widths
+            .iter()
+            .map(|&w| {
+                start += m * w;
+                out.slice(start - m * w, &[m, w])
+            })
+            .collect())
     }
 
     pub fn bytes(&self) -> u64 {
-        self.weight.bytes() + self.bias.as_ref().map_or(0, Tensor::buffer_bytes)
+        self.parts.iter().map(|(_, w)| w.bytes()).sum::<u64>()
+            + self.bias.as_ref().map_or(0, Tensor::buffer_bytes)
+    }
+}
+
+/// `n` rows of `k` as a GPU matrix: blocks stay as the file has them, values are stored as
+/// `store` says.
+fn store_rows(
+    gpu: &Gpu,
+    rows: Rows,
+    n: usize,
+    k: usize,
+    store: WeightStore,
+    label: &str,
+) -> Result<WeightMatrix> {
+    match rows {
+        Rows::Blocks(ty, bytes) => WeightMatrix::from_ggml(gpu, ty, &bytes, n, k, label),
+        Rows::Values(v) => match store.block_for(k) {
+            Some(ty) => WeightMatrix::from_ggml(gpu, ty, &quantize(ty, &v)?, n, k, label),
+            None => WeightMatrix::from_out_in(gpu, &v, n, k, store.dtype, label),
+        },
     }
 }
 

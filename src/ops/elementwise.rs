@@ -80,11 +80,18 @@ pub fn add(b: &mut Batch, a: &Tensor, c: &Tensor, out: &Tensor) -> Result<()> {
     )
 }
 
-/// `out = silu(gate) * up` (SwiGLU).
-pub fn silu_mul(b: &mut Batch, gate: &Tensor, up: &Tensor) -> Result<()> {
-    same_shape("silu_mul up", gate, up)?;
-    let k = Kernel::new("elementwise", "silu_mul");
-    run(b, k, gate.numel(), 1, 0, &[Bind::R(up), Bind::W(gate)])
+/// SwiGLU in place: `gate_up [2, n, d]` holds the gate rows, then the up rows; the gate rows
+/// become `silu(gate) * up`.
+pub fn silu_mul(b: &mut Batch, gate_up: &Tensor) -> Result<()> {
+    let [2, n, d] = gate_up.shape()[..] else {
+        return Err(Error::shape(
+            "silu_mul gate_up",
+            "[2, n, d]",
+            format!("{:?}", gate_up.shape()),
+        ));
+    };
+    let k = Kernel::new("elementwise", "silu_mul").flag("IN_PLACE");
+    run(b, k, n * d, d, n * d, &[Bind::W(gate_up)])
 }
 
 /// Write `src [n, D]` into rows `dst_row..dst_row + n` of `dst [m, D]`.

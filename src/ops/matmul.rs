@@ -320,7 +320,20 @@ struct Params {
     ldw4: u32,
     ldo: u32,
     n_off: u32,
-    _pad: [u32; 2],
+    s1: u32,
+    s2: u32,
+}
+
+/// The default path for `m` rows of x times `w` on this adapter.
+fn default_path(b: &Batch, m: usize, w: &WeightMatrix) -> MatmulPath {
+    let cpu = b.gpu().info.device_type == wgpu::DeviceType::Cpu;
+    match (m <= MATVEC_MAX_ROWS, cpu, w.format) {
+        (true, true, _) => MatmulPath::MatVec,
+        (true, false, _) => MatmulPath::MatVecSplit,
+        (false, true, WeightFormat::Blocks(_)) => MatmulPath::Matrix(MatmulVariant::Register),
+        (false, false, WeightFormat::Blocks(_)) => MatmulPath::Matrix(MatmulVariant::Tiled),
+        (false, _, WeightFormat::Dense(_)) => MatmulPath::Matrix(b.gpu().caps.matmul),
+    }
 }
 
 /// `out = epilogue(x @ W + bias)`, with the kernel chosen from M and the adapter.
@@ -333,27 +346,53 @@ pub fn matmul(
     out: &Tensor,
 ) -> Result<()> {
     let m = x.shape().first().copied().unwrap_or(0);
-    if let WeightFormat::Blocks(_) = w.format {
-        let cpu = b.gpu().info.device_type == wgpu::DeviceType::Cpu;
-        let path = match (m <= MATVEC_MAX_ROWS, cpu) {
-            (true, true) => MatmulPath::MatVec,
-            (true, false) => MatmulPath::MatVecSplit,
-            (false, true) => MatmulPath::Matrix(MatmulVariant::Register),
-            (false, false) => MatmulPath::Matrix(MatmulVariant::Tiled),
-        };
-        return matmul_with(b, path, x, w, bias, epilogue, out);
+    matmul_with(b, default_path(b, m, w), x, w, bias, epilogue, out)
+}
+
+/// [`matmul`] for one of several matrices side by side (q, k and v; gate and up): `out` holds
+/// the `[M, width]` outputs of layers of `widths` (at most 3) one after another, each row-major,
+/// and this matrix's columns are columns `col0 .. col0 + N` of them all. `bias`, when given,
+/// is `[sum of widths]`, indexed by that column.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(
+    b: &mut Batch,
+    x: &Tensor,
+    w: &WeightMatrix,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    out: &Tensor,
+    widths: &[usize],
+    col0: usize,
+) -> Result<()> {
+    let m = x.shape().first().copied().unwrap_or(0);
+    let path = default_path(b, m, w);
+    let total: usize = widths.iter().sum();
+    if widths.is_empty() || widths.len() > 3 || out.numel() < m * total {
+        return Err(Error::shape(
+            "matmul output",
+            format!("{m} rows of 1 to 3 layers' outputs"),
+            format!("{:?} for widths {widths:?}", out.shape()),
+        ));
     }
-    let cpu = b.gpu().info.device_type == wgpu::DeviceType::Cpu;
-    let path = if m <= MATVEC_MAX_ROWS {
-        if cpu {
-            MatmulPath::MatVec
-        } else {
-            MatmulPath::MatVecSplit
-        }
-    } else {
-        MatmulPath::Matrix(b.gpu().caps.matmul)
+    let s1 = widths[0];
+    let s2 = s1 + widths.get(1).copied().unwrap_or(0);
+    let planes = Planes {
+        total,
+        s1,
+        s2,
+        col0,
     };
-    matmul_with(b, path, x, w, bias, epilogue, out)
+    dispatch(b, path, x, w, bias, epilogue, out, planes)
+}
+
+/// The output layout of one dispatch: columns `[0, s1)`, `[s1, s2)` and `[s2, total)` are
+/// three row-major blocks one after another; the matrix's columns start at `col0`.
+#[derive(Clone, Copy)]
+struct Planes {
+    total: usize,
+    s1: usize,
+    s2: usize,
+    col0: usize,
 }
 
 /// [`matmul`] with the kernel forced (tests, tuning).
@@ -366,17 +405,44 @@ pub fn matmul_with(
     epilogue: Epilogue,
     out: &Tensor,
 ) -> Result<()> {
-    let (m, k) = dims2("matmul input", x)?;
-    let (mo, n) = dims2("matmul output", out)?;
-    if k != w.k || mo != m || n != w.n {
+    let (m, n) = dims2("matmul output", out)?;
+    if n != w.n || x.shape().first() != Some(&m) {
         return Err(Error::shape(
             "matmul",
             format!("x [M, {}] and out [M, {}]", w.k, w.n),
             format!("x {:?}, out {:?}", x.shape(), out.shape()),
         ));
     }
+    let planes = Planes {
+        total: n,
+        s1: n,
+        s2: n,
+        col0: 0,
+    };
+    dispatch(b, path, x, w, bias, epilogue, out, planes)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    b: &mut Batch,
+    path: MatmulPath,
+    x: &Tensor,
+    w: &WeightMatrix,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    out: &Tensor,
+    planes: Planes,
+) -> Result<()> {
+    let (m, k) = dims2("matmul input", x)?;
+    if k != w.k || planes.col0 + w.n > planes.total {
+        return Err(Error::shape(
+            "matmul",
+            format!("x [M, {}] and {} output columns", w.k, planes.col0 + w.n),
+            format!("x {:?}, {} columns", x.shape(), planes.total),
+        ));
+    }
     if let Some(bias) = bias {
-        super::expect_shape("matmul bias", bias, &[n])?;
+        super::expect_shape("matmul bias", bias, &[planes.total])?;
     }
     if matches!(path, MatmulPath::MatVec | MatmulPath::MatVecSplit) && m > MATVEC_MAX_ROWS {
         return Err(Error::InvalidArgument(format!(
@@ -385,7 +451,7 @@ pub fn matmul_with(
     }
     let dtype = match w.format {
         WeightFormat::Blocks(ty) => {
-            return quant_matmul(b, path, ty, x, w, bias, epilogue, out, m, n);
+            return quant_matmul(b, path, ty, x, w, bias, epilogue, out, m, planes);
         }
         WeightFormat::Dense(dtype) => dtype,
     };
@@ -447,9 +513,10 @@ pub fn matmul_with(
             n: c.cols as u32,
             k: k as u32,
             ldw4: (c.data.shape()[1] / 4) as u32,
-            ldo: n as u32,
-            n_off: c.col as u32,
-            _pad: [0; 2],
+            ldo: planes.total as u32,
+            n_off: (planes.col0 + c.col) as u32,
+            s1: planes.s1 as u32,
+            s2: planes.s2 as u32,
         };
         // size = (columns, rows) covered by one workgroup.
         let grid = [
@@ -478,7 +545,7 @@ fn quant_matmul(
     epilogue: Epilogue,
     out: &Tensor,
     m: usize,
-    n: usize,
+    planes: Planes,
 ) -> Result<()> {
     // (entry, rows of x per invocation block, (columns, rows) per workgroup)
     let (entry, xr, size) = match path {
@@ -503,9 +570,10 @@ fn quant_matmul(
             n: c.cols as u32,
             k: w.k as u32,
             ldw4: c.data.shape()[1] as u32,
-            ldo: n as u32,
-            n_off: c.col as u32,
-            _pad: [0; 2],
+            ldo: planes.total as u32,
+            n_off: (planes.col0 + c.col) as u32,
+            s1: planes.s1 as u32,
+            s2: planes.s2 as u32,
         };
         let rows = if path == MatmulPath::MatVecSplit {
             m as u32

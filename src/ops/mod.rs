@@ -21,7 +21,9 @@ pub mod sample;
 pub use attention::{attention, AttentionMap, AttentionScratch, AttentionShape};
 pub use elementwise::{activate, add, copy_rows, gather_rows, silu_mul, Activation};
 pub use embed::{embed, EmbeddingTable};
-pub use matmul::{matmul, matmul_with, Epilogue, MatmulPath, WeightFormat, WeightMatrix};
+pub use matmul::{
+    matmul, matmul_into, matmul_with, Epilogue, MatmulPath, WeightFormat, WeightMatrix,
+};
 pub use norm::{layer_norm, rms_norm};
 pub use patch::{im2col, vision_embed};
 pub use peak::alu_peak;
