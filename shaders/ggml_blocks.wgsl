@@ -37,18 +37,20 @@ struct RowRef { base: u32, scales: u32, qh: u32, values: u32 }
 // high bits; shift and hshift select the nibble or bits of each byte that belong to the unit.
 struct QB { lo: vec4<u32>, hi: vec4<u32>, hlo: vec4<u32>, hhi: vec4<u32>, shift: u32, hshift: u32 }
 
-// The words of a step: UNITS consecutive units of a row whose integers and scales share loads
-// (1 for 32-value types, 2 for Q4_K / Q5_K, a half block of 4 for Q6_K). Which word holds what
-// is the type's business; step_unit and step_scale take unit i (0..UNITS) apart.
-struct Step { a: vec4<u32>, b: vec4<u32>, c: vec4<u32>, d: vec4<u32>, e: vec4<u32>, f: vec4<u32>,
-              s: vec4<u32>, first: u32, dw: u32 }
+// The words of a step: UNITS units of a row whose integers and scales share loads (1 for
+// 32-value types, 2 for the K-quants), unit i starting at value unit_k(st, i). Which word holds
+// what is the type's business; step_unit and step_scale take unit i (0..UNITS) apart.
+struct Step { a: vec4<u32>, b: vec4<u32>, e: vec4<u32>, f: vec4<u32>, s: vec4<u32>, first: u32,
+              dw: u32 }
 
 // Word gi (0..8) of a 32-byte pair.
 fn pick(lo: vec4<u32>, hi: vec4<u32>, gi: u32) -> u32 { return select(hi[gi % 4u], lo[gi % 4u], gi < 4u); }
 
-fn nibbles(lo: vec4<u32>, hi: vec4<u32>, g: u32, shift: u32) -> vec4<u32> {
-    return (vec4<u32>(pick(lo, hi, g)) >> (BYTE_SHIFTS + vec4<u32>(shift))) & vec4<u32>(15u);
-}
+// The 4 bytes of a word as values. The types build each group's 4 integers as the bytes of one
+// word with whole-word masks and shifts first (a quarter of the per-value operations).
+fn byte_values(v: u32) -> vec4<f32> { return vec4<f32>((vec4<u32>(v) >> BYTE_SHIFTS) & vec4<u32>(255u)); }
+
+const NIBBLES = 0x0F0F0F0Fu;
 
 fn i8_of(v: vec4<u32>, i: u32) -> f32 { return f32(bitcast<i32>(byte_of(v, i) << 24u) >> 24u); }
 
@@ -98,7 +100,7 @@ fn step_load(r: RowRef, u: u32) -> Step {
 #else
     let qh = z;
 #endif
-    return Step(w[v], hi, z, z, qh, z, vec4<u32>(sw), u, 0u);
+    return Step(w[v], hi, qh, z, vec4<u32>(sw), u, 0u);
 }
 
 fn unit_step(r: RowRef, u: u32) -> Step { return step_load(r, u); }
@@ -130,12 +132,14 @@ fn group_q(b: QB, g: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(v << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 #else
     // Values 4g.. are the low nibbles of word g for g < 4, the high nibbles of word g - 4 after.
-    let q = (vec4<u32>(b.lo[g % 4u]) >> (BYTE_SHIFTS + vec4<u32>(4u * (g / 4u)))) & vec4<u32>(15u);
+    let q = (b.lo[g % 4u] >> (4u * (g / 4u))) & NIBBLES;
 #ifdef HIGH_BITS
-    let h = ((vec4<u32>(b.hlo.x >> (4u * g)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
-    return vec4<f32>(q | h);
+    // Their fifth bits, bits 4g.. of qh, moved to bit 4 of bytes 0..3 (the multiply places the
+    // 4 bits at 0, 8, 16 and 24 without carries).
+    let h = ((((b.hlo.x >> (4u * g)) & 15u) * 0x204081u) & 0x01010101u) << 4u;
+    return byte_values(q | h);
 #else
-    return vec4<f32>(q);
+    return byte_values(q);
 #endif
 #endif
 }
@@ -146,47 +150,44 @@ fn row_ref(base: u32, nb: u32) -> RowRef { return RowRef(base, base, base, base)
 fn block_vec(r: RowRef, blk: u32, i: u32) -> vec4<u32> { return w[((r.base + blk * BW) >> 2u) + i]; }
 
 #ifdef T_Q6_K
-// A step is half h of a block: its 64 ql bytes (a..d; quarter qq takes the low nibbles of
-// bytes 32 (qq % 2) + l for qq < 2, the high nibbles after), its 32 qh bytes (e, f; bits 2qq
-// of byte l), the block's 16 scales (s; quarter qq scales values l < 16 by scale 8h + 2qq and
-// the rest by the next) and d (dw). Unit i of the step is quarter i.
-const UNITS = 4u;
+// A step is quarters p and p + 2 of half h of a block (values 128h + 32p .. and 128h + 32p + 64 ..,
+// units 0 and 1): the low and the high nibbles of ql bytes 64h + 32p .. + 32 (a, b), the half's
+// 32 qh bytes (e, f; quarter qq takes bits 2qq of byte l), the block's 16 scales (s; quarter qq
+// scales values l < 16 by scale 8h + 2qq and the rest by the next) and d (dw); first = 8h + 2p.
+// (A step of all four quarters shares the qh loads but holds 28 16-byte words for 4 rows and
+// ran at half the speed under llvmpipe.)
+const UNITS = 2u;
 
 fn step_load(r: RowRef, st: u32) -> Step {
-    let blk = st / 2u;
-    let h = st % 2u;
-    return Step(block_vec(r, blk, 4u * h), block_vec(r, blk, 4u * h + 1u),
-                block_vec(r, blk, 4u * h + 2u), block_vec(r, blk, 4u * h + 3u),
+    let blk = st / 4u;
+    let h = (st / 2u) % 2u;
+    let ql = 4u * h + 2u * (st % 2u);
+    return Step(block_vec(r, blk, ql), block_vec(r, blk, ql + 1u),
                 block_vec(r, blk, 8u + 2u * h), block_vec(r, blk, 9u + 2u * h),
-                block_vec(r, blk, 12u), 8u * h, block_vec(r, blk, 13u).x);
+                block_vec(r, blk, 12u), 8u * h + 2u * (st % 2u), block_vec(r, blk, 13u).x);
 }
 
-// The words unit u needs, where step_unit(_, u % 4) looks for them.
-fn unit_step(r: RowRef, u: u32) -> Step {
-    let blk = u / 8u;
-    let h = (u / 4u) % 2u;
-    let ql = 4u * h + 2u * (u % 2u);
-    let lo = block_vec(r, blk, ql);
-    let hi = block_vec(r, blk, ql + 1u);
-    return Step(lo, hi, lo, hi, block_vec(r, blk, 8u + 2u * h), block_vec(r, blk, 9u + 2u * h),
-                block_vec(r, blk, 12u), 8u * h, block_vec(r, blk, 13u).x);
-}
+fn unit_k(st: u32, i: u32) -> u32 { return (st / 2u) * 128u + (st % 2u) * 32u + 64u * i; }
+
+// Unit u is quarter u % 4 of half (u / 4) % 2 of block u / 8.
+fn unit_step(r: RowRef, u: u32) -> Step { return step_load(r, (u / 4u) * 2u + u % 2u); }
+
+fn unit_slot(u: u32) -> u32 { return (u % 4u) / 2u; }
 
 fn step_unit(t: Step, i: u32) -> QB {
-    let odd = i % 2u == 1u;
-    return QB(select(t.a, t.c, odd), select(t.b, t.d, odd), t.e, t.f, 4u * (i / 2u), 2u * i);
+    return QB(t.a, t.b, t.e, t.f, 4u * i, t.first % 8u + 4u * i);
 }
 
 fn step_scale(t: Step, i: u32) -> vec4<f32> {
     let d = unpack2x16float(t.dw).x;
-    let d0 = d * i8_of(t.s, t.first + 2u * i);
-    let d1 = d * i8_of(t.s, t.first + 2u * i + 1u);
+    let d0 = d * i8_of(t.s, t.first + 4u * i);
+    let d1 = d * i8_of(t.s, t.first + 4u * i + 1u);
     return vec4<f32>(d0, d1, -32.0 * d0, -32.0 * d1);
 }
 
 fn group_q(b: QB, g: u32) -> vec4<f32> {
-    let h = (vec4<u32>(pick(b.hlo, b.hhi, g)) >> (BYTE_SHIFTS + vec4<u32>(b.hshift))) & vec4<u32>(3u);
-    return vec4<f32>(nibbles(b.lo, b.hi, g, b.shift) | (h << vec4<u32>(4u)));
+    let h = ((pick(b.hlo, b.hhi, g) >> b.hshift) & 0x03030303u) << 4u;
+    return byte_values(((pick(b.lo, b.hi, g) >> b.shift) & NIBBLES) | h);
 }
 #else
 // Q4_K / Q5_K: a step is group g of a block, sub-blocks 2g and 2g + 1 (units 0 and 1): the low
@@ -210,8 +211,8 @@ fn step_load(r: RowRef, st: u32) -> Step {
     let e = z;
     let f = z;
 #endif
-    return Step(block_vec(r, blk, QS_AT + 2u * g), block_vec(r, blk, QS_AT + 2u * g + 1u), z, z,
-                e, f, block_vec(r, blk, 0u), 2u * g, 0u);
+    return Step(block_vec(r, blk, QS_AT + 2u * g), block_vec(r, blk, QS_AT + 2u * g + 1u), e, f,
+                block_vec(r, blk, 0u), 2u * g, 0u);
 }
 
 fn unit_step(r: RowRef, u: u32) -> Step { return step_load(r, u / 2u); }
@@ -236,22 +237,27 @@ fn step_scale(t: Step, i: u32) -> vec4<f32> {
 }
 
 fn group_q(b: QB, g: u32) -> vec4<f32> {
-    let q = nibbles(b.lo, b.hi, g, b.shift);
+    let q = (pick(b.lo, b.hi, g) >> b.shift) & NIBBLES;
 #ifdef T_Q5_K
-    let h = (vec4<u32>(pick(b.hlo, b.hhi, g)) >> (BYTE_SHIFTS + vec4<u32>(b.hshift))) & vec4<u32>(1u);
-    return vec4<f32>(q | (h << vec4<u32>(4u)));
+    return byte_values(q | (((pick(b.hlo, b.hhi, g) >> b.hshift) & 0x01010101u) << 4u));
 #else
-    return vec4<f32>(q);
+    return byte_values(q);
 #endif
 }
 #endif
 #endif
 
+#ifndef T_Q6_K
+// The first value of unit i of step st, and unit u's place in its step.
+fn unit_k(st: u32, i: u32) -> u32 { return (st * UNITS + i) * 32u; }
+fn unit_slot(u: u32) -> u32 { return u % UNITS; }
+#endif
+
 // Values 4g .. 4g + 8 of unit u (g even).
 fn deq8(r: RowRef, u: u32, g: u32) -> V8 {
     let t = unit_step(r, u);
-    let s = step_scale(t, u % UNITS);
-    let b = step_unit(t, u % UNITS);
+    let s = step_scale(t, unit_slot(u));
+    let b = step_unit(t, unit_slot(u));
     let d = select(s.y, s.x, g < 4u);
     let c = select(s.w, s.z, g < 4u);
     return V8(group_q(b, g) * d + c, group_q(b, g + 1u) * d + c);

@@ -123,14 +123,9 @@ fn qmatmul_lanes(@builtin(global_invocation_id) g: vec3<u32>
         let t1 = step_load(rw1, st);
         let t2 = step_load(rw2, st);
         let t3 = step_load(rw3, st);
-        let kb = st * UNITS * 32u;
-        acc = unit_rows(acc, xr, kb, lane, t0, t1, t2, t3, 0u);
+        acc = unit_rows(acc, xr, unit_k(st, 0u), lane, t0, t1, t2, t3, 0u);
 #ifndef SPLIT_ROWS
-        acc = unit_rows(acc, xr, kb + 32u, lane, t0, t1, t2, t3, 1u);
-#ifdef T_Q6_K
-        acc = unit_rows(acc, xr, kb + 64u, lane, t0, t1, t2, t3, 2u);
-        acc = unit_rows(acc, xr, kb + 96u, lane, t0, t1, t2, t3, 3u);
-#endif
+        acc = unit_rows(acc, xr, unit_k(st, 1u), lane, t0, t1, t2, t3, 1u);
 #endif
     }
     store4(r0, g.x, acc.r0);
