@@ -287,6 +287,23 @@ fn alu_peak_gflops(gpu: &Gpu) -> ficoco::Result<f64> {
     Ok(flops as f64 / best / 1e9)
 }
 
+/// Best GB/s of the adapter's streaming roof (`ops::read_peak`: each invocation reads its own
+/// 16000-byte row in order, as the mat-vecs read weights) over 64 MB.
+fn read_peak_gbps(gpu: &Gpu) -> ficoco::Result<f64> {
+    let (rows, words) = (4096, 4000);
+    let data = gpu.upload_u32(&vec![1; rows * words], &[rows, words], "streamed")?;
+    let out = gpu.zeros(&[rows], DType::F32, "sums")?;
+    let mut bytes = 0;
+    let mut best = f64::MAX;
+    for round in 0..6 {
+        let s = timed(gpu, |b| ops::read_peak(b, &data, &out).map(|n| bytes = n))?;
+        if round > 0 {
+            best = best.min(s);
+        }
+    }
+    Ok(bytes as f64 / best / 1e9)
+}
+
 /// Best GFLOP/s of one attention shape (`q_len` queries over as many keys) for each variant,
 /// in interleaved rounds like `matmul_gflops`; counts the two products, 4 FLOPs per query, key
 /// and head dim (a causal run does about half of that work).
@@ -622,8 +639,9 @@ fn run(args: Args) -> ficoco::Result<()> {
             "other_variant": {"name": attn_variants[1].name(), "gflops": g[1]}}),
         );
     }
-    log("multiply-add roof...");
+    log("multiply-add and streaming roofs...");
     let roof = alu_peak_gflops(&gpu)?;
+    let read_roof = read_peak_gbps(&gpu)?;
     let mut reduce_rows = Vec::new();
     let mut base_prefill_ms = tm.vision_ms + tm.prefill_ms;
     if !methods.is_empty() {
@@ -696,6 +714,7 @@ fn run(args: Args) -> ficoco::Result<()> {
         },
         "matmul": rows,
         "alu_peak_gflops": roof,
+        "read_peak_gb_per_s": read_roof,
         "matvecs": matvecs,
         "profile": profile,
         "transformers": peers,
@@ -778,6 +797,7 @@ fn run(args: Args) -> ficoco::Result<()> {
             )),
         );
     }
+    println!("| streaming roof (`read_peak`, reads only) | | {read_roof:.2} | | |");
     println!();
     if !peers.is_null() {
         let tvp = peers["vision_prefill_ms"].as_f64().unwrap_or(f64::NAN);
@@ -1074,6 +1094,7 @@ fn gguf_bench(
     let read = model.decode_read_bytes();
     drop(model);
     let matvecs = gguf_matvecs(&gpu, file)?;
+    let read_roof = read_peak_gbps(&gpu)?;
     let gbps = read as f64 / (decode / 1e3) / 1e9;
     let peers = if peers {
         run_script(&[
@@ -1101,6 +1122,7 @@ fn gguf_bench(
         "peers": peers,
         "decode_kernels": decode_kernels,
         "matvecs": matvecs,
+        "read_peak_gb_per_s": read_roof,
     });
     if json {
         println!("{report}");
@@ -1127,6 +1149,7 @@ fn gguf_bench(
             r["gb_per_s"].as_f64().unwrap_or(0.0)
         );
     }
+    println!("| streaming roof (`read_peak`, reads only) | | {read_roof:.2} |");
     println!();
     print_kernels(
         "decode kernel (profiled, each dispatch alone; per token)",

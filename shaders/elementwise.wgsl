@@ -3,7 +3,7 @@
 // Entry points and bindings (0 is always the params uniform):
 //   activate   1 x [n] (read), 2 out [n]            out = act(x), ACT_* flag: gelu, gelu_tanh, quick_gelu, silu
 //   add        1 a [n], 2 out [n], 3 c [n]           out = a + c
-//   silu_mul   1 gate_up [2, n] (IN_PLACE)           gate = silu(gate) * up, in place (up at row0 = n)
+//   silu_mul   1 gate, then up at row0 (IN_PLACE)    gate[i] = silu(gate[i]) * up[i], in place
 //   copy_rows  1 src [rows, d], 2 dst [.., d]        dst[row0 + r] = src[r]
 //   gather_rows 1 src [.., d], 2 dst [rows, d], 3 idx u32 [rows]   dst[r] = src[idx[r]]
 // Layout: row-major; `d` is the row length, `row0` the destination row offset. IN_PLACE makes

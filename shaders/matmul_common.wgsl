@@ -3,8 +3,8 @@
 // Bindings: 0 params {m, n (columns of this W chunk), k, ldw4 (dense) or row_words (quantised),
 // ldo, n_off, s1, s2}; 1 x f32 [m, k] (array<vec4<f32>> with X_VEC4, else array<f32>); 3 out f32
 // (read_write): ldo output columns, the chunk's at n_off .., where columns [0, s1), [s1, s2)
-// and [s2, ldo) are three row-major [m, width] blocks one after another (the q, k and v of a
-// fused projection; s1 = s2 = ldo for one plain [m, ldo] output); 4 bias f32 [ldo] (with
+// and [s2, ldo) are three row-major [m, width] blocks one after another, each starting on 64
+// floats (the q, k and v of a fused projection; s1 = s2 = ldo for one plain [m, ldo] output); 4 bias f32 [ldo] (with
 // HAS_BIAS). The includer declares binding 2, the weights.
 // Epilogue flags: EPI_GELU (erf GELU), EPI_GELU_TANH (tanh GELU), EPI_QUICK_GELU,
 // EPI_ACCUMULATE (out += result).
@@ -47,11 +47,14 @@ fn finish(v: f32, col: u32) -> f32 {
     return r;
 }
 
-// Where output column `oc` (0..ldo) of row `row` lives.
+// Where output column `oc` (0..ldo) of row `row` lives: each block starts on 64 floats (256
+// bytes, so that it can be bound on its own).
+fn align64(n: u32) -> u32 { return (n + 63u) & ~63u; }
 fn out_index(row: u32, oc: u32) -> u32 {
     if (oc < p.s1) { return row * p.s1 + oc; }
-    if (oc < p.s2) { return p.m * p.s1 + row * (p.s2 - p.s1) + oc - p.s1; }
-    return p.m * p.s2 + row * (p.ldo - p.s2) + oc - p.s2;
+    let b1 = align64(p.m * p.s1);
+    if (oc < p.s2) { return b1 + row * (p.s2 - p.s1) + oc - p.s1; }
+    return b1 + align64(p.m * (p.s2 - p.s1)) + row * (p.ldo - p.s2) + oc - p.s2;
 }
 
 // One output value of row `row`, column `col` of this chunk (both in range).

@@ -163,9 +163,15 @@ fn side_by_side_outputs_land_in_their_blocks() {
     let tb = g.upload_f32(&bvec, &[total], "b").unwrap();
     for m in [1usize, 3, 6] {
         let x = common::rand_vec(m * k, 11 + m as u64, 1.0);
-        let old = common::rand_vec(m * total, 12, 1.0);
+        // Each block starts on 64 floats (256 bytes).
+        let len = (m * 24).next_multiple_of(64) + (m * 8).next_multiple_of(64) + m * 8;
+        assert_eq!(
+            ficoco::ops::side_by_side_offsets(m, &widths).1,
+            len.next_multiple_of(64)
+        );
+        let old = common::rand_vec(len, 12, 1.0);
         let tx = g.upload_f32(&x, &[m, k], "x").unwrap();
-        let out = g.upload_f32(&old, &[m * total], "out").unwrap();
+        let out = g.upload_f32(&old, &[len], "out").unwrap();
         let mut b = g.batch();
         let e = Epilogue::Accumulate;
         matmul_into(&mut b, &tx, &qk, Some(&tb), e, &out, &widths, 0).unwrap();
@@ -185,7 +191,7 @@ fn side_by_side_outputs_land_in_their_blocks() {
                     want[start + r * w + c] += (s + bvec[oc] as f64) as f32;
                 }
             }
-            start += m * w;
+            start = (start + m * w).next_multiple_of(64);
             col += w;
         }
         common::assert_close(&format!("side by side m={m}"), &got, &want, 1e-4, 1e-4);

@@ -52,14 +52,16 @@ fn add_silu_mul_copy_gather_match_cpu() {
     run1(g, |b| ops::add(b, &ta, &tc, &out).unwrap());
     let want: Vec<f32> = a.iter().zip(&c).map(|(x, y)| x + y).collect();
     assert_close("add", &g.read_f32(&out).unwrap(), &want, 0.0, 0.0);
-    let gate_up = g.zeros(&[2, n, d], DType::F32, "gate_up").unwrap();
-    run1(g, |b| {
-        ops::copy_rows(b, &ta.view(&[n, d]), &gate_up.view(&[2 * n, d]), 0).unwrap()
-    });
-    run1(g, |b| {
-        ops::copy_rows(b, &tc, &gate_up.view(&[2 * n, d]), n).unwrap()
-    });
-    run1(g, |b| ops::silu_mul(b, &gate_up).unwrap());
+    // gate and up as blocks of one buffer, laid out as side by side outputs.
+    let (starts, len) = ops::side_by_side_offsets(n, &[d, d]);
+    assert_eq!(starts, [0, (n * d).next_multiple_of(64)]);
+    let gate_up = g.zeros(&[len], DType::F32, "gate_up").unwrap();
+    let (gate, up) = (gate_up.slice(0, &[n, d]), gate_up.slice(starts[1], &[n, d]));
+    run1(g, |b| ops::copy_rows(b, &ta, &gate, 0).unwrap());
+    run1(g, |b| ops::copy_rows(b, &tc, &up, 0).unwrap());
+    run1(g, |b| ops::silu_mul(b, &gate, &up).unwrap());
+    run1(g, |b| assert!(ops::silu_mul(b, &up, &gate).is_err()));
+    run1(g, |b| assert!(ops::silu_mul(b, &ta, &tc).is_err()));
     let want: Vec<f32> = a
         .iter()
         .zip(&c)
@@ -67,7 +69,13 @@ fn add_silu_mul_copy_gather_match_cpu() {
         .collect();
     let got = g.read_f32(&gate_up).unwrap();
     assert_close("silu_mul", &got[..n * d], &want, 1e-6, 1e-6);
-    assert_close("silu_mul up", &got[n * d..], &c, 0.0, 0.0);
+    assert_close(
+        "silu_mul up",
+        &got[starts[1]..starts[1] + n * d],
+        &c,
+        0.0,
+        0.0,
+    );
     let big = g.zeros(&[n + 5, d], DType::F32, "big").unwrap();
     run1(g, |b| ops::copy_rows(b, &ta, &big, 4).unwrap());
     let got = g.read_f32(&big).unwrap();
@@ -271,6 +279,29 @@ fn sampling_histogram_follows_probabilities() {
             (c as f64 - want).abs() <= 2.0,
             "token {i}: {c} draws, expected {want:.1}"
         );
+    }
+}
+
+#[test]
+fn read_peak_sums_every_row() {
+    // The streaming roof reads every word once: per-row wrapping sums match the CPU's, for a row
+    // count that is not a multiple of 64.
+    let g = gpu();
+    let (rows, words) = (100, 28);
+    let data: Vec<u32> = (0..rows * words as u32)
+        .map(|i| i.wrapping_mul(2654435761) ^ (i >> 3))
+        .collect();
+    let t = g
+        .upload_u32(&data, &[rows as usize, words], "data")
+        .unwrap();
+    let out = g.zeros(&[rows as usize], DType::F32, "o").unwrap();
+    let mut bytes = 0;
+    run1(g, |b| bytes = ops::read_peak(b, &t, &out).unwrap());
+    assert_eq!(bytes, rows as u64 * words as u64 * 4);
+    let got = g.read_f32(&out).unwrap();
+    for (r, row) in data.chunks(words).enumerate() {
+        let want = row.iter().fold(0u32, |a, &w| a.wrapping_add(w));
+        assert_eq!(got[r].to_bits(), want, "row {r}");
     }
 }
 

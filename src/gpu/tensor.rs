@@ -87,13 +87,13 @@ impl Tensor {
         self.buf.size()
     }
 
-    /// Same buffer and offset, another shape with at most as many elements (e.g. a workspace
-    /// allocated for the longest sequence, viewed at the current length).
     /// Whether both tensors live in the same buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         std::sync::Arc::ptr_eq(&self.buf, &other.buf)
     }
 
+    /// Same buffer and offset, another shape with at most as many elements (e.g. a workspace
+    /// allocated for the longest sequence, viewed at the current length).
     pub fn view(&self, shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
         assert!(

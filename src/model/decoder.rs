@@ -100,11 +100,12 @@ impl Decoder {
     pub fn workspace_shapes(tc: &TextConfig, capacity: usize) -> [Vec<usize>; 5] {
         let (d, qd) = (tc.hidden_size, tc.num_attention_heads * tc.head_dim());
         let kvd = tc.kv_heads() * tc.head_dim();
+        let inter = tc.intermediate_size;
         [
             vec![capacity, d],
             vec![capacity * d.max(qd)],
-            vec![capacity * (qd + 2 * kvd)],
-            vec![capacity * 2 * tc.intermediate_size],
+            vec![ops::side_by_side_offsets(capacity, &[qd, kvd, kvd]).1],
+            vec![ops::side_by_side_offsets(capacity, &[inter, inter]).1],
             vec![capacity, d],
         ]
     }
@@ -281,7 +282,6 @@ impl Decoder {
         let tc = &self.cfg;
         let (d, hd) = (tc.hidden_size, self.shape.head_dim);
         let (qd, kvd) = (self.shape.heads * hd, self.shape.kv_heads * hd);
-        let inter = tc.intermediate_size;
         let eps = tc.rms_norm_eps;
         let ws = &self.ws;
         let mut spans = match reduce {
@@ -354,7 +354,7 @@ impl Decoder {
             l.norm1.forward(b, &xt, eps, &a)?;
             let qkv = l.qkv.forward_side_by_side(b, &a, Epilogue::None, &ws.qkv)?;
             let [q, k, v] = [&qkv[0], &qkv[1], &qkv[2]];
-            if n == 1 {
+            if n == 1 && qd % ops::matmul::BLOCK_ALIGN == 0 {
                 // One row: q's heads and k's are adjacent.
                 let qk = ws.qkv.slice(0, &[1, qd + kvd]);
                 let heads = self.shape.heads + self.shape.kv_heads;
@@ -423,7 +423,7 @@ impl Decoder {
                 .gate_up
                 .forward_side_by_side(b, &a, Epilogue::None, &ws.gate_up)?;
             let gate = &gate_up[0];
-            ops::silu_mul(b, &ws.gate_up.view(&[2, n, inter]))?;
+            ops::silu_mul(b, gate, &gate_up[1])?;
             l.down.forward(b, gate, Epilogue::Accumulate, &xt)?;
         }
         // The last prompt token is text, never reduced: its position continues the sequence.

@@ -3,7 +3,10 @@
 
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
-use crate::ops::{matmul, matmul_into, quantize, EmbeddingTable, Epilogue, GgmlType, WeightMatrix};
+use crate::ops::{
+    matmul, matmul_into, quantize, side_by_side_offsets, EmbeddingTable, Epilogue, GgmlType,
+    WeightMatrix,
+};
 use crate::{Error, Result};
 use std::borrow::Cow;
 
@@ -210,8 +213,8 @@ impl Linear {
     }
 
     /// Every layer's `epilogue(x @ W + bias)` for the `M` rows of x, written to `out` (at least
-    /// `M` x all layers' columns) as one row-major `[M, n_out]` block per layer, one after
-    /// another; returns those blocks.
+    /// `side_by_side_offsets(M, widths).1` floats) as one row-major `[M, n_out]` block per layer, one
+    /// after another; returns those blocks.
     pub fn forward_side_by_side(
         &self,
         b: &mut Batch,
@@ -232,14 +235,11 @@ impl Linear {
                 *col,
             )?;
         }
-        let mut start = 0;
-        Ok(self
-            .widths
+        let (starts, _) = side_by_side_offsets(m, &self.widths);
+        Ok(starts
             .iter()
-            .map(|&w| {
-                start += m * w;
-                out.slice(start - m * w, &[m, w])
-            })
+            .zip(&self.widths)
+            .map(|(&s, &w)| out.slice(s, &[m, w]))
             .collect())
     }
 

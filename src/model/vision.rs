@@ -5,7 +5,7 @@
 //! state (`vision_feature_layer`), which is taken before them.
 
 use super::config::{LlavaConfig, VisionConfig};
-use super::linear::{Linear, Norm};
+use super::linear::{Linear, Norm, WeightStore};
 use super::weights::WeightFile;
 use crate::gpu::{Batch, DType, Gpu, Tensor};
 use crate::ops::{self, AttentionMap, AttentionScratch, AttentionShape, Epilogue, WeightMatrix};
@@ -14,9 +14,8 @@ use crate::{Error, Result};
 
 struct VisionLayer {
     norm1: Norm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v side by side.
+    qkv: Linear,
     o: Linear,
     norm2: Norm,
     fc1: Linear,
@@ -24,15 +23,14 @@ struct VisionLayer {
 }
 
 /// Activations of one image pass, allocated once. Buffers whose contents are dead at the time
-/// share storage: the patch columns live in `mlp`, the patch embeddings in `q`, and the attention
-/// output in `a`. `x_alt` takes the reduced sequence when a layer reduces (then the two swap).
+/// share storage: the patch columns live in `mlp`, the patch embeddings in `qkv`, and the
+/// attention output in `a`. `x_alt` takes the reduced sequence when a layer reduces (then the two swap).
 struct Workspace {
     x: Tensor,
     x_alt: Tensor,
     a: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    /// q, then k, then v `[tokens, d]` (see [`Linear::forward_side_by_side`]).
+    qkv: Tensor,
     mlp: Tensor,
     attn: AttentionScratch,
     /// Keys averaged over heads `[tokens, head_dim]` (towers without [CLS]), see
@@ -95,22 +93,15 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    /// Shapes of the workspace tensors x, a, q, k, v, mlp, x_alt: the activation slots this
-    /// tower views (see [`Gpu::shared_activations`]).
-    pub fn workspace_shapes(vc: &VisionConfig) -> [Vec<usize>; 7] {
+    /// Shapes of the workspace tensors x, a, qkv, mlp, x_alt: the activation slots this tower
+    /// views (see [`Gpu::shared_activations`]).
+    pub fn workspace_shapes(vc: &VisionConfig) -> [Vec<usize>; 5] {
         let t = vc.tokens();
         let d = vc.hidden_size;
         let cols = vc.num_channels * vc.patch_size * vc.patch_size;
         let (a, mlp) = (vec![t, d], vec![t * vc.intermediate_size.max(cols)]);
-        [
-            a.clone(),
-            a.clone(),
-            a.clone(),
-            a.clone(),
-            a.clone(),
-            mlp,
-            a,
-        ]
+        let qkv = ops::side_by_side_offsets(t, &[d; 3]).1;
+        [a.clone(), a.clone(), vec![qkv.max(t * d)], mlp, a]
     }
 
     /// `slots` are at least as large as [`Self::workspace_shapes`].
@@ -181,11 +172,16 @@ impl VisionTower {
             .map(|i| {
                 let n = |s: &str| format!("vision.encoder.layers.{i}.{s}");
                 let lin = |s: &str, o, k| Linear::load(gpu, wf, &n(s), o, k, true, dtype);
+                let (q, k, v) = (
+                    n("self_attn.q_proj"),
+                    n("self_attn.k_proj"),
+                    n("self_attn.v_proj"),
+                );
+                let qkv = [(&*q, d), (&*k, d), (&*v, d)];
+                let store = WeightStore::dense(dtype);
                 Ok(VisionLayer {
                     norm1: Norm::load(gpu, wf, &n("layer_norm1"), d, true)?,
-                    q: lin("self_attn.q_proj", d, d)?,
-                    k: lin("self_attn.k_proj", d, d)?,
-                    v: lin("self_attn.v_proj", d, d)?,
+                    qkv: Linear::load_side_by_side(gpu, wf, &qkv, d, true, store)?,
                     o: lin("self_attn.out_proj", d, d)?,
                     norm2: Norm::load(gpu, wf, &n("layer_norm2"), d, true)?,
                     fc1: lin("mlp.fc1", inter, d)?,
@@ -194,7 +190,7 @@ impl VisionTower {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut slots = slots.iter();
-        let [x, a, q, k, v, mlp, x_alt] = Self::workspace_shapes(&vc).map(|s| {
+        let [x, a, qkv, mlp, x_alt] = Self::workspace_shapes(&vc).map(|s| {
             slots
                 .next()
                 .expect("one activation slot per workspace tensor")
@@ -207,9 +203,7 @@ impl VisionTower {
             x,
             x_alt,
             a,
-            q,
-            k,
-            v,
+            qkv,
             mlp,
             attn: AttentionScratch::new(gpu, tokens, vc.num_attention_heads)?,
             keys_mean: head_mean
@@ -314,7 +308,7 @@ impl VisionTower {
         }
         let np = vc.num_patches();
         let cols = ws.mlp.view(&[np, vc.num_channels * p * p]);
-        let patches = ws.q.view(&[np, d]);
+        let patches = ws.qkv.view(&[np, d]);
         ops::im2col(b, pixels, p, &cols)?;
         let bias = self.patch_bias.as_ref();
         ops::matmul(b, &cols, &self.patch, bias, Epilogue::None, &patches)?;
@@ -356,16 +350,10 @@ impl VisionTower {
         for (i, l) in self.layers.iter().enumerate() {
             let drop = reduce.map_or(0, |r| r.drop_after(i));
             let xt = x.view(&[t, d]);
-            let (a, q, k, v) = (
-                ws.a.view(&[t, d]),
-                ws.q.view(&[t, d]),
-                ws.k.view(&[t, d]),
-                ws.v.view(&[t, d]),
-            );
+            let a = ws.a.view(&[t, d]);
             l.norm1.forward(b, &xt, eps, &a)?;
-            l.q.forward(b, &a, Epilogue::None, &q)?;
-            l.k.forward(b, &a, Epilogue::None, &k)?;
-            l.v.forward(b, &a, Epilogue::None, &v)?;
+            let qkv = l.qkv.forward_side_by_side(b, &a, Epilogue::None, &ws.qkv)?;
+            let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
             let scored = drop > 0 || (score_output && i == last);
             let scratch = ws.reduce.as_ref().filter(|_| scored);
             let probs = scratch.map(|s| s.probs.view(&[t, t]));
@@ -378,9 +366,9 @@ impl VisionTower {
             ops::attention(
                 b,
                 None,
-                &q,
-                &k,
-                &v,
+                q,
+                k,
+                v,
                 t,
                 &shape,
                 &ws.attn,
@@ -397,7 +385,7 @@ impl VisionTower {
                 let kept_buf = &ws.kept_grid[usize::from(grid.same_buffer(&ws.kept_grid[0]))];
                 let kept = kept_buf.view(&[t - drop]);
                 let carried = sizes.map(|z| z.view(&[t]));
-                let metric = self.metric(b, &k, t)?;
+                let metric = self.metric(b, k, t)?;
                 let input = StepInput {
                     hidden: &xt,
                     keys: Some(&metric),
@@ -454,7 +442,9 @@ impl VisionTower {
         let kept_buf = &ws.kept_grid[usize::from(out.grid.same_buffer(&ws.kept_grid[0]))];
         let kept = kept_buf.view(&[t - drop]);
         let spans = self.spans();
-        let metric = self.metric(b, &ws.k.view(&[t, d]), t)?;
+        // The last layer's keys, where its forward left them.
+        let (starts, _) = ops::side_by_side_offsets(t, &[d; 3]);
+        let metric = self.metric(b, &ws.qkv.slice(starts[1], &[t, d]), t)?;
         let input = StepInput {
             hidden: projected,
             keys: Some(&metric),
@@ -534,7 +524,7 @@ impl VisionTower {
             .layers
             .iter()
             .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.fc1, &l.fc2]
+                [&l.qkv, &l.o, &l.fc1, &l.fc2]
                     .iter()
                     .map(|x| x.bytes())
                     .sum::<u64>()

@@ -80,18 +80,20 @@ pub fn add(b: &mut Batch, a: &Tensor, c: &Tensor, out: &Tensor) -> Result<()> {
     )
 }
 
-/// SwiGLU in place: `gate_up [2, n, d]` holds the gate rows, then the up rows; the gate rows
-/// become `silu(gate) * up`.
-pub fn silu_mul(b: &mut Batch, gate_up: &Tensor) -> Result<()> {
-    let [2, n, d] = gate_up.shape()[..] else {
-        return Err(Error::shape(
-            "silu_mul gate_up",
-            "[2, n, d]",
-            format!("{:?}", gate_up.shape()),
+/// SwiGLU in place: `gate = silu(gate) * up`, where `gate` and `up` are blocks of one buffer,
+/// `up` after `gate` (the outputs of gate and up side by side), bound once.
+pub fn silu_mul(b: &mut Batch, gate: &Tensor, up: &Tensor) -> Result<()> {
+    same_shape("silu_mul up", gate, up)?;
+    let elem = DType::F32.bytes(1);
+    if !gate.same_buffer(up) || up.offset < gate.offset + gate.bytes() {
+        return Err(Error::InvalidArgument(
+            "silu_mul: gate and up must be blocks of one buffer, up after gate".into(),
         ));
-    };
+    }
+    let up_at = ((up.offset - gate.offset) / elem) as usize;
+    let span = gate.slice(0, &[up_at + up.numel()]);
     let k = Kernel::new("elementwise", "silu_mul").flag("IN_PLACE");
-    run(b, k, n * d, d, n * d, &[Bind::W(gate_up)])
+    run(b, k, gate.numel(), 1, up_at, &[Bind::W(&span)])
 }
 
 /// Write `src [n, D]` into rows `dst_row..dst_row + n` of `dst [m, D]`.

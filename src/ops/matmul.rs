@@ -349,10 +349,30 @@ pub fn matmul(
     matmul_with(b, default_path(b, m, w), x, w, bias, epilogue, out)
 }
 
+/// Floats each side-by-side output block is aligned to (256 bytes, WebGPU's largest storage
+/// binding offset alignment), so that each can be bound on its own.
+pub const BLOCK_ALIGN: usize = 64;
+
+/// Where the output blocks of `m` rows of layers of `widths` start in [`matmul_into`]'s buffer,
+/// and the floats the buffer needs.
+pub fn side_by_side_offsets(m: usize, widths: &[usize]) -> (Vec<usize>, usize) {
+    let mut at = 0;
+    let starts = widths
+        .iter()
+        .map(|&w| {
+            let s = at;
+            at = (at + m * w).next_multiple_of(BLOCK_ALIGN);
+            s
+        })
+        .collect();
+    (starts, at)
+}
+
 /// [`matmul`] for one of several matrices side by side (q, k and v; gate and up): `out` holds
-/// the `[M, width]` outputs of layers of `widths` (at most 3) one after another, each row-major,
-/// and this matrix's columns are columns `col0 .. col0 + N` of them all. `bias`, when given,
-/// is `[sum of widths]`, indexed by that column.
+/// the `[M, width]` outputs of layers of `widths` (at most 3) one after another, each row-major
+/// and starting where [`side_by_side_offsets`] says, and this matrix's columns are columns
+/// `col0 .. col0 + N` of them all. `bias`, when given, is `[sum of widths]`, indexed by that
+/// column.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_into(
     b: &mut Batch,
@@ -367,7 +387,12 @@ pub fn matmul_into(
     let m = x.shape().first().copied().unwrap_or(0);
     let path = default_path(b, m, w);
     let total: usize = widths.iter().sum();
-    if widths.is_empty() || widths.len() > 3 || out.numel() < m * total {
+    let (starts, _) = side_by_side_offsets(m, widths);
+    let end = starts
+        .last()
+        .zip(widths.last())
+        .map_or(0, |(s, w)| s + m * w);
+    if widths.is_empty() || widths.len() > 3 || out.numel() < end {
         return Err(Error::shape(
             "matmul output",
             format!("{m} rows of 1 to 3 layers' outputs"),
@@ -386,7 +411,8 @@ pub fn matmul_into(
 }
 
 /// The output layout of one dispatch: columns `[0, s1)`, `[s1, s2)` and `[s2, total)` are
-/// three row-major blocks one after another; the matrix's columns start at `col0`.
+/// three row-major blocks one after another (aligned as in [`side_by_side_offsets`]); the
+/// matrix's columns start at `col0`.
 #[derive(Clone, Copy)]
 struct Planes {
     total: usize,

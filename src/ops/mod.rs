@@ -22,11 +22,12 @@ pub use attention::{attention, AttentionMap, AttentionScratch, AttentionShape};
 pub use elementwise::{activate, add, copy_rows, gather_rows, silu_mul, Activation};
 pub use embed::{embed, EmbeddingTable};
 pub use matmul::{
-    matmul, matmul_into, matmul_with, Epilogue, MatmulPath, WeightFormat, WeightMatrix,
+    matmul, matmul_into, matmul_with, side_by_side_offsets, Epilogue, MatmulPath, WeightFormat,
+    WeightMatrix,
 };
 pub use norm::{layer_norm, rms_norm};
 pub use patch::{im2col, vision_embed};
-pub use peak::alu_peak;
+pub use peak::{alu_peak, read_peak};
 pub use quant::{dequantize, GgmlType};
 pub use quantize::quantize;
 pub use rope::{rope, RopeScaling, RopeTable};
