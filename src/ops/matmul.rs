@@ -431,14 +431,9 @@ pub fn matmul_with(
     epilogue: Epilogue,
     out: &Tensor,
 ) -> Result<()> {
-    let (m, n) = dims2("matmul output", out)?;
-    if n != w.n || x.shape().first() != Some(&m) {
-        return Err(Error::shape(
-            "matmul",
-            format!("x [M, {}] and out [M, {}]", w.k, w.n),
-            format!("x {:?}, out {:?}", x.shape(), out.shape()),
-        ));
-    }
+    let m = x.shape().first().copied().unwrap_or(0);
+    super::expect_shape("matmul output", out, &[m, w.n])?;
+    let n = w.n;
     let planes = Planes {
         total: n,
         s1: n,
