@@ -235,10 +235,14 @@ fn profile_kernels(
     let done = run();
     let times = gpu.take_profile();
     done?;
-    Ok(times
+    Ok(kernel_rows(&times, per))
+}
+
+fn kernel_rows(times: &[ficoco::gpu::KernelTime], per: f64) -> Vec<serde_json::Value> {
+    times
         .iter()
         .map(|k| serde_json::json!({"entry": k.entry, "calls": k.calls as f64 / per, "ms": k.ms / per}))
-        .collect())
+        .collect()
 }
 
 fn print_kernels(title: &str, rows: &[serde_json::Value]) {
@@ -508,18 +512,29 @@ fn run(args: Args) -> ficoco::Result<()> {
         });
     }
     let warm_allocations = gpu.allocations() - allocs;
-    // Per-kernel time of one generate with two decode steps, each dispatch waited alone.
-    let profile = if args.profile {
+    // Per-kernel time of one generate, each dispatch waited alone: vision + prefill up to the
+    // first token, then the decode steps after it (per token).
+    let (profile, decode_profile) = if args.profile {
         log("profiled run...");
+        let steps = 4;
         let short = GenerateOptions {
-            max_new_tokens: 3,
+            max_new_tokens: steps + 1,
             ..gen.clone()
         };
-        profile_kernels(&gpu, 1.0, || {
-            pollster::block_on(model.generate(&pixels, &prompt, &short, |_| true)).map(drop)
-        })?
+        let mut prefill = None;
+        let decode = profile_kernels(&gpu, steps as f64, || {
+            pollster::block_on(model.generate(&pixels, &prompt, &short, |_| {
+                if prefill.is_none() {
+                    prefill = Some(kernel_rows(&gpu.take_profile(), 1.0));
+                    gpu.start_profile();
+                }
+                true
+            }))
+            .map(drop)
+        })?;
+        (prefill.unwrap_or_default(), decode)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let tm = best.unwrap();
     let decode_per_token = tm.decode_ms / (p.decode_tokens - 1) as f64;
@@ -717,6 +732,7 @@ fn run(args: Args) -> ficoco::Result<()> {
         "read_peak_gb_per_s": read_roof,
         "matvecs": matvecs,
         "profile": profile,
+        "decode_profile": decode_profile,
         "transformers": peers,
         "attention": attn_rows,
         "peak_gpu_bytes": peak,
@@ -776,8 +792,12 @@ fn run(args: Args) -> ficoco::Result<()> {
     println!();
     if !profile.is_empty() {
         print_kernels(
-            "kernel (one generate: prefill + 2 decode steps, each dispatch alone)",
+            "kernel (vision + prefill to the first token, each dispatch alone)",
             &profile,
+        );
+        print_kernels(
+            "decode kernel (4 steps after the first token, each dispatch alone; per token)",
+            &decode_profile,
         );
     }
     println!("| decode mat-vec 1 x K x N | MiB | GB/s | numpy f32 mat-vec GB/s (same bytes) | fraction |");

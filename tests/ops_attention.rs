@@ -1,7 +1,7 @@
 //! Attention (prefill, decode, causal, GQA, probabilities) and RoPE against CPU references.
 mod common;
 use common::*;
-use ficoco::gpu::{AttentionVariant, DType, Gpu};
+use ficoco::gpu::{AttentionVariant, DType, Gpu, GpuOptions};
 use ficoco::ops::{
     attention, rope, AttentionMap, AttentionScratch, AttentionShape, RopeScaling, RopeTable,
 };
@@ -216,6 +216,41 @@ fn prefill_matches_cpu() {
                 check(g, &shape(h, kvh, hd, causal), 37, 37, 40, true);
                 check(g, &shape(h, kvh, hd, causal), 70, 70, 70, false);
             }
+        }
+    }
+}
+
+/// A head size that is no multiple of 4 takes `shared` when the device chose its variant, but a
+/// variant the user forced is never swapped: `rows` is then refused, not silently replaced.
+#[test]
+fn forced_rows_refuses_odd_head_size() {
+    let g = gpu();
+    if !g.caps.subgroups_of_eight() {
+        return;
+    }
+    let mut opts = GpuOptions::from_env().expect("FICOCO_* environment");
+    opts.attention = Some(AttentionVariant::Rows);
+    let forced = Gpu::new_blocking(&opts).expect("a wgpu adapter");
+    assert!(forced.caps.attention_forced);
+    let s = shape(2, 2, 6, true);
+    for (device, want_ok) in [(g.as_ref(), !g.caps.attention_forced), (&forced, false)] {
+        let q = device
+            .upload_f32(&rand_vec(5 * 12, 1, 1.0), &[5, 12], "q")
+            .unwrap();
+        let kv = device
+            .upload_f32(&rand_vec(5 * 12, 2, 1.0), &[5, 12], "kv")
+            .unwrap();
+        let out = device.zeros(&[5, 12], DType::F32, "out").unwrap();
+        let scratch = AttentionScratch::new(device, 5, 2).unwrap();
+        let mut b = device.batch();
+        let run = attention(
+            &mut b, None, &q, &kv, &kv, 5, &s, &scratch, &out, None, None,
+        );
+        if want_ok {
+            run.unwrap();
+            b.submit();
+        } else {
+            assert!(matches!(run, Err(Error::Unsupported(_))), "{run:?}");
         }
     }
 }

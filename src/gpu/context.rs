@@ -112,8 +112,8 @@ pub enum AttentionVariant {
     /// workgroup reductions, output dims owned by invocations.
     Shared,
     /// One invocation per query, 64 queries per (workgroup, head), keys and values eight at a
-    /// time through `subgroupBroadcast` (needs subgroups of 8), no workgroup memory. Used for
-    /// prefill only: a single query would leave 63 invocations idle.
+    /// time through `subgroupBroadcast` (needs subgroups of 8), no workgroup memory; for a
+    /// single query, one invocation per head instead. Needs a head size that is a multiple of 4.
     Rows,
 }
 
@@ -135,8 +135,11 @@ pub struct Capabilities {
     pub storage_offset_alignment: u32,
     pub uniform_offset_alignment: u32,
     pub matmul: MatmulVariant,
-    /// The prefill attention kernel (decode always takes [`AttentionVariant::Shared`]).
+    /// The attention kernel.
     pub attention: AttentionVariant,
+    /// `attention` was asked for (`FICOCO_ATTENTION`, [`GpuOptions`]) rather than chosen from the
+    /// adapter: it is then never swapped for another, and shapes it cannot run are errors.
+    pub attention_forced: bool,
 }
 
 impl Capabilities {
@@ -222,6 +225,7 @@ pub async fn open_device(opts: &GpuOptions) -> Result<DeviceChoice> {
             MatmulVariant::Tiled
         }),
         attention: AttentionVariant::Shared,
+        attention_forced: opts.attention.is_some(),
     };
     caps.attention = match opts.attention {
         Some(AttentionVariant::Rows) if !caps.subgroups_of_eight() => {

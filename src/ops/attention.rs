@@ -63,9 +63,9 @@ struct Params {
 /// (row = query). `key_sizes [kv_len]` (ToMe's proportional attention) weighs each key by the
 /// number of tokens it stands for.
 ///
-/// `variant` names the kernel; `None` takes the device's [`AttentionVariant`], except
-/// [`AttentionVariant::Shared`] for a head size that is no multiple of 4 (`rows` loads heads in
-/// vec4s). For a single query `rows` gives each head an invocation, the heads of a kv head on
+/// `variant` names the kernel; `None` takes the device's [`AttentionVariant`], except that a
+/// head size that is no multiple of 4 takes [`AttentionVariant::Shared`] (`rows` loads heads in
+/// vec4s) unless the device's variant was forced, which is then an error. For a single query `rows` gives each head an invocation, the heads of a kv head on
 /// whole groups of 8 lanes that share each key load.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -85,10 +85,11 @@ pub fn attention(
     // of 8 lanes (the 8 lanes of a subgroup share every key load, idle ones included).
     let decode = q.shape().first() == Some(&1);
     let decode_lanes = (shape.heads / shape.kv_heads.max(1)).div_ceil(8) * 8;
-    let variant = variant.unwrap_or(if shape.head_dim % 4 != 0 {
+    let caps = &b.gpu().caps;
+    let variant = variant.unwrap_or(if shape.head_dim % 4 != 0 && !caps.attention_forced {
         AttentionVariant::Shared
     } else {
-        b.gpu().caps.attention
+        caps.attention
     });
     let s = shape;
     if s.heads == 0 || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
