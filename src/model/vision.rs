@@ -24,7 +24,8 @@ struct VisionLayer {
 
 /// Activations of one image pass, allocated once. Buffers whose contents are dead at the time
 /// share storage: the patch columns live in `mlp`, the patch embeddings in `qkv`, and the
-/// attention output in `a`. `x_alt` takes the reduced sequence when a layer reduces (then the two swap).
+/// attention output in `a`. `x_alt` takes the reduced sequence when a layer reduces (then the
+/// two swap).
 struct Workspace {
     x: Tensor,
     x_alt: Tensor,

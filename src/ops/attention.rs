@@ -65,8 +65,9 @@ struct Params {
 ///
 /// `variant` names the kernel; `None` takes the device's [`AttentionVariant`], except that a
 /// head size that is no multiple of 4 takes [`AttentionVariant::Shared`] (`rows` loads heads in
-/// vec4s) unless the device's variant was forced, which is then an error. For a single query `rows` gives each head an invocation, the heads of a kv head on
-/// whole groups of 8 lanes that share each key load.
+/// vec4s) unless the device's variant was forced, which is then an error. For a single query
+/// `rows` gives each head an invocation, the heads of a kv head on whole groups of 8 lanes that
+/// share each key load.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Batch,
