@@ -11,7 +11,7 @@
 //!     [--reduce all|M1,M2,...] [--budgets 192,128,64] [--runs N (timed runs, best kept; 2)]
 
 use clap::Parser;
-use ficoco::gpu::{AttentionVariant, DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::gpu::{AttentionVariant, DType, Gpu, GpuOptions, MatmulVariant, WeightLayout};
 use ficoco::model::{
     GenerateOptions, HostTensor, Llava, LlavaConfig, LoadOptions, Sampling, WeightFile,
 };
@@ -236,12 +236,18 @@ fn matvec_secs(
     Ok((best, bytes))
 }
 
-/// Best GB/s of the decode mat-vec over a dense `[k, n]` matrix, and its GPU bytes.
-fn matvec_gbps(gpu: &Gpu, k: usize, n: usize, dtype: DType) -> ficoco::Result<(f64, u64)> {
+/// Best GB/s of the decode mat-vec over a dense `[k, n]` matrix in `layout`, and its GPU bytes.
+fn matvec_gbps(
+    gpu: &Gpu,
+    k: usize,
+    n: usize,
+    dtype: DType,
+    layout: WeightLayout,
+) -> ficoco::Result<(f64, u64)> {
     let values = vec![0.01; n * k];
     let (s, bytes) = matvec_secs(
         gpu,
-        || WeightMatrix::from_out_in(gpu, &values, n, k, dtype, "w"),
+        || WeightMatrix::from_out_in_laid_out(gpu, &values, n, k, dtype, layout, "w"),
         10,
     )?;
     Ok((bytes as f64 / s / 1e9, bytes))
@@ -619,10 +625,20 @@ fn run(args: Args) -> ficoco::Result<()> {
     }
     let vocab = p.text.5;
     let mut matvecs = Vec::new();
+    let layout = gpu.caps.weight_layout;
+    let other_layout = WeightLayout::ALL
+        .into_iter()
+        .find(|&l| l != layout)
+        .unwrap();
     for (k, n) in [(th, ti), (ti, th), (th, vocab)] {
         log(&format!("mat-vec {k}x{n}..."));
-        let (gbps, bytes) = matvec_gbps(&gpu, k, n, dtype)?;
-        matvecs.push(serde_json::json!({"k": k, "n": n, "bytes": bytes, "gb_per_s": gbps}));
+        let (gbps, bytes) = matvec_gbps(&gpu, k, n, dtype, layout)?;
+        let (other, _) = matvec_gbps(&gpu, k, n, dtype, other_layout)?;
+        matvecs.push(
+            serde_json::json!({"k": k, "n": n, "bytes": bytes, "gb_per_s": gbps,
+            "layout": layout.name(),
+            "other_layout": {"name": other_layout.name(), "gb_per_s": other}}),
+        );
     }
     // transformers on the same shapes and threads, and numpy's mat-vec over the same bytes.
     let peers = if args.peers {
@@ -833,16 +849,19 @@ fn run(args: Args) -> ficoco::Result<()> {
             &decode_profile,
         );
     }
-    println!("| decode mat-vec 1 x K x N | MiB | GB/s | numpy f32 mat-vec GB/s (same bytes) | fraction |");
-    println!("|---|---|---|---|---|");
+    println!("| decode mat-vec 1 x K x N | MiB | layout | GB/s | other layout GB/s | numpy f32 mat-vec GB/s (same bytes) | fraction |");
+    println!("|---|---|---|---|---|---|---|");
     for m in &matvecs {
         let np = m["numpy_gb_per_s"].as_f64();
         println!(
-            "| 1 x {} x {} | {} | {:.2} | {} | {} |",
+            "| 1 x {} x {} | {} | {} | {:.2} | {} {:.2} | {} | {} |",
             m["k"],
             m["n"],
             m["bytes"].as_u64().unwrap_or(0) >> 20,
+            m["layout"].as_str().unwrap_or(""),
             m["gb_per_s"].as_f64().unwrap_or(0.0),
+            m["other_layout"]["name"].as_str().unwrap_or(""),
+            m["other_layout"]["gb_per_s"].as_f64().unwrap_or(0.0),
             np.map_or("n/a".into(), |x| format!("{x:.1}")),
             np.map_or("n/a".into(), |x| format!(
                 "{:.0}%",
@@ -850,7 +869,7 @@ fn run(args: Args) -> ficoco::Result<()> {
             )),
         );
     }
-    println!("| streaming roof (`read_peak`, reads only) | | {read_roof:.2} | | |");
+    println!("| streaming roof (`read_peak`, reads only) | | | {read_roof:.2} | | | |");
     println!();
     if !peers.is_null() {
         let tvp = peers["vision_prefill_ms"].as_f64().unwrap_or(f64::NAN);

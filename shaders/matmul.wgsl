@@ -1,7 +1,7 @@
 // matmul.wgsl: out = epilogue(x @ W + bias) for f32 activations and f16-or-f32 weights, f32
-// accumulation. W is stored [K, ldw4 * 4] row-major (PyTorch's [out, in] transposed, columns
-// padded to a multiple of 4) and may be one column chunk of a larger matrix: the chunk's columns
-// land at out[:, n_off .. n_off + n].
+// accumulation. W is [K, ldw4 * 4] (PyTorch's [out, in] transposed, columns padded to a
+// multiple of 8), row-major or, with W_BLOCKS, in blocks of 8 columns (see w_at), and may be one
+// column chunk of a larger matrix: the chunk's columns land at out[:, n_off .. n_off + n].
 // Bindings and epilogue flags: see matmul_common.wgsl; here binding 2 is the W chunk (read):
 // f32 as array<vec4<f32>> (array<vec2<f32>> with W_COLS2), or with W_F16 f16 packed two per
 // u32, low half first (array<vec2<u32>>, or array<u32> with W_COLS2).
@@ -22,55 +22,69 @@
 
 #include "matmul_common"
 
-// load_w4: 4 columns from vec4 column c4 of row k (tiled, matvec). load_wc: the WC columns at
-// index i = row * ldwc + column group (matmul_register).
+// Where W's values live. Row-major (GPUs: lanes along N load consecutive words): value (k, c) at
+// k * ldw4 * 4 + c. With W_BLOCKS (CPU adapters) the columns come in blocks of 8, each stored
+// [K, 8] contiguously, [N / 8, K, 8] in all: an invocation that walks its columns down K reads
+// its own stretch of memory in order, as streaming reads want, instead of 16 bytes per row
+// at a stride of a whole row.
+// w_at(k, c, per): the index, in units of `per` (2, 4 or 8) columns, of columns
+// c * per .. c * per + per of row k.
+fn w_at(k: u32, c: u32, per: u32) -> u32 {
+#ifdef W_BLOCKS
+    let g = 8u / per;
+    return ((c / g) * p.k + k) * g + c % g;
+#else
+    return k * (p.ldw4 * 4u / per) + c;
+#endif
+}
+
+// load_w4(k, c4): columns 4 c4 .. 4 c4 + 4 of row k (tiled, matvec). load_wc(k, g): the WC
+// columns of group g of row k (matmul_register).
 #ifdef W_COLS8
-// Groups of 8 columns (rows hold ldw4 / 2 of them), as the two columns of a mat2x4.
+// Groups of 8 columns, as the two columns of a mat2x4.
 #ifdef W_F16
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-fn load_wc(i: u32) -> mat2x4<f32> {
-    let q = w[i];
+fn load_wc(k: u32, g: u32) -> mat2x4<f32> {
+    let q = w[w_at(k, g, 8u)];
     return mat2x4<f32>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
                        vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
 }
 #else
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
-fn load_wc(i: u32) -> mat2x4<f32> { return mat2x4<f32>(w[2u * i], w[2u * i + 1u]); }
+fn load_wc(k: u32, g: u32) -> mat2x4<f32> {
+    let i = 2u * w_at(k, g, 8u);
+    return mat2x4<f32>(w[i], w[i + 1u]);
+}
 #endif
 #else
 #ifdef W_F16
 #ifdef W_COLS2
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 fn load_w4(k: u32, c4: u32) -> vec4<f32> {
-    let i = (k * p.ldw4 + c4) * 2u;
+    let i = w_at(k, c4, 4u) * 2u;
     return vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));
 }
-fn load_wc(i: u32) -> vec2<f32> { return unpack2x16float(w[i]); }
+fn load_wc(k: u32, g: u32) -> vec2<f32> { return unpack2x16float(w[w_at(k, g, 2u)]); }
 #else
 @group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;
 fn load_w4(k: u32, c4: u32) -> vec4<f32> {
-    let q = w[k * p.ldw4 + c4];
+    let q = w[w_at(k, c4, 4u)];
     return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
 }
-fn load_wc(i: u32) -> vec4<f32> {
-    let q = w[i];
-    return vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-}
+fn load_wc(k: u32, g: u32) -> vec4<f32> { return load_w4(k, g); }
 #endif
 #else
 #ifdef W_COLS2
 @group(0) @binding(2) var<storage, read> w: array<vec2<f32>>;
 fn load_w4(k: u32, c4: u32) -> vec4<f32> {
-    let i = (k * p.ldw4 + c4) * 2u;
+    let i = w_at(k, c4, 4u) * 2u;
     return vec4<f32>(w[i], w[i + 1u]);
 }
-fn load_wc(i: u32) -> vec2<f32> { return w[i]; }
+fn load_wc(k: u32, g: u32) -> vec2<f32> { return w[w_at(k, g, 2u)]; }
 #else
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
-fn load_w4(k: u32, c4: u32) -> vec4<f32> {
-    return w[k * p.ldw4 + c4];
-}
-fn load_wc(i: u32) -> vec4<f32> { return w[i]; }
+fn load_w4(k: u32, c4: u32) -> vec4<f32> { return w[w_at(k, c4, 4u)]; }
+fn load_wc(k: u32, g: u32) -> vec4<f32> { return load_w4(k, g); }
 #endif
 #endif
 #endif
@@ -211,14 +225,14 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let kx = kb + kl;
         let ok = kx < p.k;
         let kc = min(kx, kmax);
-        let w0 = load_wc(min(kb, kmax) * ldw + cw);
-        let w1 = load_wc(min(kb + 1u, kmax) * ldw + cw);
-        let w2 = load_wc(min(kb + 2u, kmax) * ldw + cw);
-        let w3 = load_wc(min(kb + 3u, kmax) * ldw + cw);
-        let w4 = load_wc(min(kb + 4u, kmax) * ldw + cw);
-        let w5 = load_wc(min(kb + 5u, kmax) * ldw + cw);
-        let w6 = load_wc(min(kb + 6u, kmax) * ldw + cw);
-        let w7 = load_wc(min(kb + 7u, kmax) * ldw + cw);
+        let w0 = load_wc(min(kb, kmax), cw);
+        let w1 = load_wc(min(kb + 1u, kmax), cw);
+        let w2 = load_wc(min(kb + 2u, kmax), cw);
+        let w3 = load_wc(min(kb + 3u, kmax), cw);
+        let w4 = load_wc(min(kb + 4u, kmax), cw);
+        let w5 = load_wc(min(kb + 5u, kmax), cw);
+        let w6 = load_wc(min(kb + 6u, kmax), cw);
+        let w7 = load_wc(min(kb + 7u, kmax), cw);
         a0 = step8(a0, select(0.0, xs(o0 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7);
         if (ROWS_USED > 1u) { a1 = step8(a1, select(0.0, xs(o1 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
         if (ROWS_USED > 2u) { a2 = step8(a2, select(0.0, xs(o2 + kc), ok), w0, w1, w2, w3, w4, w5, w6, w7); }
@@ -233,11 +247,10 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 #else
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        let i = k * ldw + cw;
-        let w0 = load_wc(i);
-        let w1 = load_wc(i + ldw);
-        let w2 = load_wc(i + 2u * ldw);
-        let w3 = load_wc(i + 3u * ldw);
+        let w0 = load_wc(k, cw);
+        let w1 = load_wc(k + 1u, cw);
+        let w2 = load_wc(k + 2u, cw);
+        let w3 = load_wc(k + 3u, cw);
         a0 = mac4(a0, x4(o0, k), w0, w1, w2, w3);
         if (ROWS_USED > 1u) { a1 = mac4(a1, x4(o1, k), w0, w1, w2, w3); }
         if (ROWS_USED > 2u) { a2 = mac4(a2, x4(o2, k), w0, w1, w2, w3); }
@@ -250,7 +263,7 @@ fn matmul_register(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 #endif
     }
     for (var k = k4; k < p.k; k++) {
-        let wv = load_wc(k * ldw + cw);
+        let wv = load_wc(k, cw);
         a0 += xs(o0 + k) * wv;
         if (ROWS_USED > 1u) { a1 += xs(o1 + k) * wv; }
         if (ROWS_USED > 2u) { a2 += xs(o2 + k) * wv; }

@@ -1,8 +1,8 @@
-//! Matmul kernels (tiled, every register tile, mat-vec) x f16/f32 weights x epilogues against a
-//! CPU reference.
+//! Matmul kernels (tiled, every register tile, mat-vec) x f16/f32 weights x both dense weight
+//! layouts x epilogues against a CPU reference.
 mod common;
 use common::*;
-use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant, WeightLayout};
 use ficoco::ops::matmul::RegisterTile;
 use ficoco::ops::{matmul_with, Epilogue, MatmulPath, WeightMatrix};
 
@@ -28,6 +28,7 @@ fn check(
     k: usize,
     n: usize,
     dtype: DType,
+    layout: WeightLayout,
     e: Epilogue,
     bias: bool,
 ) {
@@ -39,7 +40,7 @@ fn check(
     let bvec = rand_vec(n, 3, 0.5);
     let old = rand_vec(m * n, 4, 1.0);
     let tx = g.upload_f32(&x, &[m, k], "x").unwrap();
-    let tw = WeightMatrix::from_out_in(g, &w, n, k, dtype, "w").unwrap();
+    let tw = WeightMatrix::from_out_in_laid_out(g, &w, n, k, dtype, layout, "w").unwrap();
     let tb = g.upload_f32(&bvec, &[n], "b").unwrap();
     let out = g.upload_f32(&old, &[m, n], "out").unwrap();
     let mut b = g.batch();
@@ -58,8 +59,14 @@ fn check(
             want[r * n + c] = epi(s, e, old[r * n + c] as f64) as f32;
         }
     }
-    let what = format!("{path:?} {m}x{k}x{n} {dtype:?} {e:?} bias={bias}");
+    let what = format!("{path:?} {m}x{k}x{n} {dtype:?} {layout:?} {e:?} bias={bias}");
     assert_close(&what, &got, &want, 2e-5 * (k as f32).sqrt(), 1e-5);
+}
+
+/// The weight layout of the `i`-th epilogue's case: both layouts, each with and without bias,
+/// at every shape, path and type, without running every epilogue twice.
+fn layout_for(i: usize) -> WeightLayout {
+    WeightLayout::ALL[(i / 2) % 2]
 }
 
 const EPIS: [Epilogue; 5] = [
@@ -93,7 +100,8 @@ fn matrix_variants_match_cpu() {
             for (m, k, n) in SHAPES {
                 for dtype in [DType::F32, DType::F16] {
                     for (i, e) in EPIS.into_iter().enumerate() {
-                        check(g, path, m, k, n, dtype, e, i % 2 == 0);
+                        let layout = layout_for(i);
+                        check(g, path, m, k, n, dtype, layout, e, i % 2 == 0);
                     }
                 }
             }
@@ -153,7 +161,8 @@ fn matvec_matches_cpu() {
             ] {
                 for dtype in [DType::F32, DType::F16] {
                     for (i, e) in EPIS.into_iter().enumerate() {
-                        check(g, path, m, k, n, dtype, e, i % 2 == 1);
+                        let layout = layout_for(i);
+                        check(g, path, m, k, n, dtype, layout, e, i % 2 == 1);
                     }
                 }
             }
@@ -174,9 +183,21 @@ fn weights_above_the_binding_limit_are_split() {
     let matvecs = [MatmulPath::MatVec, MatmulPath::MatVecSplit];
     for path in matvecs.into_iter().chain(matrix_paths(&g)) {
         for dtype in [DType::F32, DType::F16] {
-            check(&g, path, 3, 64, 300, dtype, Epilogue::None, true);
-            if !matvecs.contains(&path) {
-                check(&g, path, 13, 64, 300, dtype, Epilogue::Accumulate, false);
+            for layout in WeightLayout::ALL {
+                check(&g, path, 3, 64, 300, dtype, layout, Epilogue::None, true);
+                if !matvecs.contains(&path) {
+                    check(
+                        &g,
+                        path,
+                        13,
+                        64,
+                        300,
+                        dtype,
+                        layout,
+                        Epilogue::Accumulate,
+                        false,
+                    );
+                }
             }
         }
     }

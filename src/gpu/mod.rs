@@ -7,7 +7,7 @@ mod kernel;
 mod tensor;
 
 pub use batch::{Batch, Bind};
-pub use context::{AttentionVariant, Capabilities, GpuOptions, MatmulVariant};
+pub use context::{AttentionVariant, Capabilities, GpuOptions, MatmulVariant, WeightLayout};
 pub use kernel::{shader_source, Kernel};
 pub use tensor::{DType, Tensor};
 

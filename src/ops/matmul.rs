@@ -5,13 +5,14 @@
 use super::dims2;
 use super::embed::upload_rows;
 use super::quant::{dequantize, GgmlType};
-use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, MatmulVariant, Tensor};
+use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, MatmulVariant, Tensor, WeightLayout};
 use crate::{Error, Result};
 
 /// How a [`WeightMatrix`] is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
-    /// `[K, N]` (PyTorch's `[out, in]` transposed), columns padded to a multiple of 8.
+    /// `[K, N]` (PyTorch's `[out, in]` transposed), columns padded to a multiple of 8, in
+    /// memory as the matrix's [`WeightLayout`] says.
     Dense(DType),
     /// llama.cpp's blocks, one row along K per output column, in the GPU row layout of
     /// [`GgmlType::to_gpu_rows`] ([`GgmlType::gpu_row_words`] words per row).
@@ -23,8 +24,10 @@ pub struct WeightMatrix {
     k: usize,
     n: usize,
     format: WeightFormat,
-    /// (first column, columns, tensor) per chunk: dense `[K, padded columns]`, or blocks
-    /// `[columns, row words]`.
+    /// Of dense chunks.
+    layout: WeightLayout,
+    /// (first column, columns, tensor) per chunk: dense `[K, padded columns]` (row-major) or
+    /// `[padded columns / 8, K * 8]` (column blocks), or blocks `[columns, row words]`.
     chunks: Vec<Chunk>,
 }
 
@@ -35,13 +38,27 @@ struct Chunk {
 }
 
 impl WeightMatrix {
-    /// From PyTorch's layout: `data` is `[n, k]` row-major (one row per output).
+    /// From PyTorch's layout: `data` is `[n, k]` row-major (one row per output), in the
+    /// device's [`WeightLayout`].
     pub fn from_out_in(
         gpu: &Gpu,
         data: &[f32],
         n: usize,
         k: usize,
         dtype: DType,
+        label: &str,
+    ) -> Result<Self> {
+        Self::from_out_in_laid_out(gpu, data, n, k, dtype, gpu.caps.weight_layout, label)
+    }
+
+    /// [`WeightMatrix::from_out_in`] in a given layout (tests, tuning).
+    pub fn from_out_in_laid_out(
+        gpu: &Gpu,
+        data: &[f32],
+        n: usize,
+        k: usize,
+        dtype: DType,
+        layout: WeightLayout,
         label: &str,
     ) -> Result<Self> {
         if data.len() != n * k || n == 0 || k == 0 {
@@ -63,10 +80,18 @@ impl WeightMatrix {
             for c in 0..cols {
                 let src = &data[(col + c) * k..(col + c + 1) * k];
                 for (kk, &v) in src.iter().enumerate() {
-                    t[kk * padded + c] = v;
+                    let at = match layout {
+                        WeightLayout::RowMajor => kk * padded + c,
+                        WeightLayout::ColumnBlocks => ((c / 8) * k + kk) * 8 + c % 8,
+                    };
+                    t[at] = v;
                 }
             }
-            let data = upload_rows(gpu, &t, &[k, padded], dtype, label)?;
+            let shape = match layout {
+                WeightLayout::RowMajor => [k, padded],
+                WeightLayout::ColumnBlocks => [padded / 8, k * 8],
+            };
+            let data = upload_rows(gpu, &t, &shape, dtype, label)?;
             chunks.push(Chunk { col, cols, data });
             col += cols;
         }
@@ -74,6 +99,7 @@ impl WeightMatrix {
             k,
             n,
             format: WeightFormat::Dense(dtype),
+            layout,
             chunks,
         })
     }
@@ -137,6 +163,7 @@ impl WeightMatrix {
             k,
             n,
             format: WeightFormat::Blocks(ty),
+            layout: WeightLayout::RowMajor,
             chunks,
         })
     }
@@ -151,6 +178,11 @@ impl WeightMatrix {
 
     pub fn format(&self) -> WeightFormat {
         self.format
+    }
+
+    /// How a dense matrix's values are laid out (quantised blocks are always rows of K).
+    pub fn layout(&self) -> WeightLayout {
+        self.layout
     }
 
     /// (first row, rows, blocks `[rows, row words]`) of each chunk of a quantised matrix, for
@@ -521,6 +553,7 @@ fn dispatch(
         .define("ROWS_USED", format!("{rows_used}u"))
         .define("KSPLIT", format!("{KSPLIT}u"))
         .flag_if("W_F16", dtype == DType::F16)
+        .flag_if("W_BLOCKS", w.layout == WeightLayout::ColumnBlocks)
         .flag_if("HAS_BIAS", bias.is_some());
     let kernel = epilogue.flags(kernel);
     let kernel = if path == MatmulPath::MatVecSplit {
@@ -533,7 +566,7 @@ fn dispatch(
             m: m as u32,
             n: c.cols as u32,
             k: k as u32,
-            ldw4: (c.data.shape()[1] / 4) as u32,
+            ldw4: (c.cols.next_multiple_of(8) / 4) as u32,
             ldo: planes.total as u32,
             n_off: (planes.col0 + c.col) as u32,
             s1: planes.s1 as u32,
