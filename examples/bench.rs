@@ -180,16 +180,22 @@ fn matmul_gflops(
     k: usize,
     n: usize,
     dtype: DType,
-    paths: &[MatmulPath],
+    paths: &[(MatmulPath, WeightLayout)],
 ) -> ficoco::Result<Vec<f64>> {
     let x = gpu.upload_f32(&vec![0.01; m * k], &[m, k], "x")?;
-    let w = WeightMatrix::from_out_in(gpu, &vec![0.01; n * k], n, k, dtype, "w")?;
+    let values = vec![0.01; n * k];
+    // One matrix per layout; `paths` pairs each path with the layout it reads.
+    let ws = WeightLayout::ALL
+        .iter()
+        .map(|&l| WeightMatrix::from_out_in_laid_out(gpu, &values, n, k, dtype, l, "w"))
+        .collect::<ficoco::Result<Vec<_>>>()?;
     let out = gpu.zeros(&[m, n], DType::F32, "out")?;
     let mut best = vec![f64::MAX; paths.len()];
     for round in 0..5 {
-        for (i, &path) in paths.iter().enumerate() {
+        for (i, &(path, layout)) in paths.iter().enumerate() {
+            let w = &ws[WeightLayout::ALL.iter().position(|&l| l == layout).unwrap()];
             let s = timed(gpu, |b| {
-                matmul_with(b, path, &x, &w, None, Epilogue::None, &out)
+                matmul_with(b, path, &x, w, None, Epilogue::None, &out)
             })?;
             // Round 0 compiles the pipelines.
             if round > 0 {
@@ -606,10 +612,16 @@ fn run(args: Args) -> ficoco::Result<()> {
         MatmulVariant::Register => format!("register {}", tile.name()),
         v => v.name().to_string(),
     };
+    let layout = gpu.caps.weight_layout;
+    let other_layout = WeightLayout::ALL
+        .into_iter()
+        .find(|&l| l != layout)
+        .unwrap();
     let paths = [
-        MatmulPath::Matrix(variant),
-        MatmulPath::Matrix(other),
-        MatmulPath::Register(baseline),
+        (MatmulPath::Matrix(variant), layout),
+        (MatmulPath::Matrix(other), layout),
+        (MatmulPath::Register(baseline), layout),
+        (MatmulPath::Matrix(variant), other_layout),
     ];
     let mut rows = Vec::new();
     for &(m, k, n) in &shapes {
@@ -619,7 +631,8 @@ fn run(args: Args) -> ficoco::Result<()> {
         rows.push(
             serde_json::json!({"m": m, "k": k, "n": n, "gflops": g[0], "variant": default_name,
             "other_variant": {"name": other.name(), "gflops": g[1]},
-            "register_4x4_gflops": g[2], "numpy_gflops": np,
+            "register_4x4_gflops": g[2], "layout": layout.name(),
+            "other_layout": {"name": other_layout.name(), "gflops": g[3]}, "numpy_gflops": np,
             "fraction_of_numpy": np.map(|x| g[0] / x)}),
         );
     }
@@ -815,20 +828,23 @@ fn run(args: Args) -> ficoco::Result<()> {
     );
     println!();
     println!(
-        "| matmul M x K x N | {default_name} GFLOP/s | {} GFLOP/s | register {} GFLOP/s | numpy sgemm GFLOP/s | fraction |",
+        "| matmul M x K x N | {default_name} GFLOP/s ({}) | {} GFLOP/s | register {} GFLOP/s | {default_name}, {} weights | numpy sgemm GFLOP/s | fraction |",
+        layout.name(),
         other.name(),
         baseline.name(),
+        other_layout.name(),
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} x {} x {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| {} x {} x {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
             r["m"],
             r["k"],
             r["n"],
             r["gflops"].as_f64().unwrap(),
             r["other_variant"]["gflops"].as_f64().unwrap(),
             r["register_4x4_gflops"].as_f64().unwrap(),
+            r["other_layout"]["gflops"].as_f64().unwrap(),
             r["numpy_gflops"]
                 .as_f64()
                 .map_or("n/a".into(), |x| format!("{x:.1}")),
@@ -837,7 +853,9 @@ fn run(args: Args) -> ficoco::Result<()> {
                 .map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0)),
         );
     }
-    println!("| multiply-add roof (`shaders/peak.wgsl`, no memory traffic) | {roof:.1} | | | | |");
+    println!(
+        "| multiply-add roof (`shaders/peak.wgsl`, no memory traffic) | {roof:.1} | | | | | |"
+    );
     println!();
     if !profile.is_empty() {
         print_kernels(
