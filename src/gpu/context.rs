@@ -134,7 +134,8 @@ pub enum WeightLayout {
     /// `[N / 8, K, 8]`: each block of 8 columns contiguous down K, so that an invocation owning
     /// a block reads its own stretch of memory in order. CPU adapters, whose invocations run
     /// one after another: row-major, each would read 16 bytes per row at a stride of a whole
-    /// row, which defeats the CPU's prefetchers (decode mat-vecs 4 GB/s instead of ~18).
+    /// row, which defeats the CPU's prefetchers (TinyLlama-shaped f16 decode mat-vecs on
+    /// lavapipe, 2-core EPYC: 3.4-4.2 GB/s row-major, 8-12 GB/s in blocks).
     ColumnBlocks,
 }
 

@@ -24,7 +24,7 @@ pub struct WeightMatrix {
     k: usize,
     n: usize,
     format: WeightFormat,
-    /// Of dense chunks.
+    /// How dense chunks sit in memory (unused for blocks, which are always rows of K).
     layout: WeightLayout,
     /// (first column, columns, tensor) per chunk: dense `[K, padded columns]` (row-major) or
     /// `[padded columns / 8, K * 8]` (column blocks), or blocks `[columns, row words]`.
@@ -178,11 +178,6 @@ impl WeightMatrix {
 
     pub fn format(&self) -> WeightFormat {
         self.format
-    }
-
-    /// How a dense matrix's values are laid out (quantised blocks are always rows of K).
-    pub fn layout(&self) -> WeightLayout {
-        self.layout
     }
 
     /// (first row, rows, blocks `[rows, row words]`) of each chunk of a quantised matrix, for
