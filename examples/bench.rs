@@ -214,49 +214,72 @@ fn matmul_gflops(
 /// matrix (a 22 MiB matrix timed alone fits an EPYC's L3 and ran twice as fast as in decode).
 const COLD_BYTES: u64 = 256 << 20;
 
-/// Best seconds of the decode mat-vec (one row of x) with a matrix from `make`, over `rounds`
-/// after a warm-up: each round runs one mat-vec over each of enough copies to stream
-/// [`COLD_BYTES`], in one batch, and counts the time per copy. Also returns the matrix's bytes.
+/// Best seconds of the decode mat-vec (one row of x) with the matrix `make` builds in each of
+/// `layouts`, over `rounds` after a warm-up: each round runs, for each layout in turn, one
+/// mat-vec over each of enough copies to stream [`COLD_BYTES`], in one batch, and counts the
+/// time per copy, so that the layouts see the same moments of a shared machine. Also returns
+/// each matrix's bytes.
 fn matvec_secs(
     gpu: &Gpu,
-    make: impl Fn() -> ficoco::Result<WeightMatrix>,
+    make: impl Fn(WeightLayout) -> ficoco::Result<WeightMatrix>,
+    layouts: [WeightLayout; 2],
     rounds: usize,
-) -> ficoco::Result<(f64, u64)> {
-    let mut ws = vec![make()?];
-    let bytes = ws[0].bytes();
-    while (ws.len() as u64) * bytes < COLD_BYTES {
-        ws.push(make()?);
+) -> ficoco::Result<Vec<(f64, u64)>> {
+    let mut sets = Vec::new();
+    for layout in layouts {
+        let mut ws = vec![make(layout)?];
+        while (ws.len() as u64) * ws[0].bytes() < COLD_BYTES {
+            ws.push(make(layout)?);
+        }
+        sets.push(ws);
     }
-    let x = gpu.upload_f32(&vec![0.01; ws[0].k()], &[1, ws[0].k()], "x")?;
-    let out = gpu.zeros(&[1, ws[0].n()], DType::F32, "out")?;
-    let mut best = f64::MAX;
+    let (k, n) = (sets[0][0].k(), sets[0][0].n());
+    let x = gpu.upload_f32(&vec![0.01; k], &[1, k], "x")?;
+    let out = gpu.zeros(&[1, n], DType::F32, "out")?;
+    let mut best = vec![f64::MAX; sets.len()];
     for round in 0..=rounds {
-        let s = timed(gpu, |b| {
-            ws.iter()
-                .try_for_each(|w| ops::matmul(b, &x, w, None, Epilogue::None, &out))
-        })?;
-        if round > 0 {
-            best = best.min(s / ws.len() as f64);
+        for (ws, best) in sets.iter().zip(&mut best) {
+            let s = timed(gpu, |b| {
+                ws.iter()
+                    .try_for_each(|w| ops::matmul(b, &x, w, None, Epilogue::None, &out))
+            })?;
+            if round > 0 {
+                *best = best.min(s / ws.len() as f64);
+            }
         }
     }
-    Ok((best, bytes))
+    Ok(best
+        .into_iter()
+        .zip(sets.iter().map(|ws| ws[0].bytes()))
+        .collect())
 }
 
-/// Best GB/s of the decode mat-vec over a dense `[k, n]` matrix in `layout`, and its GPU bytes.
+/// The device's weight layout and the other one, which the bench times beside it.
+fn layouts(gpu: &Gpu) -> [WeightLayout; 2] {
+    let layout = gpu.caps.weight_layout;
+    let other = WeightLayout::ALL
+        .into_iter()
+        .find(|&l| l != layout)
+        .unwrap();
+    [layout, other]
+}
+
+/// GB/s and GPU bytes of the decode mat-vec over a dense `[k, n]` matrix in each of `layouts`,
+/// timed in the same rounds.
 fn matvec_gbps(
     gpu: &Gpu,
     k: usize,
     n: usize,
     dtype: DType,
-    layout: WeightLayout,
-) -> ficoco::Result<(f64, u64)> {
+    layouts: [WeightLayout; 2],
+) -> ficoco::Result<Vec<(f64, u64)>> {
     let values = vec![0.01; n * k];
-    let (s, bytes) = matvec_secs(
-        gpu,
-        || WeightMatrix::from_out_in_laid_out(gpu, &values, n, k, dtype, layout, "w"),
-        10,
-    )?;
-    Ok((bytes as f64 / s / 1e9, bytes))
+    let make = |l| WeightMatrix::from_out_in_laid_out(gpu, &values, n, k, dtype, l, "w");
+    let secs = matvec_secs(gpu, make, layouts, 10)?;
+    Ok(secs
+        .into_iter()
+        .map(|(s, bytes)| (bytes as f64 / s / 1e9, bytes))
+        .collect())
 }
 
 /// The time of every kernel `run` dispatches, each dispatch submitted and waited for alone,
@@ -638,15 +661,11 @@ fn run(args: Args) -> ficoco::Result<()> {
     }
     let vocab = p.text.5;
     let mut matvecs = Vec::new();
-    let layout = gpu.caps.weight_layout;
-    let other_layout = WeightLayout::ALL
-        .into_iter()
-        .find(|&l| l != layout)
-        .unwrap();
+    let [layout, other_layout] = layouts(&gpu);
     for (k, n) in [(th, ti), (ti, th), (th, vocab)] {
         log(&format!("mat-vec {k}x{n}..."));
-        let (gbps, bytes) = matvec_gbps(&gpu, k, n, dtype, layout)?;
-        let (other, _) = matvec_gbps(&gpu, k, n, dtype, other_layout)?;
+        let g = matvec_gbps(&gpu, k, n, dtype, [layout, other_layout])?;
+        let ((gbps, bytes), (other, _)) = (g[0], g[1]);
         matvecs.push(
             serde_json::json!({"k": k, "n": n, "bytes": bytes, "gb_per_s": gbps,
             "layout": layout.name(),
@@ -1227,19 +1246,22 @@ fn gguf_bench(
         1e3 / decode,
         peak as f64 / (tensor_bytes + kv) as f64
     );
-    println!("\n| mat-vec (type, K x N) | ms | GB/s |");
-    println!("|---|---|---|");
+    println!("\n| mat-vec (type, K x N) | layout | ms | GB/s | other layout GB/s |");
+    println!("|---|---|---|---|---|");
     for r in &matvecs {
         println!(
-            "| {} {} x {} | {:.2} | {:.2} |",
+            "| {} {} x {} | {} | {:.2} | {:.2} | {}: {:.2} |",
             r["type"].as_str().unwrap_or(""),
             r["k"],
             r["n"],
+            r["layout"].as_str().unwrap_or(""),
             r["ms"].as_f64().unwrap_or(0.0),
-            r["gb_per_s"].as_f64().unwrap_or(0.0)
+            r["gb_per_s"].as_f64().unwrap_or(0.0),
+            r["other_layout"]["name"].as_str().unwrap_or(""),
+            r["other_layout"]["gb_per_s"].as_f64().unwrap_or(0.0)
         );
     }
-    println!("| streaming roof (`read_peak`, reads only) | | {read_roof:.2} |");
+    println!("| streaming roof (`read_peak`, reads only) | | | {read_roof:.2} | |");
     println!();
     print_kernels(
         "decode kernel (profiled, each dispatch alone; per token)",
@@ -1253,9 +1275,10 @@ fn gguf_bench(
 
 /// The mat-vec of each distinct (type, K, N) among a GGUF file's quantised 2-D tensors, alone:
 /// one row of x, best of 20 after a warm-up over copies that stream 256 MiB (`matvec_secs`),
-/// GB/s of the matrix's GPU bytes.
+/// GB/s of the matrix's GPU bytes; on the device's layout and, in the same rounds, the other.
 fn gguf_matvecs(gpu: &Gpu, file: &Path) -> ficoco::Result<Vec<serde_json::Value>> {
     let g = ficoco::model::Gguf::open(file)?;
+    let layouts = layouts(gpu);
     let mut seen = Vec::new();
     let mut rows = Vec::new();
     for t in g.tensors() {
@@ -1265,17 +1288,17 @@ fn gguf_matvecs(gpu: &Gpu, file: &Path) -> ficoco::Result<Vec<serde_json::Value>
         }
         seen.push(key);
         let (k, n) = (t.dims[0], t.dims[1]);
-        let (best, bytes) = matvec_secs(
-            gpu,
-            || WeightMatrix::from_ggml(gpu, t.ty, g.data(t), n, k, &t.name),
-            20,
-        )?;
+        let make = |l| WeightMatrix::from_ggml_laid_out(gpu, t.ty, g.data(t), n, k, l, &t.name);
+        let secs = matvec_secs(gpu, make, layouts, 20)?;
+        let gbps = |(s, bytes): (f64, u64)| bytes as f64 / s / 1e9;
         rows.push(serde_json::json!({
             "type": t.ty.name(),
             "k": k,
             "n": n,
-            "ms": best * 1e3,
-            "gb_per_s": bytes as f64 / best / 1e9,
+            "ms": secs[0].0 * 1e3,
+            "gb_per_s": gbps(secs[0]),
+            "layout": layouts[0].name(),
+            "other_layout": {"name": layouts[1].name(), "gb_per_s": gbps(secs[1])},
         }));
     }
     Ok(rows)

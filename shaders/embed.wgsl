@@ -2,7 +2,8 @@
 // One invocation per output element (index = (wid.x + wid.y * nwg.x) * WG + lid).
 // Bindings: 0 params {n, dim, row_start, rows, vocab}; 1 ids u32 [n]; 2 out f32 [n, dim] (write);
 // 3 table rows [row_start, row_start + rows) x dim: f32, or with W_F16 f16 packed two per u32
-// (low half first), or with QUANT GGML rows (ggml_blocks.wgsl; `row_words` words per row).
+// (low half first), or with QUANT GGML rows (ggml_blocks.wgsl; `row_words` words per row, in
+// groups of RG rows).
 // Each chunk's dispatch writes only ids inside its rows; the first chunk's dispatch also writes
 // zeros for ids >= vocab so nothing is read out of bounds. With QUANT (entry qembed) each
 // invocation writes 8 consecutive values of a row (dim is a multiple of 32).
@@ -40,7 +41,7 @@ fn qembed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     if (id < p.row_start || id >= p.row_start + p.rows) { return; }
     let e = i % p.dim;
-    let v = deq8(row_ref((id - p.row_start) * p.row_words, p.dim / QK), e / 32u, (e % 32u) / 4u);
+    let v = deq8(row_ref(id - p.row_start, p.row_words, p.dim / QK), e / 32u, (e % 32u) / 4u);
     for (var j = 0u; j < 4u; j++) {
         out[i + j] = v.a[j];
         out[i + 4u + j] = v.b[j];

@@ -9,6 +9,11 @@
 // either SPLIT_ROWS (32-value types; with SCALE_PAIRS for Q4_1 / Q5_1 and HIGH_BITS for Q5_0 /
 // Q5_1) or BW (u32 words per K-quant block, a multiple of 4).
 // Every row starts on a 16-byte word (rows are padded to a multiple of 4 u32 words).
+// RG (1 or 4) rows make a group that is stored interleaved: each part of the layout below (or,
+// for K-quants, each block) holds its unit for row 0, 1, .. RG - 1 of the group side by side
+// (units: a scale or qh word, a block's values, a K-quant block), so one invocation that owns
+// a group's RG rows reads one stretch of memory instead of RG (CPU adapters; `RG = 1u` is the
+// plain row layout, coalesced along K for GPUs). The includer defines RG.
 // SPLIT_ROWS, a row of nb blocks is three parts, each padded to whole 16-byte words:
 //   scales   Q4_0, Q5_0, Q8_0: f16 d of block b in half b % 2 of word b / 2;
 //            Q4_1, Q5_1: one word per block, d (low half) and m (high half)
@@ -30,8 +35,11 @@ fn word(i: u32) -> u32 { return w[i >> 2u][i & 3u]; }
 // Byte i (0..16) of a 16-byte word.
 fn byte_of(v: vec4<u32>, i: u32) -> u32 { return (v[i / 4u] >> (8u * (i % 4u))) & 255u; }
 
-// Where the parts of one row start, in words.
+// Where the parts of one row start, in words (unit j of a part is RG units further on).
 struct RowRef { base: u32, scales: u32, qh: u32, values: u32 }
+
+// The first word of the group that holds row `row` (rows of `row_words` words).
+fn group_base(row: u32, row_words: u32) -> u32 { return (row / RG) * RG * row_words; }
 
 // A unit's packed integers: lo (and hi) are 16-byte words of its values, hlo / hhi those of its
 // high bits; shift and hshift select the nibble or bits of each byte that belong to the unit.
@@ -75,20 +83,22 @@ const QW = 8u;
 const QW = 4u;
 #endif
 
-// The row of `nb` blocks that starts at word `base`.
-fn row_ref(base: u32, nb: u32) -> RowRef {
-    let qh = base + scale_words(nb);
-    return RowRef(base, base, qh, qh + qh_words(nb));
+// Row `row` of `nb` blocks, `row_words` words each.
+fn row_ref(row: u32, row_words: u32, nb: u32) -> RowRef {
+    let base = group_base(row, row_words);
+    let lane = row % RG;
+    let qh = base + RG * scale_words(nb);
+    return RowRef(base, base + lane, qh + lane, qh + RG * qh_words(nb) + lane * QW);
 }
 
 // a (and b for Q8_0): the block's values; e.x: its high bits; s.x: its scale word.
 fn step_load(r: RowRef, u: u32) -> Step {
-    let v = (r.values + u * QW) >> 2u;
+    let v = (r.values + u * QW * RG) >> 2u;
     let z = vec4<u32>(0u);
 #ifdef SCALE_PAIRS
-    let sw = word(r.scales + u);
+    let sw = word(r.scales + u * RG);
 #else
-    let sw = word(r.scales + u / 2u);
+    let sw = word(r.scales + (u / 2u) * RG);
 #endif
 #ifdef T_Q8_0
     let hi = w[v + 1u];
@@ -96,7 +106,7 @@ fn step_load(r: RowRef, u: u32) -> Step {
     let hi = z;
 #endif
 #ifdef HIGH_BITS
-    let qh = vec4<u32>(word(r.qh + u));
+    let qh = vec4<u32>(word(r.qh + u * RG));
 #else
     let qh = z;
 #endif
@@ -144,10 +154,13 @@ fn group_q(b: QB, g: u32) -> vec4<f32> {
 #endif
 }
 #else
-fn row_ref(base: u32, nb: u32) -> RowRef { return RowRef(base, base, base, base); }
+fn row_ref(row: u32, row_words: u32, nb: u32) -> RowRef {
+    let base = group_base(row, row_words) + (row % RG) * BW;
+    return RowRef(base, base, base, base);
+}
 
 // 16-byte word i of block `blk` of the row.
-fn block_vec(r: RowRef, blk: u32, i: u32) -> vec4<u32> { return w[((r.base + blk * BW) >> 2u) + i]; }
+fn block_vec(r: RowRef, blk: u32, i: u32) -> vec4<u32> { return w[((r.base + blk * BW * RG) >> 2u) + i]; }
 
 #ifdef T_Q6_K
 // A step is quarters p and p + 2 of half h of a block (values 128h + 32p .. and 128h + 32p + 64 ..,

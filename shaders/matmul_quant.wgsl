@@ -1,7 +1,8 @@
 // matmul_quant.wgsl: out = epilogue(x @ W^T + bias) with W in GGML blocks, dequantised while it
 // is read (ggml_blocks.wgsl: the type flag, QK values per block, the row layout), f32 accumulation.
 // W is one chunk of rows of the weight matrix: row c (output column c of this chunk) is
-// `row_words` (params.ldw4, a multiple of 4) words in the layout of ggml_blocks.wgsl; K is a
+// `row_words` (params.ldw4, a multiple of 4) words in the layout of ggml_blocks.wgsl, in
+// groups of RG rows (4 for qmatmul_lanes on CPU adapters: each invocation's rows); K is a
 // multiple of 32, so x rows start on 16 bytes (X_VEC4).
 // Bindings and epilogue flags: see matmul_common.wgsl; binding 2 is the rows, array<vec4<u32>>.
 // Entry points:
@@ -23,7 +24,7 @@
 
 #include "ggml_blocks"
 
-fn row_at(c: u32) -> RowRef { return row_ref(min(c, p.n - 1u) * p.ldw4, p.k / QK); }
+fn row_at(c: u32) -> RowRef { return row_ref(min(c, p.n - 1u), p.ldw4, p.k / QK); }
 
 fn dot8(v: V8, base: u32, k: u32) -> f32 {
     return dot(v.a, x4(base, k)) + dot(v.b, x4(base, k + 4u));

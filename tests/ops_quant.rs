@@ -4,7 +4,7 @@
 
 mod common;
 
-use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant};
+use ficoco::gpu::{DType, Gpu, GpuOptions, MatmulVariant, WeightLayout};
 use ficoco::ops::{
     dequantize, matmul_into, matmul_with, EmbeddingTable, Epilogue, GgmlType, MatmulPath,
     WeightFormat, WeightMatrix,
@@ -82,8 +82,9 @@ fn gelu(v: f64) -> f64 {
 }
 
 /// Every block type through every quantised kernel (the lanes kernel as mat-vec and as matmul,
-/// the split mat-vec, the tiled matmul), with and without bias and epilogue, against float64
-/// dot products of the oracle's dequantised values.
+/// the split mat-vec, the tiled matmul) on both weight layouts (13 rows: the last group of 4
+/// padded), with and without bias and epilogue, against float64 dot products of the oracle's
+/// dequantised values.
 #[test]
 fn gpu_kernels_match_the_oracle_values() {
     let lanes = [
@@ -94,52 +95,61 @@ fn gpu_kernels_match_the_oracle_values() {
         (MatmulPath::MatVecSplit, &[1usize, 4][..]),
         (MatmulPath::Matrix(MatmulVariant::Tiled), &[5, 70][..]),
     ];
-    kernels_match_the_oracle_values(common::gpu(), &[&lanes[..], &split[..]].concat());
+    let all = [&lanes[..], &split[..]].concat();
+    kernels_match_the_oracle_values(common::gpu(), &all, &WeightLayout::ALL);
     // Without subgroups the lanes kernel loads every activation instead of broadcasting.
-    kernels_match_the_oracle_values(common::portable_gpu(), &lanes);
+    // (The layout's addressing does not depend on subgroups: one layout is enough here.)
+    let g = common::portable_gpu();
+    kernels_match_the_oracle_values(g, &lanes, &[g.caps.weight_layout]);
 }
 
-fn kernels_match_the_oracle_values(g: &Gpu, paths: &[(MatmulPath, &[usize])]) {
+fn kernels_match_the_oracle_values(
+    g: &Gpu,
+    paths: &[(MatmulPath, &[usize])],
+    layouts: &[WeightLayout],
+) {
     for (name, ty) in TYPES {
         let blocks = if ty.block_elems() == 256 { 2 } else { 5 };
         let n = 13;
         let k = blocks * ty.block_elems();
         let (wb, wv) = tiled_matrix(name, ty, n, blocks);
-        let w = WeightMatrix::from_ggml(g, ty, &wb, n, k, name).unwrap();
-        assert_eq!(w.format(), WeightFormat::Blocks(ty));
-        for &(path, ms) in paths {
-            for &m in ms {
-                for (bias, e) in [(false, Epilogue::None), (true, Epilogue::Gelu)] {
-                    let x = common::rand_vec(m * k, m as u64, 1.0);
-                    let bvec = common::rand_vec(n, 9, 0.5);
-                    let tx = g.upload_f32(&x, &[m, k], "x").unwrap();
-                    let tb = g.upload_f32(&bvec, &[n], "b").unwrap();
-                    let out = g.zeros(&[m, n], DType::F32, "out").unwrap();
-                    let mut b = g.batch();
-                    matmul_with(&mut b, path, &tx, &w, bias.then_some(&tb), e, &out).unwrap();
-                    b.submit();
-                    let got = g.read_f32(&out).unwrap();
-                    let mut want = vec![0f32; m * n];
-                    for r in 0..m {
-                        for c in 0..n {
-                            let mut s: f64 = (0..k)
-                                .map(|i| x[r * k + i] as f64 * wv[c * k + i] as f64)
-                                .sum();
-                            if bias {
-                                s += bvec[c] as f64;
-                                s = gelu(s);
+        for &layout in layouts {
+            let w = WeightMatrix::from_ggml_laid_out(g, ty, &wb, n, k, layout, name).unwrap();
+            assert_eq!(w.format(), WeightFormat::Blocks(ty));
+            for &(path, ms) in paths {
+                for &m in ms {
+                    for (bias, e) in [(false, Epilogue::None), (true, Epilogue::Gelu)] {
+                        let x = common::rand_vec(m * k, m as u64, 1.0);
+                        let bvec = common::rand_vec(n, 9, 0.5);
+                        let tx = g.upload_f32(&x, &[m, k], "x").unwrap();
+                        let tb = g.upload_f32(&bvec, &[n], "b").unwrap();
+                        let out = g.zeros(&[m, n], DType::F32, "out").unwrap();
+                        let mut b = g.batch();
+                        matmul_with(&mut b, path, &tx, &w, bias.then_some(&tb), e, &out).unwrap();
+                        b.submit();
+                        let got = g.read_f32(&out).unwrap();
+                        let mut want = vec![0f32; m * n];
+                        for r in 0..m {
+                            for c in 0..n {
+                                let mut s: f64 = (0..k)
+                                    .map(|i| x[r * k + i] as f64 * wv[c * k + i] as f64)
+                                    .sum();
+                                if bias {
+                                    s += bvec[c] as f64;
+                                    s = gelu(s);
+                                }
+                                want[r * n + c] = s as f32;
                             }
-                            want[r * n + c] = s as f32;
                         }
+                        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                        common::assert_close(
+                            &format!("{name} {} {path:?} m={m} bias={bias}", layout.name()),
+                            &got,
+                            &want,
+                            1e-4 * scale.max(1.0),
+                            1e-4,
+                        );
                     }
-                    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    common::assert_close(
-                        &format!("{name} {path:?} m={m} bias={bias}"),
-                        &got,
-                        &want,
-                        1e-4 * scale.max(1.0),
-                        1e-4,
-                    );
                 }
             }
         }
@@ -206,7 +216,8 @@ fn side_by_side_outputs_land_in_their_blocks() {
 }
 
 /// The gather dequantises the same rows; a tied table shares the matrix's buffers; a matrix
-/// larger than the binding limit is split into row chunks and still multiplies and gathers.
+/// larger than the binding limit is split into row chunks (of whole row groups) and still
+/// multiplies and gathers; on both weight layouts.
 #[test]
 fn embedding_gather_and_chunking() {
     let small = Gpu::new_blocking(&GpuOptions {
@@ -219,8 +230,12 @@ fn embedding_gather_and_chunking() {
         let blocks = if ty.block_elems() == 256 { 1 } else { 8 };
         let k = blocks * ty.block_elems();
         let (wb, wv) = tiled_matrix(name, ty, n, blocks);
-        for g in [&**common::gpu(), &small] {
-            let w = WeightMatrix::from_ggml(g, ty, &wb, n, k, name).unwrap();
+        for (g, layout) in [&**common::gpu(), &small]
+            .into_iter()
+            .flat_map(|g| WeightLayout::ALL.map(|l| (g, l)))
+        {
+            let name = &format!("{name} {}", layout.name());
+            let w = WeightMatrix::from_ggml_laid_out(g, ty, &wb, n, k, layout, name).unwrap();
             let table = EmbeddingTable::from_matrix(&w).unwrap();
             assert_eq!(
                 table.bytes(),

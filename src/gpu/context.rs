@@ -126,17 +126,31 @@ pub enum AttentionVariant {
 
 variant_names!(AttentionVariant, "attention", Shared => "shared", Rows => "rows");
 
-/// How dense (f16 / f32) weight matrices are laid out in GPU memory (`shaders/matmul.wgsl`).
+/// How weight matrices are laid out in GPU memory (`shaders/matmul.wgsl` for dense f16 / f32,
+/// `shaders/ggml_blocks.wgsl` for GGML blocks, stored as one row along K per output column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightLayout {
-    /// `[K, N]` row-major: the lanes of a GPU workgroup, along N, load consecutive words.
+    /// Dense `[K, N]` row-major: the lanes of a GPU workgroup, along N, load consecutive
+    /// words; GGML rows one after another.
     RowMajor,
-    /// `[N / 8, K, 8]`: each block of 8 columns contiguous down K, so that an invocation owning
-    /// a block reads its own stretch of memory in order. CPU adapters, whose invocations run
-    /// one after another: row-major, each would read 16 bytes per row at a stride of a whole
-    /// row, which defeats the CPU's prefetchers (TinyLlama-shaped f16 decode mat-vecs on
-    /// lavapipe, 2-core EPYC: 3.4-4.2 GB/s row-major, 8-12 GB/s in blocks).
+    /// Dense `[N / 8, K, 8]`: each block of 8 columns contiguous down K, so that an invocation
+    /// owning a block reads its own stretch of memory in order; GGML rows in groups of 4 (one
+    /// invocation's), interleaved unit by unit. CPU adapters, whose invocations run one after
+    /// another: row-major, each would read 16 bytes per row at a stride of a whole row (or 4
+    /// to 12 separate streams of GGML rows), which defeats the CPU's prefetchers
+    /// (TinyLlama-shaped f16 decode mat-vecs on lavapipe, 2-core EPYC: 3.4-4.2 GB/s
+    /// row-major, 8-12 GB/s in blocks).
     ColumnBlocks,
+}
+
+impl WeightLayout {
+    /// GGML rows per interleaved group.
+    pub fn block_rows(self) -> usize {
+        match self {
+            Self::RowMajor => 1,
+            Self::ColumnBlocks => 4,
+        }
+    }
 }
 
 variant_names!(WeightLayout, "weight layout", RowMajor => "rows", ColumnBlocks => "blocks");

@@ -4,13 +4,15 @@
 use super::matmul::{WeightFormat, WeightMatrix};
 use super::quant::GgmlType;
 use super::{dims2, expect_shape};
-use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, Tensor};
+use crate::gpu::{Batch, Bind, DType, Gpu, Kernel, Tensor, WeightLayout};
 use crate::{Error, Result};
 
 pub struct EmbeddingTable {
     vocab: usize,
     dim: usize,
     format: WeightFormat,
+    /// Of quantised chunks (row groups).
+    layout: WeightLayout,
     /// The chunks are a [`WeightMatrix`]'s buffers (see [`EmbeddingTable::from_matrix`]).
     shared: bool,
     /// (first row, rows) of each chunk.
@@ -90,6 +92,7 @@ impl EmbeddingTable {
             vocab,
             dim,
             format: WeightFormat::Dense(dtype),
+            layout: WeightLayout::RowMajor,
             shared: false,
             chunks,
         })
@@ -136,6 +139,7 @@ impl EmbeddingTable {
             vocab: m.n(),
             dim: m.k(),
             format: WeightFormat::Blocks(ty),
+            layout: m.layout(),
             shared: true,
             chunks,
         })
@@ -181,7 +185,11 @@ pub fn embed(b: &mut Batch, table: &EmbeddingTable, ids: &Tensor, out: &Tensor) 
             1,
         ),
         WeightFormat::Blocks(ty) => (
-            super::matmul::block_defines(Kernel::new("embed", "qembed").flag("QUANT"), ty),
+            super::matmul::block_defines(
+                Kernel::new("embed", "qembed").flag("QUANT"),
+                ty,
+                table.layout,
+            ),
             8,
         ),
     };
@@ -192,7 +200,8 @@ pub fn embed(b: &mut Batch, table: &EmbeddingTable, ids: &Tensor, out: &Tensor) 
             n: n as u32,
             dim: d as u32,
             row_start: *start as u32,
-            rows: chunk.shape()[0] as u32,
+            // Without the padding rows of the last group.
+            rows: chunk.shape()[0].min(table.vocab - start) as u32,
             vocab: table.vocab as u32,
             row_words: chunk.shape().get(1).copied().unwrap_or(0) as u32,
             _pad: [0; 2],

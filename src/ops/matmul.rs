@@ -24,10 +24,11 @@ pub struct WeightMatrix {
     k: usize,
     n: usize,
     format: WeightFormat,
-    /// How dense chunks sit in memory (unused for blocks, which are always rows of K).
+    /// How the chunks sit in memory.
     layout: WeightLayout,
     /// (first column, columns, tensor) per chunk: dense `[K, padded columns]` (row-major) or
-    /// `[padded columns / 8, K * 8]` (column blocks), or blocks `[columns, row words]`.
+    /// `[padded columns / 8, K * 8]` (column blocks), or blocks `[columns, row words]`, in
+    /// groups of [`WeightLayout::block_rows`] rows (the last padded).
     chunks: Vec<Chunk>,
 }
 
@@ -106,12 +107,26 @@ impl WeightMatrix {
 
     /// From llama.cpp's layout: `bytes` holds `n` rows (outputs) of `k` values each, in blocks
     /// of `ty`. Quantised types stay quantised on the GPU; F32 stays F32, F16 / BF16 become F16.
+    /// In the device's [`WeightLayout`].
     pub fn from_ggml(
         gpu: &Gpu,
         ty: GgmlType,
         bytes: &[u8],
         n: usize,
         k: usize,
+        label: &str,
+    ) -> Result<Self> {
+        Self::from_ggml_laid_out(gpu, ty, bytes, n, k, gpu.caps.weight_layout, label)
+    }
+
+    /// [`WeightMatrix::from_ggml`] in a given layout (tests, tuning).
+    pub fn from_ggml_laid_out(
+        gpu: &Gpu,
+        ty: GgmlType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+        layout: WeightLayout,
         label: &str,
     ) -> Result<Self> {
         let row_bytes = ty
@@ -136,7 +151,7 @@ impl WeightMatrix {
             } else {
                 DType::F16
             };
-            return Self::from_out_in(gpu, &values, n, k, dtype, label);
+            return Self::from_out_in_laid_out(gpu, &values, n, k, dtype, layout, label);
         }
         if k % 32 != 0 {
             return Err(Error::Unsupported(format!(
@@ -144,10 +159,12 @@ impl WeightMatrix {
             )));
         }
         let row_words = ty.gpu_row_words(k);
-        let max_rows = (gpu.caps.max_binding / (row_words as u64 * 4)) as usize;
+        let group = layout.block_rows();
+        // Whole groups per chunk, so that only the last chunk has padding rows.
+        let max_rows = (gpu.caps.max_binding / (row_words as u64 * 4)) as usize / group * group;
         if max_rows == 0 {
             return Err(Error::Unsupported(format!(
-                "{label}: one row of {k} values exceeds the storage binding limit"
+                "{label}: {group} rows of {k} values exceed the storage binding limit"
             )));
         }
         let mut chunks = Vec::new();
@@ -155,7 +172,9 @@ impl WeightMatrix {
         while col < n {
             let cols = max_rows.min(n - col);
             let words = ty.to_gpu_rows(&bytes[col * row_bytes..(col + cols) * row_bytes], k)?;
-            let data = gpu.upload_u32(&words, &[cols, row_words], label)?;
+            let words = ty.group_gpu_rows(&words, k, group);
+            let shape = [cols.next_multiple_of(group), row_words];
+            let data = gpu.upload_u32(&words, &shape, label)?;
             chunks.push(Chunk { col, cols, data });
             col += cols;
         }
@@ -163,7 +182,7 @@ impl WeightMatrix {
             k,
             n,
             format: WeightFormat::Blocks(ty),
-            layout: WeightLayout::RowMajor,
+            layout,
             chunks,
         })
     }
@@ -178,6 +197,10 @@ impl WeightMatrix {
 
     pub fn format(&self) -> WeightFormat {
         self.format
+    }
+
+    pub fn layout(&self) -> WeightLayout {
+        self.layout
     }
 
     /// (first row, rows, blocks `[rows, row words]`) of each chunk of a quantised matrix, for
@@ -607,7 +630,7 @@ fn quant_matmul(
     };
     // The lanes kernel shares each block's activations through subgroup broadcasts where it can.
     let sg = entry == "qmatmul_lanes" && b.gpu().caps.subgroups_of_eight();
-    let kernel = block_defines(Kernel::new("matmul_quant", entry), ty)
+    let kernel = block_defines(Kernel::new("matmul_quant", entry), ty, w.layout)
         .flag("X_VEC4")
         .flag_if("SG_X", sg)
         .define("XR", format!("{}u", xr.clamp(1, 4)))
@@ -639,8 +662,8 @@ fn quant_matmul(
     Ok(())
 }
 
-/// The defines `shaders/ggml_blocks.wgsl` needs for blocks of `ty`.
-pub(crate) fn block_defines(k: Kernel, ty: GgmlType) -> Kernel {
+/// The defines `shaders/ggml_blocks.wgsl` needs for blocks of `ty` laid out as `layout`.
+pub(crate) fn block_defines(k: Kernel, ty: GgmlType, layout: WeightLayout) -> Kernel {
     let flag = match ty {
         GgmlType::Q4_0 => "T_Q4_0",
         GgmlType::Q4_1 => "T_Q4_1",
@@ -655,7 +678,8 @@ pub(crate) fn block_defines(k: Kernel, ty: GgmlType) -> Kernel {
     let k = k
         .flag(flag)
         .flag_if("KQUANT_SCALES", matches!(ty, GgmlType::Q4K | GgmlType::Q5K))
-        .define("QK", format!("{}u", ty.block_elems()));
+        .define("QK", format!("{}u", ty.block_elems()))
+        .define("RG", format!("{}u", layout.block_rows()));
     if ty.block_elems() == 32 {
         k.flag("SPLIT_ROWS")
             .flag_if("SCALE_PAIRS", matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1))

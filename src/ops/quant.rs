@@ -186,6 +186,51 @@ impl GgmlType {
         Ok(out)
     }
 
+    /// The parts of a GPU row of `k` values as (words, words per unit): the units a row
+    /// group interleaves (see [`Self::group_gpu_rows`]).
+    fn gpu_row_parts(self, k: usize) -> Vec<(usize, usize)> {
+        let nb = k / self.block_elems();
+        let pad4 = |n: usize| n.next_multiple_of(4);
+        match self {
+            Self::Q4_0 => vec![(pad4(nb.div_ceil(2)), 1), (4 * nb, 4)],
+            Self::Q8_0 => vec![(pad4(nb.div_ceil(2)), 1), (8 * nb, 8)],
+            Self::Q4_1 => vec![(pad4(nb), 1), (4 * nb, 4)],
+            Self::Q5_0 => vec![(pad4(nb.div_ceil(2)), 1), (pad4(nb), 1), (4 * nb, 4)],
+            Self::Q5_1 => vec![(pad4(nb), 1), (pad4(nb), 1), (4 * nb, 4)],
+            _ => vec![(self.gpu_row_words(k), self.gpu_block_words())],
+        }
+    }
+
+    /// GPU rows ([`Self::to_gpu_rows`], `rows` of `k` values) in groups of `group` rows, the
+    /// last group padded with zero rows: each part of a group holds unit j (a scale or
+    /// high-bit word, a block's values, a K-quant block) of its rows side by side before unit
+    /// j + 1, so one invocation that owns the group's rows reads one stretch of memory
+    /// (`RG` in `shaders/ggml_blocks.wgsl`). `group` 1 leaves the rows as they are.
+    pub fn group_gpu_rows(self, rows: &[u32], k: usize, group: usize) -> Vec<u32> {
+        let rw = self.gpu_row_words(k);
+        if group <= 1 {
+            return rows.to_vec();
+        }
+        let n = rows.len() / rw;
+        let mut out = Vec::with_capacity(n.next_multiple_of(group) * rw);
+        let parts = self.gpu_row_parts(k);
+        for g in (0..n).step_by(group) {
+            let mut at = 0;
+            for &(words, unit) in &parts {
+                for j in (at..at + words).step_by(unit) {
+                    for r in g..g + group {
+                        match rows.get(r * rw + j..r * rw + j + unit) {
+                            Some(u) => out.extend_from_slice(u),
+                            None => out.extend(std::iter::repeat_n(0, unit)),
+                        }
+                    }
+                }
+                at += words;
+            }
+        }
+        out
+    }
+
     /// Bytes of `elems` values; an error unless `elems` is a whole number of blocks.
     pub fn bytes_for(self, elems: usize) -> Result<usize> {
         let b = self.block_elems();
