@@ -47,18 +47,11 @@ fn check(
     matmul_with(&mut b, path, &tx, &tw, bias.then_some(&tb), e, &out).unwrap();
     b.submit();
     let got = g.read_f32(&out).unwrap();
-    let mut want = vec![0f32; m * n];
-    for r in 0..m {
-        for c in 0..n {
-            let mut s: f64 = (0..k)
-                .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
-                .sum();
-            if bias {
-                s += bvec[c] as f64;
-            }
-            want[r * n + c] = epi(s, e, old[r * n + c] as f64) as f32;
-        }
-    }
+    let want: Vec<f32> = linear64(&x, &w, bias.then_some(&bvec[..]), m, k)
+        .into_iter()
+        .zip(&old)
+        .map(|(s, &o)| epi(s, e, o as f64) as f32)
+        .collect();
     let what = format!("{path:?} {m}x{k}x{n} {dtype:?} {layout:?} {e:?} bias={bias}");
     assert_close(&what, &got, &want, 2e-5 * (k as f32).sqrt(), 1e-5);
 }

@@ -128,19 +128,11 @@ fn kernels_match_the_oracle_values(
                         matmul_with(&mut b, path, &tx, &w, bias.then_some(&tb), e, &out).unwrap();
                         b.submit();
                         let got = g.read_f32(&out).unwrap();
-                        let mut want = vec![0f32; m * n];
-                        for r in 0..m {
-                            for c in 0..n {
-                                let mut s: f64 = (0..k)
-                                    .map(|i| x[r * k + i] as f64 * wv[c * k + i] as f64)
-                                    .sum();
-                                if bias {
-                                    s += bvec[c] as f64;
-                                    s = gelu(s);
-                                }
-                                want[r * n + c] = s as f32;
-                            }
-                        }
+                        let bv = bias.then_some(&bvec[..]);
+                        let want: Vec<f32> = common::linear64(&x, &wv, bv, m, k)
+                            .into_iter()
+                            .map(|s| (if bias { gelu(s) } else { s }) as f32)
+                            .collect();
                         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
                         common::assert_close(
                             &format!("{name} {} {path:?} m={m} bias={bias}", layout.name()),

@@ -172,7 +172,11 @@ impl WeightMatrix {
         while col < n {
             let cols = max_rows.min(n - col);
             let words = ty.to_gpu_rows(&bytes[col * row_bytes..(col + cols) * row_bytes], k)?;
-            let words = ty.group_gpu_rows(&words, k, group);
+            let words = if group > 1 {
+                ty.group_gpu_rows(&words, k, group)
+            } else {
+                words
+            };
             let shape = [cols.next_multiple_of(group), row_words];
             let data = gpu.upload_u32(&words, &shape, label)?;
             chunks.push(Chunk { col, cols, data });

@@ -110,16 +110,7 @@ impl GgmlType {
     /// starts on 16 bytes (`k` a whole number of blocks). 32-value types are split by field
     /// (scales, high bits, packed values; see [`Self::to_gpu_rows`]); K-quants keep their blocks.
     pub fn gpu_row_words(self, k: usize) -> usize {
-        let nb = k / self.block_elems();
-        let pad4 = |n: usize| n.next_multiple_of(4);
-        match self {
-            Self::Q4_0 => pad4(nb.div_ceil(2)) + 4 * nb,
-            Self::Q4_1 => pad4(nb) + 4 * nb,
-            Self::Q5_0 => pad4(nb.div_ceil(2)) + pad4(nb) + 4 * nb,
-            Self::Q5_1 => 2 * pad4(nb) + 4 * nb,
-            Self::Q8_0 => pad4(nb.div_ceil(2)) + 8 * nb,
-            _ => pad4(nb * self.gpu_block_words()),
-        }
+        self.gpu_row_parts(k).iter().map(|&(words, _)| words).sum()
     }
 
     /// Rows of `k` values in file order to the GPU layout, [`Self::gpu_row_words`] per row.
@@ -186,8 +177,9 @@ impl GgmlType {
         Ok(out)
     }
 
-    /// The parts of a GPU row of `k` values as (words, words per unit): the units a row
-    /// group interleaves (see [`Self::group_gpu_rows`]).
+    /// The parts of a GPU row of `k` values, each padded to whole 16-byte words, as (words,
+    /// words per unit): scales, high bits and values of the 32-value types, the blocks of
+    /// K-quants; a row group interleaves the units (see [`Self::group_gpu_rows`]).
     fn gpu_row_parts(self, k: usize) -> Vec<(usize, usize)> {
         let nb = k / self.block_elems();
         let pad4 = |n: usize| n.next_multiple_of(4);
@@ -197,7 +189,8 @@ impl GgmlType {
             Self::Q4_1 => vec![(pad4(nb), 1), (4 * nb, 4)],
             Self::Q5_0 => vec![(pad4(nb.div_ceil(2)), 1), (pad4(nb), 1), (4 * nb, 4)],
             Self::Q5_1 => vec![(pad4(nb), 1), (pad4(nb), 1), (4 * nb, 4)],
-            _ => vec![(self.gpu_row_words(k), self.gpu_block_words())],
+            // K-quant blocks are whole 16-byte words.
+            _ => vec![(nb * self.gpu_block_words(), self.gpu_block_words())],
         }
     }
 
@@ -205,12 +198,9 @@ impl GgmlType {
     /// last group padded with zero rows: each part of a group holds unit j (a scale or
     /// high-bit word, a block's values, a K-quant block) of its rows side by side before unit
     /// j + 1, so one invocation that owns the group's rows reads one stretch of memory
-    /// (`RG` in `shaders/ggml_blocks.wgsl`). `group` 1 leaves the rows as they are.
+    /// (`RG` in `shaders/ggml_blocks.wgsl`).
     pub fn group_gpu_rows(self, rows: &[u32], k: usize, group: usize) -> Vec<u32> {
         let rw = self.gpu_row_words(k);
-        if group <= 1 {
-            return rows.to_vec();
-        }
         let n = rows.len() / rw;
         let mut out = Vec::with_capacity(n.next_multiple_of(group) * rw);
         let parts = self.gpu_row_parts(k);

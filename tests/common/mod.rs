@@ -42,6 +42,21 @@ pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The float64 oracle of a linear layer: `x [m, k] @ w^T (+ bias)`, `w` in PyTorch's `[n, k]`.
+pub fn linear64(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize) -> Vec<f64> {
+    let n = w.len() / k;
+    let mut out = Vec::with_capacity(m * n);
+    for r in 0..m {
+        for c in 0..n {
+            let s: f64 = (0..k)
+                .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                .sum();
+            out.push(s + bias.map_or(0.0, |b| b[c] as f64));
+        }
+    }
+    out
+}
+
 /// Largest absolute difference; panics on length mismatch or NaN.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
